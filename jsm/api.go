@@ -1,0 +1,285 @@
+// Package jsm is pushd's session manager: users, their devices, presence,
+// rosters and the delivery policy of BEHAVIOUR M1–M10.
+//
+// jsm is a deterministic state machine in the manner of etcd's raft: the
+// caller feeds events to Machine.Step with the current time and carries out
+// the actions it returns. jsm must never start a goroutine, touch a socket
+// or a file, or read the clock; that is what lets the router run it, the
+// tests replay it from scripts, and the cluster replay it on a backup.
+package jsm
+
+import (
+	"time"
+
+	"mellium.im/xmpp/jid"
+
+	"pushd/internal/stanza"
+)
+
+// StreamID names one bound client stream in the router. It stays the same
+// across XEP-0198 resumption: a resumed stream is the same stream.
+type StreamID uint64
+
+// Kind is what sort of device a stream belongs to; push policy (M6) treats
+// mobile and desktop devices differently.
+type Kind uint8
+
+const (
+	Desktop Kind = iota // the default when nothing says otherwise
+	Mobile
+)
+
+func (k Kind) String() string {
+	if k == Mobile {
+		return "mobile"
+	}
+	return "desktop"
+}
+
+// Entry is one stanza bound for a device, numbered by the device's
+// monotonic outbound sequence. Queues are ordered and deduplicated by Seq.
+type Entry struct {
+	Seq    uint64
+	Stanza *stanza.Element
+}
+
+// Event is an input to Machine.Step.
+type Event interface{ event() }
+
+// Action is an output of Machine.Step, for the caller to carry out in order.
+type Action interface{ action() }
+
+// --- events ---
+
+// Bound: a stream authenticated and bound JID (a full JID). If the
+// resource is already bound by another stream, the new stream takes the
+// device over (M5): a live old stream is closed with conflict, a detached
+// one is discarded and its queue flushed to the new stream.
+type Bound struct {
+	Stream StreamID
+	JID    jid.JID
+}
+
+// StanzaIn: a client stream sent a stanza. The router has already set
+// 'from' to the stream's full JID.
+type StanzaIn struct {
+	Stream StreamID
+	Stanza *stanza.Element
+}
+
+// ComponentIn: a connected component sent a stanza whose 'from' is within
+// its domain.
+type ComponentIn struct {
+	Domain string
+	Stanza *stanza.Element
+}
+
+// ComponentUp / ComponentDown: an XEP-0114 component for Domain connected
+// or went away. Stanzas to Domain are routed to it while it is up.
+type ComponentUp struct{ Domain string }
+type ComponentDown struct{ Domain string }
+
+// Acked: the client acknowledged (XEP-0198) every entry up to Seq.
+type Acked struct {
+	Stream StreamID
+	Seq    uint64
+}
+
+// Detached: the stream's connection is gone but XEP-0198 lets it resume.
+// Unacked are the entries written to it that the client has not
+// acknowledged, in order; jsm queues them again.
+type Detached struct {
+	Stream  StreamID
+	Unacked []Entry
+}
+
+// Resumed: a detached stream was resumed; the client acknowledged every
+// entry up to AckedSeq.
+type Resumed struct {
+	Stream   StreamID
+	AckedSeq uint64
+}
+
+// Closed: the stream is gone for good. Clean is true for a closed stream
+// (</stream:stream>), false for a lost connection without resumption.
+type Closed struct {
+	Stream StreamID
+	Clean  bool
+}
+
+// ClientState: XEP-0352 <active/> (true) or <inactive/> (false).
+type ClientState struct {
+	Stream StreamID
+	Active bool
+}
+
+// OfflineLoaded answers a FlushOffline action: the user's stored messages,
+// oldest first, now removed from the store.
+type OfflineLoaded struct {
+	Stream   StreamID
+	Messages []*stanza.Element
+}
+
+// Tick advances timers (hibernation expiry, idle thresholds, coalescing).
+type Tick struct{}
+
+// UserAdded / UserDeleted keep jsm's set of local accounts current.
+type UserAdded struct{ User jid.JID }
+type UserDeleted struct{ User jid.JID }
+
+func (Bound) event()         {}
+func (StanzaIn) event()      {}
+func (ComponentIn) event()   {}
+func (ComponentUp) event()   {}
+func (ComponentDown) event() {}
+func (Acked) event()         {}
+func (Detached) event()      {}
+func (Resumed) event()       {}
+func (Closed) event()        {}
+func (ClientState) event()   {}
+func (OfflineLoaded) event() {}
+func (Tick) event()          {}
+func (UserAdded) event()     {}
+func (UserDeleted) event()   {}
+
+// --- actions ---
+
+// Deliver: write Entry to the live stream.
+type Deliver struct {
+	Stream StreamID
+	Entry  Entry
+}
+
+// ToComponent: send the stanza to the component serving Domain.
+type ToComponent struct {
+	Domain string
+	Stanza *stanza.Element
+}
+
+// Enqueue: append entries durably to the device's queue (device = full JID
+// string). Appending an entry whose Seq is already queued is a no-op.
+type Enqueue struct {
+	Device  string
+	Entries []Entry
+}
+
+// Flush: write the device's queued entries with Seq >= From, in order, to
+// the stream, before anything Step returns after this action.
+type Flush struct {
+	Stream StreamID
+	Device string
+	From   uint64
+}
+
+// Trim: drop the device's queued entries with Seq <= Through.
+type Trim struct {
+	Device  string
+	Through uint64
+}
+
+// DropQueue: the device is gone; delete its queue.
+type DropQueue struct{ Device string }
+
+// StoreOffline: keep a message for a user with no available device
+// (XEP-0160).
+type StoreOffline struct {
+	User    jid.JID
+	Message *stanza.Element
+}
+
+// FlushOffline: load and remove the user's offline messages, then Step
+// OfflineLoaded for the stream.
+type FlushOffline struct {
+	Stream StreamID
+	User   jid.JID
+}
+
+// SaveRosterItem / DeleteRosterItem: persist a roster change.
+type SaveRosterItem struct {
+	User jid.JID
+	Item RosterItem
+}
+type DeleteRosterItem struct {
+	User    jid.JID
+	Contact jid.JID
+}
+
+// CloseStream: end the stream with the given stream error condition
+// (RFC 6120 §4.9.3, e.g. "conflict"); an empty condition closes cleanly.
+// A detached stream is forgotten and can no longer be resumed.
+type CloseStream struct {
+	Stream    StreamID
+	Condition string
+}
+
+func (Deliver) action()          {}
+func (ToComponent) action()      {}
+func (Enqueue) action()          {}
+func (Flush) action()            {}
+func (Trim) action()             {}
+func (DropQueue) action()        {}
+func (StoreOffline) action()     {}
+func (FlushOffline) action()     {}
+func (SaveRosterItem) action()   {}
+func (DeleteRosterItem) action() {}
+func (CloseStream) action()      {}
+
+// Subscription is a roster item's subscription state (RFC 6121 §2.1.2.5).
+type Subscription string
+
+const (
+	SubNone Subscription = "none"
+	SubTo   Subscription = "to"
+	SubFrom Subscription = "from"
+	SubBoth Subscription = "both"
+)
+
+// RosterItem is one contact in a user's roster.
+type RosterItem struct {
+	JID          jid.JID
+	Name         string
+	Subscription Subscription
+	Ask          bool // an outbound subscription request is pending
+	// Pending: an inbound subscription request awaits the user's answer
+	// (RFC 6121 §3.1.3); it is kept so it can be shown again at login.
+	Pending bool
+	Groups  []string
+}
+
+// State is what the caller restores a Machine from at start: every local
+// account and its roster.
+type State struct {
+	Users   []jid.JID
+	Rosters map[string][]RosterItem // by bare JID string
+}
+
+// Config holds jsm's policy knobs. cmd/pushd fills it from the config
+// file; DefaultConfig documents each default.
+type Config struct {
+	// Domain is the local XMPP domain jsm serves (default "localhost").
+	Domain string
+	// ResumeTimeout is how long a detached stream may be resumed before its
+	// device is closed (default 300 s; M10 raises it for push-enabled
+	// devices in a later change).
+	ResumeTimeout time.Duration
+	// MobileResourcePrefixes mark a device as mobile by the start of its
+	// resource when its caps don't say (default none: desktop).
+	MobileResourcePrefixes []string
+	// MobileCapsNodes mark a device as mobile by the XEP-0115 caps node of
+	// its presence (default: the node URIs of Conversations, Monal and
+	// Siskin).
+	MobileCapsNodes []string
+	// MaxOffline bounds each user's offline store (default 1000 messages);
+	// past it the sender gets resource-constraint.
+	MaxOffline int
+}
+
+// DefaultConfig returns jsm's defaults.
+func DefaultConfig() Config {
+	return Config{
+		Domain:          "localhost",
+		ResumeTimeout:   300 * time.Second,
+		MobileCapsNodes: []string{"http://conversations.im", "https://monal-im.org/", "https://siskin.tigase.org"},
+		MaxOffline:      1000,
+	}
+}
