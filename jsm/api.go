@@ -105,6 +105,10 @@ type Resumed struct {
 type Closed struct {
 	Stream StreamID
 	Clean  bool
+	// Unacked (added) are entries written to the stream that the client
+	// never acknowledged, in order; the messages among them move to the
+	// offline store so that nothing is lost (M5, M9). Nil without XEP-0198.
+	Unacked []Entry
 }
 
 // ClientState: XEP-0352 <active/> (true) or <inactive/> (false).
@@ -118,6 +122,14 @@ type ClientState struct {
 type OfflineLoaded struct {
 	Stream   StreamID
 	Messages []*stanza.Element
+}
+
+// QueueLoaded (added) answers a LoadQueue action: every entry still in the
+// device's queue, in Seq order. The caller should Step it before any other
+// event for the same user, as it does OfflineLoaded.
+type QueueLoaded struct {
+	Device  string
+	Entries []Entry
 }
 
 // Tick advances timers (hibernation expiry, idle thresholds, coalescing).
@@ -138,6 +150,7 @@ func (Resumed) event()       {}
 func (Closed) event()        {}
 func (ClientState) event()   {}
 func (OfflineLoaded) event() {}
+func (QueueLoaded) event()   {}
 func (Tick) event()          {}
 func (UserAdded) event()     {}
 func (UserDeleted) event()   {}
@@ -180,6 +193,12 @@ type Trim struct {
 // DropQueue: the device is gone; delete its queue.
 type DropQueue struct{ Device string }
 
+// LoadQueue (added): read every entry of the device's queue and Step
+// QueueLoaded with them. jsm keeps only counters for queues, never the
+// stanzas, so this is how a device that is gone for good gets its queued
+// messages moved to the offline store (M10); a DropQueue follows.
+type LoadQueue struct{ Device string }
+
 // StoreOffline: keep a message for a user with no available device
 // (XEP-0160).
 type StoreOffline struct {
@@ -218,6 +237,7 @@ func (Enqueue) action()          {}
 func (Flush) action()            {}
 func (Trim) action()             {}
 func (DropQueue) action()        {}
+func (LoadQueue) action()        {}
 func (StoreOffline) action()     {}
 func (FlushOffline) action()     {}
 func (SaveRosterItem) action()   {}
@@ -251,6 +271,10 @@ type RosterItem struct {
 type State struct {
 	Users   []jid.JID
 	Rosters map[string][]RosterItem // by bare JID string
+	// Offline (added) is how many messages each user (by bare JID string)
+	// has in the offline store. A user missing from the map is assumed to
+	// have some: jsm then asks for them at the next login (FlushOffline).
+	Offline map[string]int
 }
 
 // Config holds jsm's policy knobs. cmd/pushd fills it from the config

@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"mellium.im/xmpp/jid"
+
+	"pushd/internal/admin"
+	"pushd/internal/stanza"
+	"pushd/internal/store"
+	"pushd/jsm"
+	"pushd/queue"
+	"pushd/router"
+)
+
+// node is one running pushd: everything `pushd serve` starts, assembled
+// in start order and stopped in reverse.
+type node struct {
+	cfg    fileConfig
+	log    *slog.Logger
+	db     *store.DB
+	queue  *queue.Store
+	router *router.Server
+	admin  *admin.Server
+	ready  atomic.Bool
+}
+
+// startNode opens storage, restores the session manager and binds every
+// listener; Run then serves.
+func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
+	n := &node{cfg: cfg, log: log}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	sync, err := store.ParseSyncPolicy(cfg.Storage.Sync)
+	if err != nil {
+		return nil, fmt.Errorf("config: storage.sync: %w", err)
+	}
+	n.db, err = store.Open(store.Config{Dir: filepath.Join(cfg.DataDir, "db"), Domain: cfg.Domain, Sync: sync, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	qcfg := queue.DefaultConfig()
+	qcfg.Sync = sync
+	n.queue, err = queue.New(n.db.Badger(), qcfg)
+	if err != nil {
+		n.close()
+		return nil, err
+	}
+	state, err := n.db.State()
+	if err != nil {
+		n.close()
+		return nil, err
+	}
+	jcfg := jsm.DefaultConfig()
+	jcfg.Domain = cfg.Domain
+	jcfg.ResumeTimeout = time.Duration(cfg.C2S.ResumeTimeout)
+	jcfg.MobileResourcePrefixes = cfg.C2S.MobileResources
+	machine := jsm.New(jcfg, state)
+
+	rcfg := router.DefaultConfig()
+	rcfg.Domain = cfg.Domain
+	rcfg.C2SListen = cfg.C2S.Listen
+	rcfg.TLSListen = cfg.C2S.TLSListen
+	rcfg.ComponentListen = cfg.Component.Listen
+	rcfg.RequireTLS = cfg.C2S.RequireTLS
+	rcfg.AllowPlainWithoutTLS = cfg.C2S.AllowPlainWithoutTLS
+	rcfg.ResumeTimeout = time.Duration(cfg.C2S.ResumeTimeout)
+	rcfg.ResumeLocation = cfg.C2S.ResumeLocation
+	rcfg.Limits = stanza.Limits{MaxBytes: cfg.C2S.MaxStanzaBytes, MaxDepth: cfg.C2S.MaxDepth}
+	rcfg.RateLimit, rcfg.RateBurst = cfg.C2S.RateLimit, cfg.C2S.RateBurst
+	rcfg.Logger = log
+	rcfg.ComponentSecrets = map[string]string{}
+	for _, a := range cfg.Component.Accept {
+		rcfg.ComponentSecrets[strings.ToLower(a.Domain)] = a.Secret
+	}
+	cert, err := loadOrCreateCert(cfg.C2S.CertFile, cfg.C2S.KeyFile, cfg.DataDir, cfg.Domain, log)
+	if err != nil {
+		n.close()
+		return nil, err
+	}
+	rcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	n.router, err = router.New(rcfg, machine, n.db.Accounts(), queueAdapter{n.queue}, n.db.Rosters())
+	if err != nil {
+		n.close()
+		return nil, err
+	}
+	if err := n.router.Listen(); err != nil {
+		n.close()
+		return nil, err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	token, err := adminToken(cfg.DataDir)
+	if err != nil {
+		n.close()
+		return nil, err
+	}
+	if cfg.Admin.Listen != "" {
+		n.admin, err = admin.Listen(admin.Config{
+			Listen: cfg.Admin.Listen, Token: token, Ready: n.ready.Load,
+			Gatherer: reg, Users: nodeUsers{n}, Logger: log,
+		})
+		if err != nil {
+			n.close()
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+// Run serves until ctx ends, then stops everything.
+func (n *node) Run(ctx context.Context) error {
+	errc := make(chan error, 2)
+	if n.admin != nil {
+		go func() { errc <- n.admin.Serve(ctx) }()
+	}
+	go func() { errc <- n.router.Serve(ctx) }()
+	n.ready.Store(true)
+	n.log.Info("pushd serving", "domain", n.cfg.Domain, "c2s", n.router.Addr("c2s"),
+		"component", n.router.Addr("component"), "admin", n.adminAddr(), "version", version)
+	<-ctx.Done()
+	n.ready.Store(false)
+	var first error
+	for range cap(errc) - boolToInt(n.admin == nil) {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	n.close()
+	return first
+}
+
+func boolToInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (n *node) adminAddr() string {
+	if n.admin == nil {
+		return ""
+	}
+	return n.admin.Addr()
+}
+
+func (n *node) close() {
+	if n.queue != nil {
+		_ = n.queue.Close()
+	}
+	if n.db != nil {
+		_ = n.db.Close()
+	}
+}
+
+// adminToken returns the admin API token kept in the data directory,
+// creating it on first start.
+func adminToken(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, "admin.token")
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	tok := hex.EncodeToString(b)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return tok, nil
+}
+
+// nodeUsers lets the admin API change accounts of the running node and
+// keeps its session manager in step.
+type nodeUsers struct{ n *node }
+
+func (u nodeUsers) AddUser(user, password string) error {
+	j, err := userJID(user, u.n.cfg.Domain)
+	if err != nil {
+		return err
+	}
+	if err := u.n.db.Accounts().Add(j, password); err != nil {
+		return mapStoreErr(err)
+	}
+	u.n.router.Step(jsm.UserAdded{User: j})
+	return nil
+}
+
+func (u nodeUsers) DeleteUser(user string) error {
+	j, err := userJID(user, u.n.cfg.Domain)
+	if err != nil {
+		return err
+	}
+	if err := u.n.db.Accounts().Delete(j); err != nil {
+		return mapStoreErr(err)
+	}
+	u.n.router.Step(jsm.UserDeleted{User: j})
+	return nil
+}
+
+func (u nodeUsers) SetPassword(user, password string) error {
+	j, err := userJID(user, u.n.cfg.Domain)
+	if err != nil {
+		return err
+	}
+	return mapStoreErr(u.n.db.Accounts().SetPassword(j, password))
+}
+
+func (u nodeUsers) ListUsers() ([]string, error) { return listUsers(u.n.db) }
+
+func listUsers(db *store.DB) ([]string, error) {
+	users, err := db.Accounts().List()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(users))
+	for i, j := range users {
+		out[i] = j.String()
+	}
+	return out, nil
+}
+
+func mapStoreErr(err error) error {
+	switch {
+	case errors.Is(err, store.ErrUserExists):
+		return fmt.Errorf("%w: %v", admin.ErrExists, err)
+	case errors.Is(err, store.ErrNoUser):
+		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
+	}
+	return err
+}
+
+// userJID accepts "alice" or "alice@domain" for a user of this node.
+func userJID(user, domain string) (jid.JID, error) {
+	if !strings.Contains(user, "@") {
+		user += "@" + domain
+	}
+	j, err := jid.Parse(user)
+	if err != nil || j.Localpart() == "" || j.Resourcepart() != "" {
+		return jid.JID{}, fmt.Errorf("%q is not a user JID", user)
+	}
+	if !strings.EqualFold(j.Domainpart(), domain) {
+		return jid.JID{}, fmt.Errorf("%s is not a user of %s", j.Bare(), domain)
+	}
+	return j.Bare(), nil
+}
+
+// queueAdapter fits queue.Store to the router's Queue.
+type queueAdapter struct{ q *queue.Store }
+
+func (a queueAdapter) Append(device string, entries []jsm.Entry) error {
+	return a.q.Append(device, entries)
+}
+func (a queueAdapter) Read(device string, from uint64, fn func(jsm.Entry) error) error {
+	return a.q.Read(device, from, fn)
+}
+func (a queueAdapter) Trim(device string, through uint64) error { return a.q.Trim(device, through) }
+func (a queueAdapter) Drop(device string) error                 { return a.q.Drop(device) }
+func (a queueAdapter) StoreOffline(user string, msg *stanza.Element) error {
+	return a.q.StoreOffline(user, msg)
+}
+func (a queueAdapter) TakeOffline(user string) ([]*stanza.Element, error) {
+	return a.q.TakeOffline(user)
+}

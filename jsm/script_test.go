@@ -1,0 +1,426 @@
+package jsm
+
+// Data-driven tests in the manner of etcd raft's testdata: each file in
+// testdata/ is a script of commands (events in) and the actions that must
+// come out, replayed on a fresh Machine with a fake clock. `go test ./jsm
+// -update` rewrites the expected output from what the machine does; read
+// the diff before committing it.
+//
+// A block is a command line, optional input lines, a line "----", and
+// the expected output up to a blank line. Lines starting with # between
+// blocks are comments. The harness also plays the router's stores, so
+// that a script shows what a client would really receive:
+//
+//	init                  body: config k=v…, user JID, item USER CONTACT SUB [ask] [pending] [name=N] [group=G]…, offline USER N
+//	bind S JID            Bound
+//	send S                body: one stanza; 'from' is stamped with S's JID as the router does
+//	comp DOMAIN           body: one stanza from a component
+//	up|down DOMAIN        ComponentUp / ComponentDown
+//	ack S SEQ             Acked
+//	detach S              Detached with what S was written and never acked
+//	resume S H            Resumed
+//	close S [clean] [sm]  Closed; with sm the unacked entries are passed
+//	csi S active|inactive ClientState
+//	advance DURATION      move the clock (no Step); tick: Step a Tick
+//	useradd|userdel JID
+//	devices JID / roster JID / queue DEVICE / offline JID: inspect
+//
+// FlushOffline and LoadQueue are answered at once from the fake stores;
+// their follow-up actions are shown indented under them.
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"mellium.im/xmpp/jid"
+
+	"pushd/internal/stanza"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.txt with the actual output")
+
+func TestScripts(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.txt")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scripts: %v", err)
+	}
+	for _, f := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) { runScript(t, f) })
+	}
+}
+
+type block struct {
+	line     int      // 1-based line of the command
+	raw      []string // comment or blank lines before the command, kept verbatim
+	cmd      string
+	input    []string
+	expected []string
+}
+
+func parseScript(t *testing.T, path string) (blocks []block, trailer []string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var raw []string
+	for i := 0; i < len(lines); {
+		l := lines[i]
+		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "#") {
+			raw = append(raw, l)
+			i++
+			continue
+		}
+		b := block{line: i + 1, raw: raw, cmd: l}
+		raw = nil
+		i++
+		for ; i < len(lines) && lines[i] != "----"; i++ {
+			b.input = append(b.input, lines[i])
+		}
+		if i == len(lines) {
+			t.Fatalf("%s:%d: missing ----", path, b.line)
+		}
+		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
+			b.expected = append(b.expected, lines[i])
+		}
+		blocks = append(blocks, b)
+	}
+	return blocks, raw
+}
+
+func runScript(t *testing.T, path string) {
+	blocks, trailer := parseScript(t, path)
+	h := newHarness()
+	var out strings.Builder
+	failed := false
+	for _, b := range blocks {
+		got := h.run(t, path, b)
+		if len(got) == 0 {
+			got = []string{"ok"}
+		}
+		if !*update && !slices.Equal(got, b.expected) {
+			failed = true
+			t.Errorf("%s:%d: %s\n--- want\n%s\n--- got\n%s", path, b.line, b.cmd,
+				strings.Join(b.expected, "\n"), strings.Join(got, "\n"))
+		}
+		for _, r := range b.raw {
+			out.WriteString(r + "\n")
+		}
+		out.WriteString(b.cmd + "\n")
+		for _, in := range b.input {
+			out.WriteString(in + "\n")
+		}
+		out.WriteString("----\n" + strings.Join(got, "\n") + "\n")
+	}
+	for _, r := range trailer {
+		out.WriteString(r + "\n")
+	}
+	if *update && !failed {
+		if err := os.WriteFile(path, []byte(out.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// harness plays the router: streams, their unacked entries, and the queue
+// and offline stores.
+type harness struct {
+	m       *Machine
+	now     time.Time
+	streams map[StreamID]string  // full JID per stream
+	unacked map[StreamID][]Entry // written to a stream, not yet acked
+	queues  map[string][]Entry   // the queue store, by device
+	offline map[string][]*stanza.Element
+}
+
+func newHarness() *harness {
+	return &harness{
+		m:       New(DefaultConfig(), State{}),
+		now:     time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),
+		streams: map[StreamID]string{},
+		unacked: map[StreamID][]Entry{},
+		queues:  map[string][]Entry{},
+		offline: map[string][]*stanza.Element{},
+	}
+}
+
+func (h *harness) run(t *testing.T, path string, b block) []string {
+	t.Helper()
+	f := strings.Fields(b.cmd)
+	fail := func(format string, args ...any) []string {
+		t.Fatalf("%s:%d: %s", path, b.line, fmt.Sprintf(format, args...))
+		return nil
+	}
+	arg := func(i int) string {
+		if i >= len(f) {
+			fail("%s: missing argument %d", f[0], i)
+		}
+		return f[i]
+	}
+	stream := func(i int) StreamID {
+		n, err := strconv.ParseUint(arg(i), 10, 64)
+		if err != nil {
+			fail("bad stream %q", arg(i))
+		}
+		return StreamID(n)
+	}
+	mustJID := func(s string) jid.JID {
+		j, err := jid.Parse(s)
+		if err != nil {
+			fail("bad JID %q: %v", s, err)
+		}
+		return j
+	}
+	xmlIn := func() *stanza.Element {
+		r := stanza.NewReader(strings.NewReader("<stream xmlns='jabber:client'>"+strings.Join(b.input, "")), stanza.DefaultLimits())
+		if _, err := r.Header(); err != nil {
+			fail("header: %v", err)
+		}
+		e, err := r.Next()
+		if err != nil {
+			fail("bad stanza: %v", err)
+		}
+		return e
+	}
+	switch f[0] {
+	case "init":
+		cfg, st := DefaultConfig(), State{Rosters: map[string][]RosterItem{}, Offline: map[string]int{}}
+		for _, l := range b.input {
+			lf := strings.Fields(l)
+			if len(lf) == 0 || strings.HasPrefix(lf[0], "#") {
+				continue
+			}
+			switch lf[0] {
+			case "config":
+				for _, kv := range lf[1:] {
+					k, v, _ := strings.Cut(kv, "=")
+					switch k {
+					case "domain":
+						cfg.Domain = v
+					case "resume":
+						d, err := time.ParseDuration(v)
+						if err != nil {
+							fail("resume: %v", err)
+						}
+						cfg.ResumeTimeout = d
+					case "maxoffline":
+						cfg.MaxOffline, _ = strconv.Atoi(v)
+					case "mobileprefix":
+						cfg.MobileResourcePrefixes = append(cfg.MobileResourcePrefixes, v)
+					default:
+						fail("unknown config %q", k)
+					}
+				}
+			case "user":
+				u := mustJID(lf[1])
+				st.Users = append(st.Users, u)
+				st.Offline[u.String()] = 0
+			case "offline":
+				n, _ := strconv.Atoi(lf[2])
+				st.Offline[lf[1]] = n
+				for i := range n {
+					h.offline[lf[1]] = append(h.offline[lf[1]], stanza.New(stanza.NSClient, "message",
+						"from", "old@localhost/x", "to", lf[1], "type", "chat").Add(
+						stanza.New(stanza.NSClient, "body").AddText("stored "+strconv.Itoa(i+1))))
+				}
+			case "item":
+				it := RosterItem{JID: mustJID(lf[2]), Subscription: Subscription(lf[3])}
+				for _, o := range lf[4:] {
+					switch {
+					case o == "ask":
+						it.Ask = true
+					case o == "pending":
+						it.Pending = true
+					case strings.HasPrefix(o, "name="):
+						it.Name = o[5:]
+					case strings.HasPrefix(o, "group="):
+						it.Groups = append(it.Groups, o[6:])
+					}
+				}
+				st.Rosters[lf[1]] = append(st.Rosters[lf[1]], it)
+			default:
+				fail("unknown init line %q", l)
+			}
+		}
+		h.m = New(cfg, st)
+		return nil
+	case "bind":
+		s := stream(1)
+		h.streams[s] = arg(2)
+		return h.step(Bound{Stream: s, JID: mustJID(arg(2))}, "")
+	case "send":
+		s := stream(1)
+		e := xmlIn()
+		e.Set("from", h.streams[s])
+		return h.step(StanzaIn{Stream: s, Stanza: e}, "")
+	case "comp":
+		return h.step(ComponentIn{Domain: arg(1), Stanza: xmlIn()}, "")
+	case "up":
+		return h.step(ComponentUp{Domain: arg(1)}, "")
+	case "down":
+		return h.step(ComponentDown{Domain: arg(1)}, "")
+	case "ack":
+		s := stream(1)
+		n, _ := strconv.ParseUint(arg(2), 10, 64)
+		h.trimUnacked(s, n)
+		return h.step(Acked{Stream: s, Seq: n}, "")
+	case "detach":
+		s := stream(1)
+		un := h.unacked[s]
+		delete(h.unacked, s)
+		return h.step(Detached{Stream: s, Unacked: un}, "")
+	case "resume":
+		s := stream(1)
+		n, _ := strconv.ParseUint(arg(2), 10, 64)
+		return h.step(Resumed{Stream: s, AckedSeq: n}, "")
+	case "close":
+		s := stream(1)
+		ev := Closed{Stream: s, Clean: slices.Contains(f, "clean")}
+		if slices.Contains(f, "sm") {
+			ev.Unacked = h.unacked[s]
+		}
+		delete(h.unacked, s)
+		return h.step(ev, "")
+	case "csi":
+		return h.step(ClientState{Stream: stream(1), Active: arg(2) == "active"}, "")
+	case "advance":
+		d, err := time.ParseDuration(arg(1))
+		if err != nil {
+			fail("advance: %v", err)
+		}
+		h.now = h.now.Add(d)
+		return nil
+	case "tick":
+		return h.step(Tick{}, "")
+	case "useradd":
+		return h.step(UserAdded{User: mustJID(arg(1))}, "")
+	case "userdel":
+		return h.step(UserDeleted{User: mustJID(arg(1))}, "")
+	case "devices":
+		var out []string
+		for _, d := range h.m.Devices(mustJID(arg(1))) {
+			out = append(out, fmt.Sprintf("%s s=%d %s avail=%t detached=%t active=%t carbons=%t prio=%d show=%q seq=%d acked=%d queued=%t",
+				d.JID, d.Stream, d.Kind, d.Available, d.Detached, d.Active, d.Carbons, d.Priority, d.Show, d.Seq, d.Acked, d.Queued))
+		}
+		return out
+	case "roster":
+		var out []string
+		for _, it := range h.m.Roster(mustJID(arg(1))) {
+			out = append(out, itemString(it))
+		}
+		return out
+	case "queue":
+		var out []string
+		for _, e := range h.queues[arg(1)] {
+			out = append(out, fmt.Sprintf("#%d %s", e.Seq, xmlString(e.Stanza)))
+		}
+		return out
+	case "offline":
+		var out []string
+		for _, e := range h.offline[arg(1)] {
+			out = append(out, xmlString(e))
+		}
+		return out
+	}
+	return fail("unknown command %q", f[0])
+}
+
+func (h *harness) trimUnacked(s StreamID, through uint64) {
+	un := h.unacked[s]
+	i := 0
+	for i < len(un) && un[i].Seq <= through {
+		i++
+	}
+	h.unacked[s] = un[i:]
+}
+
+// step runs one event and carries out its actions as the router would,
+// returning them as text.
+func (h *harness) step(ev Event, indent string) []string {
+	var out []string
+	for _, a := range h.m.Step(h.now, ev) {
+		switch a := a.(type) {
+		case Deliver:
+			h.unacked[a.Stream] = append(h.unacked[a.Stream], a.Entry)
+			out = append(out, fmt.Sprintf("%sdeliver s=%d #%d %s", indent, a.Stream, a.Entry.Seq, xmlString(a.Entry.Stanza)))
+		case Enqueue:
+			for _, e := range a.Entries {
+				q := h.queues[a.Device]
+				if slices.ContainsFunc(q, func(x Entry) bool { return x.Seq == e.Seq }) {
+					continue
+				}
+				q = append(q, e)
+				slices.SortFunc(q, func(x, y Entry) int { return int(x.Seq) - int(y.Seq) })
+				h.queues[a.Device] = q
+				out = append(out, fmt.Sprintf("%senqueue %s #%d %s", indent, a.Device, e.Seq, xmlString(e.Stanza)))
+			}
+		case Flush:
+			out = append(out, fmt.Sprintf("%sflush s=%d %s from=%d", indent, a.Stream, a.Device, a.From))
+			for _, e := range h.queues[a.Device] {
+				if e.Seq >= a.From {
+					h.unacked[a.Stream] = append(h.unacked[a.Stream], e)
+					out = append(out, fmt.Sprintf("%s  deliver s=%d #%d %s", indent, a.Stream, e.Seq, xmlString(e.Stanza)))
+				}
+			}
+		case Trim:
+			q := h.queues[a.Device]
+			q = slices.DeleteFunc(q, func(e Entry) bool { return e.Seq <= a.Through })
+			h.queues[a.Device] = q
+			out = append(out, fmt.Sprintf("%strim %s through=%d", indent, a.Device, a.Through))
+		case DropQueue:
+			delete(h.queues, a.Device)
+			out = append(out, fmt.Sprintf("%sdrop-queue %s", indent, a.Device))
+		case LoadQueue:
+			out = append(out, fmt.Sprintf("%sload-queue %s", indent, a.Device))
+			out = append(out, h.step(QueueLoaded{Device: a.Device, Entries: slices.Clone(h.queues[a.Device])}, indent+"  ")...)
+		case StoreOffline:
+			k := a.User.String()
+			h.offline[k] = append(h.offline[k], a.Message)
+			out = append(out, fmt.Sprintf("%sstore-offline %s %s", indent, a.User, xmlString(a.Message)))
+		case FlushOffline:
+			k := a.User.String()
+			msgs := h.offline[k]
+			delete(h.offline, k)
+			out = append(out, fmt.Sprintf("%sflush-offline s=%d %s (%d)", indent, a.Stream, a.User, len(msgs)))
+			out = append(out, h.step(OfflineLoaded{Stream: a.Stream, Messages: msgs}, indent+"  ")...)
+		case SaveRosterItem:
+			out = append(out, fmt.Sprintf("%ssave-roster %s %s", indent, a.User, itemString(a.Item)))
+		case DeleteRosterItem:
+			out = append(out, fmt.Sprintf("%sdelete-roster %s %s", indent, a.User, a.Contact))
+		case CloseStream:
+			delete(h.unacked, a.Stream)
+			out = append(out, strings.TrimRight(fmt.Sprintf("%sclose s=%d %s", indent, a.Stream, a.Condition), " "))
+		case ToComponent:
+			out = append(out, fmt.Sprintf("%sto-component %s %s", indent, a.Domain, xmlString(a.Stanza)))
+		default:
+			out = append(out, fmt.Sprintf("%sunknown action %T", indent, a))
+		}
+	}
+	return out
+}
+
+func xmlString(e *stanza.Element) string { return string(stanza.Marshal(e, stanza.NSClient)) }
+
+func itemString(it RosterItem) string {
+	s := it.JID.String() + " sub=" + string(it.Subscription)
+	if it.Ask {
+		s += " ask"
+	}
+	if it.Pending {
+		s += " pending"
+	}
+	if it.Name != "" {
+		s += " name=" + it.Name
+	}
+	for _, g := range it.Groups {
+		s += " group=" + g
+	}
+	return s
+}

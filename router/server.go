@@ -1,0 +1,373 @@
+// Package router is pushd's XMPP edge: it accepts client (c2s) and
+// component (XEP-0114) connections, negotiates streams (STARTTLS, SASL,
+// resource binding, XEP-0198 stream management, XEP-0352 client state),
+// turns what arrives into jsm events and carries out the actions jsm
+// returns.
+//
+// The router owns sockets, timers and storage calls; it must never decide
+// where a stanza goes — that is jsm's job, so that delivery policy stays in
+// one replayable state machine.
+//
+// Streams are read and written by pushd's own framing (internal/stanza)
+// rather than mellium's Session: the edge needs byte-exact limits,
+// resumption that moves a stream to a new connection, and XEP-0198 counters,
+// none of which mellium's server side offers. SASL mechanics and JIDs come
+// from mellium.
+package router
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mellium.im/xmpp/jid"
+
+	"pushd/internal/stanza"
+	"pushd/jsm"
+)
+
+// Accounts authenticates users; user is the SASL username, the localpart
+// of a bare JID at the router's domain.
+type Accounts interface {
+	SaltedCredentials(user, mechanism string) (salt, saltedPassword []byte, iterations int64, err error)
+	VerifyPlain(user, password string) (bool, error)
+}
+
+// Queue stores what jsm queues for detached devices and the offline
+// messages of users with no available device.
+type Queue interface {
+	Append(device string, entries []jsm.Entry) error
+	Read(device string, from uint64, fn func(jsm.Entry) error) error
+	Trim(device string, through uint64) error
+	Drop(device string) error
+	StoreOffline(user string, msg *stanza.Element) error
+	TakeOffline(user string) ([]*stanza.Element, error)
+}
+
+// Rosters persists roster changes jsm decides.
+type Rosters interface {
+	Save(user jid.JID, item jsm.RosterItem) error
+	Delete(user, contact jid.JID) error
+}
+
+// Server is one node's XMPP edge around one jsm.Machine.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	accounts Accounts
+	queue    Queue
+	rosters  Rosters
+	domain   jid.JID
+
+	// mu serialises the session manager and the routing tables. Actions are
+	// carried out while it is held so that deliveries to one stream keep
+	// the order jsm chose.
+	mu         sync.Mutex
+	machine    *jsm.Machine
+	streams    map[jsm.StreamID]*stream
+	resumable  map[string]*stream
+	components map[string]*componentLink
+
+	nextID  atomic.Uint64
+	conns   sync.WaitGroup
+	closing chan struct{}
+	lnMu    sync.Mutex
+	lns     []net.Listener
+	live    map[net.Conn]struct{}
+}
+
+// New returns a Server around machine. It serves nothing until Serve.
+func New(cfg Config, machine *jsm.Machine, accounts Accounts, queue Queue, rosters Rosters) (*Server, error) {
+	def := DefaultConfig()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Limits.MaxBytes == 0 {
+		cfg.Limits = def.Limits
+	}
+	if cfg.MaxAuthAttempts == 0 {
+		cfg.MaxAuthAttempts = def.MaxAuthAttempts
+	}
+	if cfg.NegotiationTimeout == 0 {
+		cfg.NegotiationTimeout = def.NegotiationTimeout
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = def.WriteTimeout
+	}
+	if cfg.TickInterval == 0 {
+		cfg.TickInterval = def.TickInterval
+	}
+	if cfg.ResumeTimeout == 0 {
+		cfg.ResumeTimeout = def.ResumeTimeout
+	}
+	if cfg.AckRequestEvery == 0 {
+		cfg.AckRequestEvery = def.AckRequestEvery
+	}
+	domain, err := jid.Parse(cfg.Domain)
+	if err != nil || domain.Localpart() != "" || domain.Resourcepart() != "" {
+		return nil, fmt.Errorf("router: domain %q is not a domain JID", cfg.Domain)
+	}
+	return &Server{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		accounts:   accounts,
+		queue:      queue,
+		rosters:    rosters,
+		domain:     domain,
+		machine:    machine,
+		streams:    make(map[jsm.StreamID]*stream),
+		resumable:  make(map[string]*stream),
+		components: make(map[string]*componentLink),
+		closing:    make(chan struct{}),
+		live:       make(map[net.Conn]struct{}),
+	}, nil
+}
+
+// Listen opens the configured listeners; the addresses actually bound are
+// returned by Addrs (a port of 0 picks a free one).
+func (s *Server) Listen() error {
+	type spec struct {
+		addr string
+		kind listenerKind
+	}
+	specs := []spec{{s.cfg.C2SListen, c2sListener}, {s.cfg.ComponentListen, componentListener}}
+	if s.cfg.TLS != nil {
+		specs = append(specs, spec{s.cfg.TLSListen, directTLSListener})
+	}
+	for _, sp := range specs {
+		if sp.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", sp.addr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("router: listen %s: %w", sp.addr, err)
+		}
+		s.lns = append(s.lns, &kindListener{Listener: ln, kind: sp.kind})
+	}
+	return nil
+}
+
+type listenerKind int
+
+const (
+	c2sListener listenerKind = iota
+	directTLSListener
+	componentListener
+)
+
+type kindListener struct {
+	net.Listener
+	kind listenerKind
+}
+
+// Addr returns the bound address of the c2s ("c2s"), direct TLS ("tls")
+// or component ("component") listener, or "".
+func (s *Server) Addr(name string) string {
+	want := map[string]listenerKind{"c2s": c2sListener, "tls": directTLSListener, "component": componentListener}[name]
+	for _, ln := range s.lns {
+		if kl := ln.(*kindListener); kl.kind == want {
+			return kl.Addr().String()
+		}
+	}
+	return ""
+}
+
+// Serve accepts connections on the listeners opened by Listen and runs the
+// session manager's timers until ctx ends; then it closes every stream with
+// system-shutdown and returns when all connections are gone.
+func (s *Server) Serve(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, ln := range s.lns {
+		wg.Add(1)
+		go func(kl *kindListener) {
+			defer wg.Done()
+			s.accept(kl)
+		}(ln.(*kindListener))
+	}
+	ticker := time.NewTicker(s.cfg.TickInterval)
+	defer ticker.Stop()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-ticker.C:
+			s.Step(jsm.Tick{})
+		}
+	}
+	close(s.closing)
+	s.closeListeners()
+	wg.Wait()
+	s.lnMu.Lock()
+	for c := range s.live {
+		_ = c.SetDeadline(time.Now())
+	}
+	s.lnMu.Unlock()
+	s.conns.Wait()
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, ln := range s.lns {
+		_ = ln.Close()
+	}
+}
+
+func (s *Server) accept(ln *kindListener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-s.closing:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		s.conns.Add(1)
+		s.lnMu.Lock()
+		s.live[conn] = struct{}{}
+		s.lnMu.Unlock()
+		go func() {
+			defer s.conns.Done()
+			defer func() {
+				s.lnMu.Lock()
+				delete(s.live, conn)
+				s.lnMu.Unlock()
+				_ = conn.Close()
+			}()
+			switch ln.kind {
+			case componentListener:
+				s.serveComponent(conn)
+			case directTLSListener:
+				s.serveC2S(conn, true)
+			default:
+				s.serveC2S(conn, false)
+			}
+		}()
+	}
+}
+
+// Step feeds one event to the session manager and carries out its actions.
+func (s *Server) Step(ev jsm.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stepLocked(ev)
+}
+
+func (s *Server) stepLocked(ev jsm.Event) {
+	for _, a := range s.machine.Step(s.cfg.Now(), ev) {
+		s.execute(a)
+	}
+}
+
+// execute carries out one jsm action; s.mu is held.
+func (s *Server) execute(a jsm.Action) {
+	switch a := a.(type) {
+	case jsm.Deliver:
+		if st := s.streams[a.Stream]; st != nil {
+			st.deliver(a.Entry)
+		}
+	case jsm.ToComponent:
+		if link := s.components[a.Domain]; link != nil {
+			link.send(a.Stanza)
+		}
+	case jsm.Enqueue:
+		if err := s.queue.Append(a.Device, a.Entries); err != nil {
+			s.log.Error("queue append failed", "err", err)
+		}
+	case jsm.Flush:
+		st := s.streams[a.Stream]
+		if st == nil {
+			return
+		}
+		err := s.queue.Read(a.Device, a.From, func(e jsm.Entry) error {
+			st.deliver(e)
+			return nil
+		})
+		if err != nil {
+			s.log.Error("queue read failed", "err", err)
+		}
+		st.markFlushed()
+	case jsm.Trim:
+		if err := s.queue.Trim(a.Device, a.Through); err != nil {
+			s.log.Error("queue trim failed", "err", err)
+		}
+	case jsm.DropQueue:
+		if err := s.queue.Drop(a.Device); err != nil {
+			s.log.Error("queue drop failed", "err", err)
+		}
+	case jsm.LoadQueue:
+		var entries []jsm.Entry
+		err := s.queue.Read(a.Device, 0, func(e jsm.Entry) error {
+			entries = append(entries, e)
+			return nil
+		})
+		if err != nil {
+			s.log.Error("queue read failed", "err", err)
+		}
+		s.stepLocked(jsm.QueueLoaded{Device: a.Device, Entries: entries})
+	case jsm.StoreOffline:
+		if err := s.queue.StoreOffline(a.User.String(), a.Message); err != nil {
+			s.log.Error("offline store failed", "err", err)
+		}
+	case jsm.FlushOffline:
+		msgs, err := s.queue.TakeOffline(a.User.String())
+		if err != nil {
+			s.log.Error("offline load failed", "err", err)
+			return
+		}
+		if len(msgs) > 0 {
+			s.stepLocked(jsm.OfflineLoaded{Stream: a.Stream, Messages: msgs})
+		}
+	case jsm.SaveRosterItem:
+		if err := s.rosters.Save(a.User, a.Item); err != nil {
+			s.log.Error("roster save failed", "err", err)
+		}
+	case jsm.DeleteRosterItem:
+		if err := s.rosters.Delete(a.User, a.Contact); err != nil {
+			s.log.Error("roster delete failed", "err", err)
+		}
+	case jsm.CloseStream:
+		st := s.streams[a.Stream]
+		if st == nil {
+			return
+		}
+		delete(s.streams, a.Stream)
+		if st.resumeID != "" {
+			delete(s.resumable, st.resumeID)
+		}
+		if a.Condition == "" {
+			st.close(nil)
+		} else {
+			st.close(&StreamError{Condition: a.Condition})
+		}
+	default:
+		s.log.Error("unknown jsm action", "type", fmt.Sprintf("%T", a))
+	}
+}
+
+func randomID(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,218 @@
+package router
+
+import (
+	"errors"
+	"io"
+	"strconv"
+	"time"
+
+	"pushd/internal/stanza"
+	"pushd/jsm"
+)
+
+// serveStream reads a bound stream until its connection ends, then tells
+// jsm whether the stream detached (resumable) or closed.
+func (c *c2s) serveStream(st *stream) {
+	s := c.srv
+	st.mu.Lock()
+	w := st.w
+	st.mu.Unlock()
+	err := c.readStanzas(st)
+	se := readError(err)
+	clean := err == nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.mu.Lock()
+	mine := st.w == w && w != nil
+	resumable := st.resumeID != ""
+	st.mu.Unlock()
+	if !mine {
+		// The stream moved to another connection (resumed) or jsm closed
+		// it; this connection has nothing more to say.
+		w.abandon()
+		return
+	}
+	switch {
+	case se != nil:
+		st.close(se)
+		s.forget(st)
+		s.stepLocked(jsm.Closed{Stream: st.id})
+	case clean:
+		st.close(nil)
+		s.forget(st)
+		s.stepLocked(jsm.Closed{Stream: st.id, Clean: true})
+	case resumable:
+		s.stepLocked(jsm.Detached{Stream: st.id, Unacked: st.detach()})
+		w.abandon()
+	default:
+		w.abandon()
+		s.forget(st)
+		s.stepLocked(jsm.Closed{Stream: st.id})
+	}
+	<-w.done
+}
+
+// forget drops a stream from the routing tables; s.mu is held.
+func (s *Server) forget(st *stream) {
+	delete(s.streams, st.id)
+	if st.resumeID != "" {
+		delete(s.resumable, st.resumeID)
+	}
+}
+
+// readStanzas is the loop of a bound stream. It returns nil when the
+// client closed the stream, a *StreamError for a protocol violation, and
+// the read error when the connection failed.
+func (c *c2s) readStanzas(st *stream) error {
+	s := c.srv
+	for {
+		el, err := c.r.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if !c.bucket.take(time.Now()) {
+			return errFlood
+		}
+		switch {
+		case el.IsStanza():
+			st.mu.Lock()
+			if st.sm {
+				st.inCount++
+			}
+			st.mu.Unlock()
+			if el.Name.Local == "iq" && c.handleStreamIQ(st, el) {
+				continue
+			}
+			el.Set("from", st.from)
+			s.Step(jsm.StanzaIn{Stream: st.id, Stanza: el})
+		case el.Name.Space == stanza.NSSM:
+			if err := c.handleSM(st, el); err != nil {
+				return err
+			}
+		case el.Is(stanza.NSCSI, "active"), el.Is(stanza.NSCSI, "inactive"):
+			s.Step(jsm.ClientState{Stream: st.id, Active: el.Name.Local == "active"})
+		default:
+			return errUnsupportedType
+		}
+	}
+}
+
+// handleStreamIQ answers the IQs that belong to the stream rather than to
+// the session manager: a second bind and the legacy session request.
+func (c *c2s) handleStreamIQ(st *stream, iq *stanza.Element) bool {
+	var reply *stanza.Element
+	switch {
+	case iq.Child(stanza.NSBind, "bind") != nil:
+		reply = stanzaError(iq, "cancel", "not-allowed")
+	case iq.Child(stanza.NSSession, "session") != nil && (iq.Get("to") == "" || iq.Get("to") == c.srv.domain.String()):
+		reply = stanza.New(stanza.NSClient, "iq", "type", "result", "id", iq.Get("id"))
+	default:
+		return false
+	}
+	reply.Set("from", "")
+	reply.Set("to", st.from)
+	st.send(func(b []byte) []byte { return stanza.Append(b, reply, stanza.NSClient) })
+	return true
+}
+
+// handleSM handles XEP-0198 nonzas on a bound stream.
+func (c *c2s) handleSM(st *stream, el *stanza.Element) error {
+	s := c.srv
+	switch el.Name.Local {
+	case "enable":
+		st.mu.Lock()
+		if st.sm {
+			st.mu.Unlock()
+			st.send(func(b []byte) []byte {
+				return append(b, `<failed xmlns="urn:xmpp:sm:3"><unexpected-request xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></failed>`...)
+			})
+			return nil
+		}
+		st.sm = true
+		resume := el.Get("resume") == "true" || el.Get("resume") == "1"
+		if resume {
+			st.resumeID = randomID(16)
+		}
+		id := st.resumeID
+		st.mu.Unlock()
+		if resume {
+			s.mu.Lock()
+			s.resumable[id] = st
+			s.mu.Unlock()
+		}
+		st.send(func(b []byte) []byte {
+			b = append(b, `<enabled xmlns="urn:xmpp:sm:3"`...)
+			if resume {
+				b = append(b, ` id="`+id+`" resume="true" max="`...)
+				b = strconv.AppendInt(b, int64(s.cfg.ResumeTimeout/time.Second), 10)
+				b = append(b, '"')
+				if s.cfg.ResumeLocation != "" {
+					b = append(b, ` location="`+s.cfg.ResumeLocation+`"`...)
+				}
+			}
+			return append(b, "/>"...)
+		})
+	case "r":
+		st.mu.Lock()
+		h := st.inCount
+		on := st.sm
+		st.mu.Unlock()
+		if on {
+			st.send(func(b []byte) []byte {
+				b = append(b, `<a xmlns="urn:xmpp:sm:3" h="`...)
+				b = strconv.AppendUint(b, uint64(h), 10)
+				return append(b, `"/>`...)
+			})
+		}
+	case "a":
+		h, err := strconv.ParseUint(el.Get("h"), 10, 32)
+		if err != nil {
+			return errBadFormat
+		}
+		through, serr := st.handleAck(uint32(h))
+		if serr != nil {
+			return serr
+		}
+		if through > 0 {
+			s.Step(jsm.Acked{Stream: st.id, Seq: through})
+		}
+	case "resume":
+		st.send(func(b []byte) []byte {
+			return append(b, `<failed xmlns="urn:xmpp:sm:3"><unexpected-request xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></failed>`...)
+		})
+	default:
+		return errUnsupportedType
+	}
+	return nil
+}
+
+// bucket is a token bucket limiting the elements one connection sends.
+type bucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func newBucket(rate, burst float64) bucket {
+	return bucket{rate: rate, burst: burst, tokens: burst}
+}
+
+func (b *bucket) take(now time.Time) bool {
+	if b.rate <= 0 {
+		return true
+	}
+	if !b.last.IsZero() {
+		b.tokens += now.Sub(b.last).Seconds() * b.rate
+		if b.tokens > b.burst {
+			b.tokens = b.burst
+		}
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
