@@ -129,4 +129,3 @@ func AppendStart(b []byte, name string, attrs ...string) []byte {
 	}
 	return append(b, '>')
 }
-
