@@ -55,6 +55,7 @@ func (c *c2s) fail(err error) {
 	if se == nil {
 		return
 	}
+	c.srv.cfg.Metrics.streamErrors.WithLabelValues(se.Condition).Inc()
 	c.header("")
 	c.out = appendStreamError(c.out, se)
 	c.flush()
@@ -266,6 +267,7 @@ func (c *c2s) bind(iq *stanza.Element) (*stream, error) {
 	st.w.write(func(b []byte) []byte { return stanza.Append(b, result, stanza.NSClient) })
 	s.mu.Lock()
 	s.streams[st.id] = st
+	s.cfg.Metrics.streams.Inc()
 	s.stepLocked(jsm.Bound{Stream: st.id, JID: full})
 	s.mu.Unlock()
 	s.log.Debug("stream bound", "stream", uint64(st.id))
@@ -280,6 +282,7 @@ func (c *c2s) resume(el *stanza.Element) (*stream, error) {
 	st := s.resumable[el.Get("previd")]
 	if perr != nil || st == nil || !st.jid.Bare().Equal(c.user) {
 		s.mu.Unlock()
+		s.cfg.Metrics.resumes.WithLabelValues("failed").Inc()
 		c.out = append(c.out, `<failed xmlns="urn:xmpp:sm:3"><item-not-found xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></failed>`...)
 		return nil, c.flush()
 	}
@@ -299,6 +302,8 @@ func (c *c2s) resume(el *stanza.Element) (*stream, error) {
 	}
 	s.stepLocked(jsm.Resumed{Stream: st.id, AckedSeq: acked})
 	s.mu.Unlock()
+	s.cfg.Metrics.resumes.WithLabelValues("resumed").Inc()
+	s.cfg.Metrics.detached.Dec()
 	return st, nil
 }
 
@@ -336,7 +341,11 @@ func (c *c2s) authenticate(auth *stanza.Element) (bool, error) {
 			cond = "not-authorized"
 		}
 	}
-	c.fails++
+	c.srv.cfg.Metrics.authFailures.Inc()
+	if cond != "encryption-required" {
+		// Asking in the clear is a client's mistake, not a guess.
+		c.fails++
+	}
 	c.out = append(c.out, `<failure xmlns="urn:ietf:params:xml:ns:xmpp-sasl"><`+cond+`/></failure>`...)
 	if err := c.flush(); err != nil {
 		return false, err

@@ -138,6 +138,7 @@ func (c *c2s) readComponent(link *componentLink) error {
 		if err != nil || !strings.EqualFold(from.Domainpart(), link.domain) {
 			return &StreamError{Condition: "invalid-from"}
 		}
+		c.srv.cfg.Metrics.stanzasIn.WithLabelValues(el.Name.Local).Inc()
 		c.srv.Step(jsm.ComponentIn{Domain: link.domain, Stanza: el})
 	}
 }

@@ -62,6 +62,8 @@ type Config struct {
 	// AckRequestEvery asks an XEP-0198 client for an ack after this many
 	// unacknowledged stanzas (default 5).
 	AckRequestEvery int
+	// Metrics receives the router's series (default: unregistered).
+	Metrics *Metrics
 	// Logger receives the router's logs (default slog.Default()).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now); tests pass a fake one.

@@ -89,6 +89,9 @@ func New(cfg Config, machine *jsm.Machine, accounts Accounts, queue Queue, roste
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -165,6 +168,16 @@ const (
 	directTLSListener
 	componentListener
 )
+
+func (k listenerKind) String() string {
+	switch k {
+	case directTLSListener:
+		return "tls"
+	case componentListener:
+		return "component"
+	}
+	return "c2s"
+}
 
 type kindListener struct {
 	net.Listener
@@ -244,6 +257,8 @@ func (s *Server) accept(ln *kindListener) {
 			continue
 		}
 		s.conns.Add(1)
+		gauge := s.cfg.Metrics.connections.WithLabelValues(ln.kind.String())
+		gauge.Inc()
 		s.lnMu.Lock()
 		s.live[conn] = struct{}{}
 		s.lnMu.Unlock()
@@ -253,6 +268,7 @@ func (s *Server) accept(ln *kindListener) {
 				s.lnMu.Lock()
 				delete(s.live, conn)
 				s.lnMu.Unlock()
+				gauge.Dec()
 				_ = conn.Close()
 			}()
 			switch ln.kind {
@@ -300,14 +316,18 @@ func (s *Server) execute(a jsm.Action) {
 		if st == nil {
 			return
 		}
+		var last uint64
 		err := s.queue.Read(a.Device, a.From, func(e jsm.Entry) error {
 			st.deliver(e)
+			last = e.Seq
 			return nil
 		})
 		if err != nil {
 			s.log.Error("queue read failed", "err", err)
 		}
-		st.markFlushed()
+		if through := st.markFlushed(last); through > 0 {
+			s.stepLocked(jsm.Acked{Stream: a.Stream, Seq: through})
+		}
 	case jsm.Trim:
 		if err := s.queue.Trim(a.Device, a.Through); err != nil {
 			s.log.Error("queue trim failed", "err", err)
@@ -352,10 +372,7 @@ func (s *Server) execute(a jsm.Action) {
 		if st == nil {
 			return
 		}
-		delete(s.streams, a.Stream)
-		if st.resumeID != "" {
-			delete(s.resumable, st.resumeID)
-		}
+		s.forget(st)
 		if a.Condition == "" {
 			st.close(nil)
 		} else {

@@ -33,27 +33,38 @@ func (c *c2s) serveStream(st *stream) {
 		return
 	}
 	switch {
-	case se != nil:
-		st.close(se)
-		s.forget(st)
-		s.stepLocked(jsm.Closed{Stream: st.id})
-	case clean:
-		st.close(nil)
-		s.forget(st)
-		s.stepLocked(jsm.Closed{Stream: st.id, Clean: true})
-	case resumable:
+	case resumable && se == nil && !clean:
+		s.cfg.Metrics.detached.Inc()
 		s.stepLocked(jsm.Detached{Stream: st.id, Unacked: st.detach()})
 		w.abandon()
 	default:
-		w.abandon()
+		// The stream is over: what the client never acknowledged goes back
+		// to jsm, which keeps the messages offline.
+		if se != nil {
+			s.cfg.Metrics.streamErrors.WithLabelValues(se.Condition).Inc()
+		}
 		s.forget(st)
-		s.stepLocked(jsm.Closed{Stream: st.id})
+		st.close(se)
+		if se == nil && !clean {
+			w.abandon()
+		}
+		s.stepLocked(jsm.Closed{Stream: st.id, Clean: clean, Unacked: st.detach()})
 	}
 	<-w.done
 }
 
 // forget drops a stream from the routing tables; s.mu is held.
 func (s *Server) forget(st *stream) {
+	if _, ok := s.streams[st.id]; !ok {
+		return
+	}
+	s.cfg.Metrics.streams.Dec()
+	st.mu.Lock()
+	detached := st.w == nil
+	st.mu.Unlock()
+	if detached {
+		s.cfg.Metrics.detached.Dec()
+	}
 	delete(s.streams, st.id)
 	if st.resumeID != "" {
 		delete(s.resumable, st.resumeID)
@@ -78,6 +89,7 @@ func (c *c2s) readStanzas(st *stream) error {
 		}
 		switch {
 		case el.IsStanza():
+			s.cfg.Metrics.stanzasIn.WithLabelValues(el.Name.Local).Inc()
 			st.mu.Lock()
 			if st.sm {
 				st.inCount++

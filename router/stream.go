@@ -62,15 +62,21 @@ func (st *stream) deliver(e jsm.Entry) {
 }
 
 // markFlushed notes that unacked now holds queue entries, so the client's
-// acks must also trim the durable queue.
-func (st *stream) markFlushed() {
+// acks must also trim the durable queue. Without stream management there
+// will be no acks: what was written counts as delivered, and the Seq it
+// returns is what jsm may trim through (0: wait for acks).
+func (st *stream) markFlushed(through uint64) uint64 {
 	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.sm {
+		return through
+	}
 	st.flushed = len(st.unacked) > 0
 	if st.w != nil && st.sm && len(st.unacked) > 0 {
 		st.sinceReq = 0
 		st.w.write(func(b []byte) []byte { return append(b, `<r xmlns="urn:xmpp:sm:3"/>`...) })
 	}
-	st.mu.Unlock()
+	return 0
 }
 
 // handleAck applies the client's <a h=…/>. It returns the Seq jsm must
@@ -150,7 +156,8 @@ func (st *stream) resume(w *wire, h uint32) (ackedSeq uint64, err *StreamError) 
 	return st.ackedSeq, nil
 }
 
-// close ends the stream's connection, with a stream error or cleanly.
+// close ends the stream's connection, with a stream error or cleanly
+// (e == nil).
 func (st *stream) close(e *StreamError) {
 	st.mu.Lock()
 	w := st.w

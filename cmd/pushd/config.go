@@ -35,10 +35,7 @@ type fileConfig struct {
 
 	Component struct {
 		Listen string `toml:"listen"`
-		Accept []struct {
-			Domain string `toml:"domain"`
-			Secret string `toml:"secret"`
-		} `toml:"accept"`
+		Accept []componentAccept `toml:"accept"`
 	} `toml:"component"`
 
 	Storage struct {
@@ -52,6 +49,12 @@ type fileConfig struct {
 	Log struct {
 		Level string `toml:"level"`
 	} `toml:"log"`
+}
+
+// componentAccept is one XEP-0114 component allowed to connect.
+type componentAccept struct {
+	Domain string `toml:"domain"`
+	Secret string `toml:"secret"`
 }
 
 func defaultFileConfig() fileConfig {

@@ -71,7 +71,11 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	jcfg.MobileResourcePrefixes = cfg.C2S.MobileResources
 	machine := jsm.New(jcfg, state)
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
 	rcfg := router.DefaultConfig()
+	rcfg.Metrics = router.NewMetrics(reg)
 	rcfg.Domain = cfg.Domain
 	rcfg.C2SListen = cfg.C2S.Listen
 	rcfg.TLSListen = cfg.C2S.TLSListen
@@ -103,8 +107,6 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		return nil, err
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	token, err := adminToken(cfg.DataDir)
 	if err != nil {
 		n.close()
@@ -209,6 +211,9 @@ func (u nodeUsers) DeleteUser(user string) error {
 	}
 	if err := u.n.db.Accounts().Delete(j); err != nil {
 		return mapStoreErr(err)
+	}
+	if err := u.n.queue.DropOffline(j.String()); err != nil {
+		return err
 	}
 	u.n.router.Step(jsm.UserDeleted{User: j})
 	return nil

@@ -1,0 +1,21 @@
+package main
+
+import (
+	"reflect"
+	"testing"
+)
+
+// The documented example must parse and say exactly the embedded
+// defaults, so the two cannot drift apart.
+func TestExampleConfigIsTheDefaults(t *testing.T) {
+	got, err := loadConfig("../../docs/pushd.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := defaultFileConfig()
+	want.DataDir = "../../docs/data"
+	got.C2S.MobileResources = nil
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("example config differs from the defaults:\n got %+v\nwant %+v", got, want)
+	}
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"pushd/internal/peertest"
+)
+
+// testNode is a pushd node running in the test process on free loopback
+// ports with its data in a temporary directory.
+type testNode struct {
+	*node
+	t       testing.TB
+	cfgFile string
+}
+
+// startTestNode starts a node; mutate may change the config first.
+func startTestNode(t testing.TB, mutate func(*fileConfig)) *testNode {
+	t.Helper()
+	cfg := defaultFileConfig()
+	cfg.DataDir = t.TempDir()
+	ports := peertest.FreePorts(t, 3)
+	cfg.C2S.Listen = peertest.Loopback(ports[0])
+	cfg.Component.Listen = peertest.Loopback(ports[1])
+	cfg.Admin.Listen = peertest.Loopback(ports[2])
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	log := slog.New(slog.NewTextHandler(&testLog{t: t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	n, err := startNode(cfg, log)
+	if err != nil {
+		t.Fatalf("start node: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node stopped with: %v", err)
+		}
+	})
+	tn := &testNode{node: n, t: t}
+	tn.cfgFile = filepath.Join(cfg.DataDir, "pushd.toml")
+	tn.writeConfig()
+	return tn
+}
+
+// writeConfig writes the node's config as a file for subcommands.
+func (n *testNode) writeConfig() {
+	c := n.cfg
+	var b strings.Builder
+	fmt.Fprintf(&b, "domain = %q\ndata_dir = %q\n[c2s]\nlisten = %q\n[component]\nlisten = %q\n[admin]\nlisten = %q\n",
+		c.Domain, c.DataDir, c.C2S.Listen, c.Component.Listen, c.Admin.Listen)
+	if err := os.WriteFile(n.cfgFile, []byte(b.String()), 0o600); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// addUser creates an account on the running node.
+func (n *testNode) addUser(user, password string) string {
+	n.t.Helper()
+	if err := (nodeUsers{n.node}).AddUser(user, password); err != nil {
+		n.t.Fatalf("add user %s: %v", user, err)
+	}
+	return user + "@" + n.cfg.Domain
+}
+
+func (n *testNode) c2s() string { return n.router.Addr("c2s") }
+
+// testLog sends the node's log lines to the test log, and stops once the
+// test is over (a late line would panic).
+type testLog struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.done {
+		l.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}

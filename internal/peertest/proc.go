@@ -1,0 +1,141 @@
+package peertest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Process is a child started by Start: it runs in its own process group,
+// its output goes to the test log, and it is killed (group-wide) and
+// reaped on test cleanup.
+type Process struct {
+	Cmd    *exec.Cmd
+	name   string
+	out    bytes.Buffer
+	stdout *logWriter
+	stderr *logWriter
+
+	done    chan struct{}
+	waitErr error
+	once    sync.Once
+}
+
+// Start starts cmd in a new process group with its stdout and stderr logged
+// to t (prefixed by name) and registers a cleanup that kills the group and
+// waits for the process.
+func Start(t testing.TB, name string, cmd *exec.Cmd) *Process {
+	t.Helper()
+	p := &Process{Cmd: cmd, name: name, done: make(chan struct{})}
+	p.stdout = newLogWriter(t, name+": ", &p.out)
+	p.stderr = newLogWriter(t, name+"! ", &p.out)
+	cmd.Stdout = p.stdout
+	cmd.Stderr = p.stderr
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("peertest: start %s: %v", name, err)
+	}
+	go func() {
+		p.waitErr = cmd.Wait()
+		p.stdout.flush()
+		p.stderr.flush()
+		close(p.done)
+	}()
+	t.Cleanup(func() { p.Stop(5 * time.Second) })
+	return p
+}
+
+// PID is the process id (also the process group id).
+func (p *Process) PID() int { return p.Cmd.Process.Pid }
+
+// Exited returns nil while the process runs, and an error describing its
+// exit once it has ended.
+func (p *Process) Exited() error {
+	select {
+	case <-p.done:
+		return fmt.Errorf("%s exited: %v", p.name, p.waitErr)
+	default:
+		return nil
+	}
+}
+
+// Done is closed when the process has exited and its output is logged.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Output is everything the process wrote so far (stdout and stderr).
+func (p *Process) Output() string {
+	p.stdout.mu.Lock()
+	defer p.stdout.mu.Unlock()
+	return p.out.String()
+}
+
+// Stop sends SIGTERM to the process group, then SIGKILL after grace, and
+// waits for the process. It is safe to call more than once.
+func (p *Process) Stop(grace time.Duration) error {
+	p.once.Do(func() {
+		pgid := p.Cmd.Process.Pid
+		select {
+		case <-p.done:
+		default:
+			_ = syscall.Kill(-pgid, syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(grace):
+				_ = syscall.Kill(-pgid, syscall.SIGKILL)
+				<-p.done
+			}
+		}
+		// Anything the leader left behind in its group goes too.
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	})
+	return p.waitErr
+}
+
+// Kill sends SIGKILL to the process group and waits.
+func (p *Process) Kill() {
+	_ = syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// Run runs cmd to completion under ctx with stdout and stderr logged to t,
+// killing its process group if ctx ends first. It returns stdout.
+func Run(ctx context.Context, t testing.TB, name string, cmd *exec.Cmd) ([]byte, error) {
+	t.Helper()
+	var out bytes.Buffer
+	lw := newLogWriter(t, name+": ", &out)
+	ew := newLogWriter(t, name+"! ", nil)
+	cmd.Stdout = lw
+	cmd.Stderr = ew
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		err = <-done
+		err = errors.Join(fmt.Errorf("%s: %w", name, ctx.Err()), err)
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // leftovers in the group
+	lw.flush()
+	ew.flush()
+	return out.Bytes(), err
+}

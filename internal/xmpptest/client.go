@@ -1,0 +1,238 @@
+// Package xmpptest is a minimal, scriptable XMPP client for tests that
+// need to send what no real client would: malformed XML, floods, stanzas
+// out of order. Tests that exercise ordinary client behaviour use real
+// peers (slixmpp, @xmpp/client) instead.
+package xmpptest
+
+import (
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"pushd/internal/stanza"
+)
+
+// Client is one raw connection to a server.
+type Client struct {
+	t      testing.TB
+	Conn   net.Conn
+	r      *stanza.Reader
+	domain string
+	// Features is the last <stream:features/> the server sent.
+	Features *stanza.Element
+	JID      string
+}
+
+// Timeout bounds every read.
+var Timeout = 10 * time.Second
+
+// Dial connects and opens a stream to domain.
+func Dial(t testing.TB, addr, domain string) *Client {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, Timeout)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	c := &Client{t: t, Conn: conn, domain: domain}
+	t.Cleanup(func() { _ = c.Conn.Close() })
+	c.Open()
+	return c
+}
+
+// Open sends a stream header and reads the server's header and features.
+func (c *Client) Open() {
+	c.t.Helper()
+	c.Send(`<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='` + c.domain + `' version='1.0'>`)
+	c.ReadHeader()
+}
+
+// ReadHeader reads the server's stream header and features.
+func (c *Client) ReadHeader() {
+	c.t.Helper()
+	c.r = stanza.NewReader(c.Conn, stanza.Limits{MaxBytes: 16 << 20, MaxDepth: 64})
+	_ = c.Conn.SetReadDeadline(time.Now().Add(Timeout))
+	if _, err := c.r.Header(); err != nil {
+		c.t.Fatalf("server header: %v", err)
+	}
+	f, err := c.Next()
+	if err != nil {
+		c.t.Fatalf("features: %v", err)
+	}
+	c.Features = f
+}
+
+// Send writes raw XML.
+func (c *Client) Send(raw string) {
+	c.t.Helper()
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(Timeout))
+	if _, err := io.WriteString(c.Conn, raw); err != nil {
+		c.t.Fatalf("send: %v", err)
+	}
+}
+
+// TrySend writes raw XML and reports the error instead of failing: the
+// server may already have closed the stream.
+func (c *Client) TrySend(raw string) error {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(Timeout))
+	_, err := io.WriteString(c.Conn, raw)
+	return err
+}
+
+// Next reads the next top-level element.
+func (c *Client) Next() (*stanza.Element, error) {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(Timeout))
+	return c.r.Next()
+}
+
+// Expect reads elements until one satisfies match, failing after Timeout.
+func (c *Client) Expect(what string, match func(*stanza.Element) bool) *stanza.Element {
+	c.t.Helper()
+	for {
+		el, err := c.Next()
+		if err != nil {
+			c.t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if match(el) {
+			return el
+		}
+	}
+}
+
+// StreamError reads until the stream ends and returns the stream error
+// condition it carried ("" if the stream closed without one).
+func (c *Client) StreamError() string {
+	c.t.Helper()
+	for {
+		el, err := c.Next()
+		if err != nil {
+			return ""
+		}
+		if el.Is(stanza.NSStream, "error") {
+			for _, ch := range el.Elements() {
+				if ch.Name.Space == stanza.NSStreamErr && ch.Name.Local != "text" {
+					return ch.Name.Local
+				}
+			}
+			return "?"
+		}
+	}
+}
+
+// StartTLS upgrades the stream without verifying the server certificate.
+func (c *Client) StartTLS() {
+	c.t.Helper()
+	c.Send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
+	if el, err := c.Next(); err != nil || !el.Is(stanza.NSTLS, "proceed") {
+		c.t.Fatalf("starttls: %v %v", el, err)
+	}
+	tc := tls.Client(c.Conn, &tls.Config{InsecureSkipVerify: true, ServerName: c.domain})
+	if err := tc.Handshake(); err != nil {
+		c.t.Fatalf("tls handshake: %v", err)
+	}
+	c.Conn = tc
+	c.Open()
+}
+
+// AuthPlain authenticates with SASL PLAIN and returns "" on success or
+// the failure condition. On success the stream is restarted.
+func (c *Client) AuthPlain(user, password string) string {
+	c.t.Helper()
+	data := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + password))
+	c.Send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>` + data + `</auth>`)
+	el, err := c.Next()
+	if err != nil {
+		c.t.Fatalf("auth: %v", err)
+	}
+	switch {
+	case el.Is(stanza.NSSASL, "success"):
+		c.Open()
+		return ""
+	case el.Is(stanza.NSSASL, "failure"):
+		if f := el.FirstElement(); f != nil {
+			return f.Name.Local
+		}
+		return "?"
+	}
+	c.t.Fatalf("auth: unexpected %s", el)
+	return ""
+}
+
+// Bind binds resource and returns the full JID.
+func (c *Client) Bind(resource string) string {
+	c.t.Helper()
+	c.Send(`<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>` + resource + `</resource></bind></iq>`)
+	el := c.Expect("bind result", func(e *stanza.Element) bool { return e.Get("id") == "bind1" })
+	if el.Get("type") != "result" {
+		c.t.Fatalf("bind: %s", el)
+	}
+	c.JID = el.Child(stanza.NSBind, "bind").ChildText(stanza.NSBind, "jid")
+	return c.JID
+}
+
+// Login dials, upgrades to TLS, authenticates and binds.
+func Login(t testing.TB, addr, domain, user, password, resource string) *Client {
+	t.Helper()
+	c := Dial(t, addr, domain)
+	c.StartTLS()
+	if cond := c.AuthPlain(user, password); cond != "" {
+		t.Fatalf("login %s: %s", user, cond)
+	}
+	c.Bind(resource)
+	return c
+}
+
+// Message sends a chat message.
+func (c *Client) Message(to, body string) {
+	c.t.Helper()
+	c.Send(fmt.Sprintf(`<message type='chat' to='%s'><body>%s</body></message>`, to, body))
+}
+
+// ExpectBody waits for a message with the given body.
+func (c *Client) ExpectBody(body string) {
+	c.t.Helper()
+	c.Expect("message "+body, func(e *stanza.Element) bool {
+		return e.Is(stanza.NSClient, "message") && e.ChildText(stanza.NSClient, "body") == body
+	})
+}
+
+// Closed reports whether the server has closed the connection (reading
+// yields EOF or a reset rather than a timeout).
+func (c *Client) Closed() bool {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(Timeout))
+	buf := make([]byte, 512)
+	for {
+		_, err := c.Conn.Read(buf)
+		if err != nil {
+			var ne net.Error
+			return !(errors.As(err, &ne) && ne.Timeout()) || strings.Contains(err.Error(), "reset")
+		}
+	}
+}
+
+// DialRaw connects without opening a stream, for tests of bad headers.
+func DialRaw(t testing.TB, addr string) *Client {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, Timeout)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	c := &Client{t: t, Conn: conn}
+	t.Cleanup(func() { _ = c.Conn.Close() })
+	return c
+}
+
+// ReadHeaderOnly reads the server's stream header and nothing more.
+func (c *Client) ReadHeaderOnly() {
+	c.t.Helper()
+	c.r = stanza.NewReader(c.Conn, stanza.Limits{MaxBytes: 16 << 20, MaxDepth: 64})
+	_ = c.Conn.SetReadDeadline(time.Now().Add(Timeout))
+	if _, err := c.r.Header(); err != nil {
+		c.t.Fatalf("server header: %v", err)
+	}
+}
