@@ -34,7 +34,7 @@ type fileConfig struct {
 	} `toml:"c2s"`
 
 	Component struct {
-		Listen string `toml:"listen"`
+		Listen string            `toml:"listen"`
 		Accept []componentAccept `toml:"accept"`
 	} `toml:"component"`
 
