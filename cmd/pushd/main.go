@@ -19,6 +19,7 @@ const usage = `usage: pushd <command> [flags]
 commands:
   serve     run a node (XMPP router, session manager, admin endpoint)
   user      add, delete, list users or change a password
+  bench     measure throughput, latency and memory (bench c2s)
   version   print the version
 `
 
@@ -41,6 +42,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return cmdServe(args[1:], stderr)
 	case "user":
 		return cmdUser(args[1:], stdin, stdout, stderr)
+	case "bench":
+		return cmdBench(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "pushd", version)
 		return nil

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,6 +85,7 @@ func Listen(cfg Config) (*Server, error) {
 	mux.HandleFunc("POST /api/users", s.auth(s.addUser))
 	mux.HandleFunc("PUT /api/users/password", s.auth(s.setPassword))
 	mux.HandleFunc("DELETE /api/users", s.auth(s.deleteUser))
+	mux.HandleFunc("GET /api/memory", s.authOnly(memory))
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
@@ -105,7 +107,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
+// authOnly checks the bearer token.
+func (s *Server) authOnly(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		got := r.Header.Get("Authorization")
 		want := "Bearer " + s.cfg.Token
@@ -113,12 +116,36 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
+		h(w, r)
+	}
+}
+
+// auth checks the token and that there is a user store.
+func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
+	return s.authOnly(func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.Users == nil {
 			http.Error(w, "no user store", http.StatusNotImplemented)
 			return
 		}
 		h(w, r)
-	}
+	})
+}
+
+// Memory is what /api/memory reports: the Go heap and stacks in use right
+// after a collection, which (unlike RSS) is what the node's sessions
+// actually hold. Benchmarks divide its growth by the sessions opened.
+type Memory struct {
+	HeapInuse  uint64 `json:"heap_inuse"`
+	StackInuse uint64 `json:"stack_inuse"`
+	Sys        uint64 `json:"sys"`
+}
+
+func memory(w http.ResponseWriter, _ *http.Request) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(Memory{HeapInuse: ms.HeapInuse, StackInuse: ms.StackInuse, Sys: ms.Sys})
 }
 
 type userRequest struct {

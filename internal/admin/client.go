@@ -79,3 +79,10 @@ func (c *Client) ListUsers() ([]string, error) {
 	err := c.do(context.Background(), http.MethodGet, "/api/users", nil, &users)
 	return users, err
 }
+
+// Memory asks the node for its live heap and stacks after a collection.
+func (c *Client) Memory() (Memory, error) {
+	var m Memory
+	err := c.do(context.Background(), http.MethodGet, "/api/memory", nil, &m)
+	return m, err
+}

@@ -1,0 +1,306 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"mellium.im/xmpp/jid"
+
+	"pushd/internal/admin"
+	"pushd/internal/bench"
+	"pushd/internal/store"
+)
+
+const benchUsage = `usage: pushd bench c2s [flags]
+Measures messages/s and latency between client pairs, and memory per
+connected and per hibernated session. Without --addr it starts its own
+pushd node (this binary) for each measurement.`
+
+// c2sTarget is a server under measurement.
+type c2sTarget struct {
+	Name     string
+	Addr     string
+	Domain   string
+	PID      int // 0: unknown (no CPU or memory figures)
+	Pattern  string
+	Password string
+	// Live, when set, returns the server's live memory (heap and stacks
+	// after a collection), which says more than RSS for a Go server.
+	Live func() (int64, error)
+}
+
+// c2sStarter starts a fresh server with users bench accounts; stop ends it.
+type c2sStarter func(ctx context.Context, users int) (t c2sTarget, stop func(), err error)
+
+type c2sBenchOptions struct {
+	Pairs    []int
+	Duration time.Duration
+	Window   int
+	Sessions int // idle sessions for the memory figures; 0 skips them
+}
+
+func cmdBench(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "c2s" {
+		fmt.Fprintln(stderr, benchUsage)
+		return flag.ErrHelp
+	}
+	fs := flag.NewFlagSet("bench c2s", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pairs := fs.String("pairs", "1,10,50", "comma-separated numbers of sender→receiver pairs")
+	duration := fs.Duration("duration", 10*time.Second, "how long each run sends")
+	window := fs.Int("window", 32, "messages in flight per pair")
+	sessions := fs.Int("sessions", 2000, "idle sessions for memory per session (0 = skip)")
+	addr := fs.String("addr", "", "measure a running server at host:port instead of starting pushd")
+	domain := fs.String("domain", "localhost", "with --addr: the server's domain")
+	pid := fs.Int("pid", 0, "with --addr: the server's process id (CPU and memory figures)")
+	pattern := fs.String("users", "bench%d", "with --addr: account name pattern; accounts bench0… must exist")
+	password := fs.String("password", "bench-pw", "with --addr: the accounts' password")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	opts := c2sBenchOptions{Duration: *duration, Window: *window, Sessions: *sessions}
+	for _, p := range strings.Split(*pairs, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n <= 0 {
+			return fmt.Errorf("bad --pairs %q", *pairs)
+		}
+		opts.Pairs = append(opts.Pairs, n)
+	}
+	ctx := context.Background()
+	start := startPushdForBench
+	if *addr != "" {
+		t := c2sTarget{Name: "server", Addr: *addr, Domain: *domain, PID: *pid, Pattern: *pattern, Password: *password}
+		start = func(context.Context, int) (c2sTarget, func(), error) { return t, func() {}, nil }
+	}
+	return runC2SBench(ctx, start, opts, stdout)
+}
+
+// runC2SBench measures one server kind and prints a table row per
+// measurement. Memory is measured on fresh servers, since neither Go nor
+// Lua hands freed memory back at once.
+func runC2SBench(ctx context.Context, start c2sStarter, opts c2sBenchOptions, out io.Writer) error {
+	maxPairs := 0
+	for _, p := range opts.Pairs {
+		maxPairs = max(maxPairs, p)
+	}
+	t, stop, err := start(ctx, 2*maxPairs+1)
+	if err != nil {
+		return err
+	}
+	for _, p := range opts.Pairs {
+		res, err := bench.RunC2S(ctx, bench.Config{
+			Addr: t.Addr, Domain: t.Domain, UserPattern: t.Pattern, Password: t.Password, InsecureTLS: true,
+			Pairs: p, Duration: opts.Duration, Window: opts.Window, ServerPID: t.PID,
+		})
+		if err != nil {
+			stop()
+			return fmt.Errorf("%s, %d pairs: %w", t.Name, p, err)
+		}
+		cpu := 0.0
+		if res.ServerCPU > 0 {
+			cpu = res.ServerCPU.Seconds() / res.Elapsed.Seconds()
+		}
+		fmt.Fprintf(out, "%-8s c2s pairs=%-3d window=%d  %8.0f msg/s  p50 %-10v p99 %-10v server %.2f cores\n",
+			t.Name, p, opts.Window, res.MsgsPerSec, res.P50.Round(10*time.Microsecond), res.P99.Round(10*time.Microsecond), cpu)
+	}
+	stop()
+	if opts.Sessions <= 0 || t.PID == 0 {
+		return nil
+	}
+	for _, hibernate := range []bool{false, true} {
+		m, err := measureSessions(ctx, start, opts.Sessions, hibernate)
+		if err != nil {
+			return err
+		}
+		kind := "connected (XEP-0198 on)"
+		if hibernate {
+			kind = "hibernated"
+		}
+		fmt.Fprintf(out, "%-8s memory per %s session: RSS %.1f KiB", t.Name, kind, m.rss/1024)
+		if m.live > 0 {
+			fmt.Fprintf(out, ", live heap+stacks %.1f KiB", m.live/1024)
+		}
+		fmt.Fprintf(out, " (%d sessions)\n", opts.Sessions)
+	}
+	return nil
+}
+
+type sessionMemory struct{ rss, live float64 }
+
+func measureSessions(ctx context.Context, start c2sStarter, n int, hibernate bool) (sessionMemory, error) {
+	var m sessionMemory
+	t, stop, err := start(ctx, n+1)
+	if err != nil {
+		return m, err
+	}
+	defer stop()
+	barrier := bench.Credentials{User: fmt.Sprintf(t.Pattern, n), Password: t.Password}
+	sample := func() (rss, live int64, err error) {
+		if err := bench.Barrier(ctx, t.Addr, t.Domain, barrier, true); err != nil {
+			return 0, 0, err
+		}
+		if t.Live != nil {
+			if live, err = t.Live(); err != nil {
+				return 0, 0, err
+			}
+		}
+		rss, err = bench.RSS(t.PID)
+		return rss, live, err
+	}
+	rss0, live0, err := sample()
+	if err != nil {
+		return m, err
+	}
+	idle, err := bench.ConnectIdle(ctx, bench.IdleConfig{
+		Addr: t.Addr, Domain: t.Domain, UserPattern: t.Pattern, Password: t.Password, InsecureTLS: true,
+		Sessions: n, StreamManagement: true, Drop: hibernate,
+	})
+	if err != nil {
+		return m, err
+	}
+	defer idle.Close()
+	rss1, live1, err := sample()
+	if err != nil {
+		return m, err
+	}
+	m.rss = float64(rss1-rss0) / float64(n)
+	if t.Live != nil {
+		m.live = float64(live1-live0) / float64(n)
+	}
+	return m, nil
+}
+
+// startPushdForBench runs this binary as a pushd node in a temporary
+// directory with users bench accounts and no rate limit.
+func startPushdForBench(ctx context.Context, users int) (c2sTarget, func(), error) {
+	dir, err := os.MkdirTemp("", "pushd-bench-")
+	if err != nil {
+		return c2sTarget{}, nil, err
+	}
+	cleanup := func() { _ = os.RemoveAll(dir) }
+	t := c2sTarget{Name: "pushd", Domain: "localhost", Pattern: "bench%d", Password: "bench-pw"}
+	if err := createBenchUsers(filepath.Join(dir, "data"), t.Domain, t.Pattern, t.Password, users); err != nil {
+		cleanup()
+		return t, nil, err
+	}
+	ports, err := freePorts(3)
+	if err != nil {
+		cleanup()
+		return t, nil, err
+	}
+	t.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	cfg := fmt.Sprintf("domain = %q\ndata_dir = \"data\"\n[c2s]\nlisten = %q\nrate_limit = 0\n[component]\nlisten = \"127.0.0.1:%d\"\n[admin]\nlisten = \"127.0.0.1:%d\"\n[log]\nlevel = \"warn\"\n",
+		t.Domain, t.Addr, ports[1], ports[2])
+	cfgFile := filepath.Join(dir, "pushd.toml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		cleanup()
+		return t, nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		cleanup()
+		return t, nil, err
+	}
+	cmd := exec.CommandContext(ctx, exe, "serve", "--config", cfgFile)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		cleanup()
+		return t, nil, err
+	}
+	t.PID = cmd.Process.Pid
+	admin := &admin.Client{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))}
+	t.Live = func() (int64, error) {
+		if admin.Token == "" {
+			tok, err := os.ReadFile(filepath.Join(dir, "data", "admin.token"))
+			if err != nil {
+				return 0, err
+			}
+			admin.Token = strings.TrimSpace(string(tok))
+		}
+		m, err := admin.Memory()
+		return int64(m.HeapInuse + m.StackInuse), err
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		cleanup()
+	}
+	if err := waitListening(ctx, t.Addr, 15*time.Second); err != nil {
+		stop()
+		return t, nil, err
+	}
+	return t, stop, nil
+}
+
+func createBenchUsers(dataDir, domain, pattern, password string, n int) error {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	db, err := store.Open(store.Config{Dir: filepath.Join(dataDir, "db"), Domain: domain, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	for i := range n {
+		j, err := jid.New(fmt.Sprintf(pattern, i), domain, "")
+		if err != nil {
+			return err
+		}
+		if err := db.Accounts().Add(j, password); err != nil && !errors.Is(err, store.ErrUserExists) {
+			return err
+		}
+	}
+	return nil
+}
+
+func freePorts(n int) ([]int, error) {
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			_ = ln.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func waitListening(ctx context.Context, addr string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("pushd did not start listening on %s: %w", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,264 @@
+package apns_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sideshow/apns2"
+	"github.com/sideshow/apns2/token"
+
+	"pushd/component/apns"
+	"pushd/component/dispatch"
+	"pushd/component/payload"
+	"pushd/internal/apnstest"
+)
+
+const (
+	tokMsg  = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90"
+	tokVoIP = "0f0e0d0c0b0a09080706050403020100f0e0d0c0b0a090807060504030201000"
+)
+
+func p8(t testing.TB) (*ecdsa.PrivateKey, []byte) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(k)
+	return k, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
+
+func rootsOf(srv *apnstest.Server) *x509.CertPool {
+	return srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+}
+
+// newTokenProvider returns a token-auth provider pointed at a server that
+// verifies the JWT signature.
+func newTokenProvider(t testing.TB) (*apns.Provider, *apnstest.Server) {
+	t.Helper()
+	key, pemKey := p8(t)
+	srv := apnstest.NewServer(apnstest.Options{TokenKey: &key.PublicKey})
+	t.Cleanup(srv.Close)
+	cfg := apns.DefaultConfig()
+	cfg.Endpoint, cfg.Topic = srv.URL, "com.example.pushd"
+	cfg.KeyPEM, cfg.KeyID, cfg.TeamID = pemKey, "KEY1234567", "TEAM123456"
+	cfg.HTTP.RootCAs = rootsOf(srv)
+	p, err := apns.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p, srv
+}
+
+var key = [32]byte{1, 2, 3}
+
+func push(t testing.TB, ch payload.Channel, typ payload.Type) dispatch.Push {
+	t.Helper()
+	s, err := payload.Prepare(&key, payload.Payload{Type: typ, From: "romeo@example.net", Body: "hello"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dispatch.Push{
+		TrackingID:   dispatch.NewTrackingID(),
+		Registration: dispatch.Registration{Provider: dispatch.APNS, Token: tokMsg, VoIPToken: tokVoIP},
+		Channel:      ch, Sealed: s,
+	}
+}
+
+func TestRequestShape(t *testing.T) {
+	p, srv := newTokenProvider(t)
+	ctx := context.Background()
+	msg := push(t, payload.ChannelMessage, payload.TypeMessage)
+	if o := p.Send(ctx, msg); o.Result != dispatch.Delivered || o.Status != 200 {
+		t.Fatalf("message: %+v", o)
+	}
+	voip := push(t, payload.ChannelVoIP, payload.TypeCall)
+	if o := p.Send(ctx, voip); o.Result != dispatch.Delivered {
+		t.Fatalf("voip: %+v", o)
+	}
+	reqs := srv.Requests()
+	if len(reqs) != 2 {
+		t.Fatalf("%d requests", len(reqs))
+	}
+	m, v := reqs[0], reqs[1]
+	now := time.Now().Unix()
+	exp, _ := strconv.ParseInt(m.Expiration, 10, 64)
+	if m.Token != tokMsg || m.Topic != "com.example.pushd" || m.PushType != "alert" || m.Priority != "10" ||
+		m.CollapseID != "pushd-message" || m.ApnsID != msg.TrackingID || m.Proto != "HTTP/2.0" ||
+		m.Auth != "token" || m.JWTKeyID != "KEY1234567" || m.JWTIssuer != "TEAM123456" || exp < now+86000 {
+		t.Fatalf("message request: %+v", m)
+	}
+	exp, _ = strconv.ParseInt(v.Expiration, 10, 64)
+	if v.Token != tokVoIP || v.Topic != "com.example.pushd.voip" || v.PushType != "voip" || v.Priority != "10" ||
+		v.CollapseID != "" || exp > now+31 {
+		t.Fatalf("voip request: %+v", v)
+	}
+	var body struct {
+		Aps map[string]any
+		V   int
+		TID string
+		Enc string
+	}
+	if err := json.Unmarshal(m.Body, &body); err != nil {
+		t.Fatal(err)
+	}
+	got, err := payload.Open(key, body.Enc)
+	if err != nil || got.Body != "hello" || body.TID != msg.TrackingID || body.V != 1 || body.Aps["mutable-content"] != float64(1) {
+		t.Fatalf("body %s → %+v, %v", m.Body, got, err)
+	}
+	if strings.Contains(string(m.Body), "hello") || strings.Contains(string(m.Body), "romeo") {
+		t.Fatal("personal data in clear in the APNS body")
+	}
+}
+
+// TestClassify drives the real apns2 client against every answer.
+func TestClassify(t *testing.T) {
+	p, srv := newTokenProvider(t)
+	gone := time.UnixMilli(1700000000000)
+	tests := []struct {
+		answer apnstest.Answer
+		want   dispatch.Result
+	}{
+		{apnstest.OK, dispatch.Delivered},
+		{apnstest.BadDeviceToken, dispatch.Dead},
+		{apnstest.DeviceTokenNotForTopic, dispatch.Dead},
+		{apnstest.Unregistered(gone), dispatch.Dead},
+		{apnstest.TooManyRequests, dispatch.Retry},
+		{apnstest.InternalServerError, dispatch.Retry},
+		{apnstest.ServiceUnavailable, dispatch.Retry},
+		{apnstest.Answer{Status: 403, Reason: "InvalidProviderToken"}, dispatch.Fatal},
+		{apnstest.Answer{Status: 413, Reason: "PayloadTooLarge"}, dispatch.Fatal},
+	}
+	for _, tc := range tests {
+		srv.Script(tokMsg, tc.answer)
+		o := p.Send(context.Background(), push(t, payload.ChannelMessage, payload.TypeMessage))
+		wantStatus := tc.answer.Status
+		if o.Result != tc.want || o.Status != wantStatus || o.Reason != tc.answer.Reason {
+			t.Errorf("%d %s: got %+v, want %v", tc.answer.Status, tc.answer.Reason, o, tc.want)
+		}
+	}
+}
+
+// Test410Timestamp checks the server's 410 body as the raw apns2 client
+// reads it.
+func Test410Timestamp(t *testing.T) {
+	_, pemKey := p8(t)
+	srv := apnstest.NewServer(apnstest.Options{})
+	defer srv.Close()
+	gone := time.UnixMilli(1700000000000)
+	srv.Script(tokMsg, apnstest.Unregistered(gone))
+	authKey, err := token.AuthKeyFromBytes(pemKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := apns2.NewTokenClient(&token.Token{AuthKey: authKey, KeyID: "K", TeamID: "T"})
+	c.Host, c.HTTPClient = srv.URL, srv.Client()
+	resp, err := c.Push(&apns2.Notification{DeviceToken: tokMsg, Topic: "t", Payload: []byte(`{"aps":{}}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 410 || resp.Reason != apns2.ReasonUnregistered || !resp.Timestamp.Equal(gone) || resp.ApnsID == "" {
+		t.Fatalf("410: %+v", resp)
+	}
+}
+
+func TestTimeoutIsRetry(t *testing.T) {
+	p, srv := newTokenProvider(t)
+	srv.Script(tokMsg, apnstest.Answer{Delay: 5 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	o := p.Send(ctx, push(t, payload.ChannelMessage, payload.TypeMessage))
+	if o.Result != dispatch.Retry || !errors.Is(o.Err, context.DeadlineExceeded) {
+		t.Fatalf("timeout: %+v", o)
+	}
+	if strings.Contains(o.Err.Error(), tokMsg) {
+		t.Fatalf("token in error text: %v", o.Err)
+	}
+}
+
+func TestResetUsesFreshConnection(t *testing.T) {
+	p, srv := newTokenProvider(t)
+	ctx := context.Background()
+	p.Send(ctx, push(t, payload.ChannelMessage, payload.TypeMessage))
+	p.Send(ctx, push(t, payload.ChannelMessage, payload.TypeMessage))
+	p.Reset()
+	p.Send(ctx, push(t, payload.ChannelMessage, payload.TypeMessage))
+	r := srv.Requests()
+	if r[0].RemoteAddr != r[1].RemoteAddr || r[1].RemoteAddr == r[2].RemoteAddr {
+		t.Fatalf("connections: %s %s %s", r[0].RemoteAddr, r[1].RemoteAddr, r[2].RemoteAddr)
+	}
+}
+
+func TestCertificateAuth(t *testing.T) {
+	cert, pool := clientCert(t)
+	srv := apnstest.NewServer(apnstest.Options{ClientCAs: pool})
+	defer srv.Close()
+	cfg := apns.DefaultConfig()
+	cfg.Endpoint, cfg.Topic, cfg.Auth, cfg.Certificate = srv.URL, "com.example.pushd", apns.AuthCertificate, &cert
+	cfg.HTTP.RootCAs = rootsOf(srv)
+	p, err := apns.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if o := p.Send(context.Background(), push(t, payload.ChannelMessage, payload.TypeMessage)); o.Result != dispatch.Delivered {
+		t.Fatalf("cert auth: %+v", o)
+	}
+	if r := srv.Requests(); r[0].Auth != "certificate" {
+		t.Fatalf("auth = %q", r[0].Auth)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	_, pemKey := p8(t)
+	base := apns.DefaultConfig()
+	base.Topic, base.KeyID, base.TeamID = "t", "k", "team"
+	for name, mod := range map[string]func(*apns.Config){
+		"no key":       func(c *apns.Config) {},
+		"bad key":      func(c *apns.Config) { c.KeyPEM = []byte("not pem") },
+		"no topic":     func(c *apns.Config) { c.KeyPEM, c.Topic = pemKey, "" },
+		"no key id":    func(c *apns.Config) { c.KeyPEM, c.KeyID = pemKey, "" },
+		"no cert":      func(c *apns.Config) { c.Auth = apns.AuthCertificate },
+		"unknown auth": func(c *apns.Config) { c.Auth = "password" },
+	} {
+		c := base
+		mod(&c)
+		if _, err := apns.New(c); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func clientCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Apple Push Services: com.example.pushd"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k, Leaf: leaf}, pool
+}

@@ -1,0 +1,542 @@
+// Package dispatch is pushd's one dispatcher (DESIGN rule 3): every push —
+// IM summaries from the component, calls from component/sip, later LPNS —
+// is a Job submitted here. It owns the push's life after acceptance:
+// sealing (component/payload), persistence in badger under "dispatch/"
+// until a provider answered (P5), bounded workers per provider, per-device
+// coalescing and rate limiting (M3), retries with backoff and jitter on a
+// fresh connection (P3), the per-attempt timeout (P4), dead-token handling,
+// metrics and the tracking id in every log line.
+//
+// It must never hold plaintext personal data beyond Submit (the persisted
+// Push carries only ciphertext), never log tokens, JIDs, names or bodies
+// (S3), and never talk HTTP itself: providers (component/apns,
+// component/fcm) turn a Push into a request and an answer into an Outcome.
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"pushd/component/payload"
+)
+
+// Errors of Submit.
+var (
+	ErrBusy          = errors.New("dispatch: too many pending pushes")
+	ErrDuplicate     = errors.New("dispatch: tracking id already accepted")
+	ErrClosed        = errors.New("dispatch: closed")
+	ErrNoProvider    = errors.New("dispatch: no such provider")
+	ErrInvalid       = errors.New("dispatch: invalid job")
+	ErrClearPersonal = payload.ErrClearPersonal
+)
+
+// Keyspace in the shared badger database.
+const (
+	prefixJob  = "dispatch/job/"
+	prefixDone = "dispatch/done/"
+)
+
+// Deps are the dispatcher's collaborators.
+type Deps struct {
+	// DB is the node's badger database; the dispatcher uses keys under
+	// "dispatch/" only.
+	DB *badger.DB
+	// Providers by name; a Registration's Provider selects one.
+	Providers map[ProviderName]Provider
+	// DeadToken is told about dead tokens (may be nil in tests).
+	DeadToken DeadTokenHook
+	// Metrics (may be nil: then nothing is recorded).
+	Metrics *Metrics
+}
+
+// Dispatcher is the running dispatcher. Safe for concurrent use.
+type Dispatcher struct {
+	cfg   Config
+	db    *badger.DB
+	hook  DeadTokenHook
+	m     *Metrics
+	log   *slog.Logger
+	lanes map[ProviderName]*lane
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	pending  int
+	inflight map[string]struct{} // tracking ids accepted and not answered
+	devices  map[string]*device
+	submits  int
+}
+
+// lane is one provider with its queue and workers.
+type lane struct {
+	name      ProviderName
+	prov      Provider
+	queue     chan *Push
+	mu        sync.Mutex
+	lastReset time.Time
+}
+
+// device is the coalescing and rate-limit state of one device channel.
+type device struct {
+	lastSent time.Time // last message-channel push released
+	held     *Push     // message push waiting for the coalesce window
+	tat      time.Time // rate limit: theoretical arrival time (GCRA)
+}
+
+// New loads the pushes left pending by a previous run, queues them and
+// starts the workers. Close stops them; pending pushes stay persisted.
+func New(cfg Config, deps Deps) (*Dispatcher, error) {
+	cfg.fill()
+	if deps.DB == nil {
+		return nil, errors.New("dispatch: no database")
+	}
+	if len(deps.Providers) == 0 {
+		return nil, errors.New("dispatch: no provider")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &Dispatcher{
+		cfg: cfg, db: deps.DB, hook: deps.DeadToken, m: deps.Metrics, log: cfg.Logger,
+		lanes: map[ProviderName]*lane{}, ctx: ctx, cancel: cancel,
+		inflight: map[string]struct{}{}, devices: map[string]*device{},
+	}
+	stored, err := d.load()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	capacity := max(cfg.MaxPending, len(stored))
+	for name, p := range deps.Providers {
+		d.lanes[name] = &lane{name: name, prov: p, queue: make(chan *Push, capacity)}
+	}
+	for _, p := range stored {
+		l, ok := d.lanes[p.Registration.Provider]
+		if !ok {
+			d.log.Error("dispatch: stored push for unknown provider dropped", "tid", p.TrackingID, "provider", p.Registration.Provider)
+			_ = d.forget(p)
+			continue
+		}
+		d.inflight[p.TrackingID] = struct{}{}
+		d.pending++
+		l.queue <- p
+	}
+	d.setPending()
+	if len(stored) > 0 {
+		d.log.Info("dispatch: resuming pending pushes", "count", len(stored))
+	}
+	for _, l := range d.lanes {
+		for range cfg.Workers {
+			d.wg.Add(1)
+			go d.work(l)
+		}
+	}
+	return d, nil
+}
+
+// load reads every persisted push, oldest first.
+func (d *Dispatcher) load() ([]*Push, error) {
+	var out []*Push
+	err := d.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixJob), PrefetchValues: true, PrefetchSize: 100})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var p Push
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &p) }); err != nil {
+				return fmt.Errorf("dispatch: load %s: %w", it.Item().Key(), err)
+			}
+			out = append(out, &p)
+		}
+		return nil
+	})
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Accepted.Before(out[j].Accepted) })
+	return out, err
+}
+
+// Close stops the workers and waits for attempts in flight. Pushes not yet
+// answered stay in the database for the next New.
+func (d *Dispatcher) Close() error {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	d.cancel()
+	d.wg.Wait()
+	return nil
+}
+
+// Submit accepts a job: it seals the payload, persists the push and queues
+// it. When Submit returns nil the push survives a restart (P5). It returns
+// the tracking id.
+func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
+	tid := job.TrackingID
+	if tid == "" {
+		tid = NewTrackingID()
+	}
+	push, l, err := d.accept(tid, job)
+	if err != nil {
+		d.refused(err)
+		return tid, err
+	}
+
+	d.mu.Lock()
+	switch {
+	case d.closed:
+		err = ErrClosed
+	case d.pending >= d.cfg.MaxPending:
+		err = ErrBusy
+	default:
+		if _, dup := d.inflight[tid]; dup {
+			err = ErrDuplicate
+		} else {
+			d.inflight[tid] = struct{}{}
+			d.pending++
+		}
+	}
+	d.mu.Unlock()
+	if err != nil {
+		d.refused(err)
+		return tid, err
+	}
+	if err := d.persistNew(push); err != nil {
+		d.mu.Lock()
+		delete(d.inflight, tid)
+		d.pending--
+		d.mu.Unlock()
+		d.refused(err)
+		return tid, err
+	}
+	if d.m != nil {
+		d.m.accepted.WithLabelValues(string(l.name)).Inc()
+	}
+	d.setPending()
+	d.log.Debug("push accepted", "tid", tid, "provider", l.name, "channel", push.Channel, "type", push.Sealed.Type)
+	d.route(l, push)
+	return tid, nil
+}
+
+// accept validates a job and turns it into a Push (sealed, key dropped).
+func (d *Dispatcher) accept(tid string, job Job) (*Push, *lane, error) {
+	if len(tid) > 128 {
+		return nil, nil, fmt.Errorf("%w: tracking id too long", ErrInvalid)
+	}
+	reg := job.Registration
+	l, ok := d.lanes[reg.Provider]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: %q", ErrNoProvider, reg.Provider)
+	}
+	ch := job.Channel
+	if ch == "" {
+		ch = reg.ChannelFor(job.Payload.Type)
+	}
+	if !ch.Valid() {
+		return nil, nil, fmt.Errorf("%w: channel %q", ErrInvalid, ch)
+	}
+	if reg.TokenFor(ch) == "" {
+		return nil, nil, fmt.Errorf("%w: no token for channel %s", ErrInvalid, ch)
+	}
+	sealed, err := payload.Prepare(reg.Key, job.Payload, job.Encrypted)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dispatch: %w", err)
+	}
+	reg.Key = nil
+	return &Push{TrackingID: tid, Registration: reg, Channel: ch, Sealed: sealed, Accepted: d.cfg.Now()}, l, nil
+}
+
+// persistNew stores a new push unless its tracking id was seen before.
+func (d *Dispatcher) persistNew(p *Push) error {
+	val, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("dispatch: encode: %w", err)
+	}
+	err = d.db.Update(func(txn *badger.Txn) error {
+		for _, k := range []string{prefixJob, prefixDone} {
+			_, err := txn.Get([]byte(k + p.TrackingID))
+			if err == nil {
+				return ErrDuplicate
+			}
+			if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+		}
+		return txn.Set([]byte(prefixJob+p.TrackingID), val)
+	})
+	if err != nil && !errors.Is(err, ErrDuplicate) {
+		return fmt.Errorf("dispatch: persist: %w", err)
+	}
+	return err
+}
+
+func (d *Dispatcher) refused(err error) {
+	if d.m == nil {
+		return
+	}
+	reason := "invalid"
+	switch {
+	case errors.Is(err, ErrBusy):
+		reason = "busy"
+	case errors.Is(err, ErrDuplicate):
+		reason = "duplicate"
+	case errors.Is(err, ErrClosed):
+		reason = "closed"
+	case errors.Is(err, ErrClearPersonal):
+		reason = "clear_personal"
+	case errors.Is(err, ErrNoProvider):
+		reason = "no_provider"
+	}
+	d.m.refused.WithLabelValues(reason).Inc()
+}
+
+// route applies coalescing (message channel) and the per-device rate limit,
+// then queues the push, now or later.
+func (d *Dispatcher) route(l *lane, p *Push) {
+	now := d.cfg.Now()
+	key := string(l.name) + "/" + string(p.Channel) + "/" + p.DeviceToken()
+	var replaced *Push
+	var wait time.Duration
+	d.mu.Lock()
+	d.sweep(now)
+	dev := d.devices[key]
+	if dev == nil {
+		dev = &device{}
+		d.devices[key] = dev
+	}
+	if p.Channel == payload.ChannelMessage && d.cfg.CoalesceWindow > 0 {
+		if dev.held != nil {
+			// A release is already scheduled; it will send this newer one.
+			replaced, dev.held = dev.held, p
+			d.mu.Unlock()
+			d.finish(l, replaced, "coalesced")
+			return
+		}
+		if next := dev.lastSent.Add(d.cfg.CoalesceWindow); now.Before(next) {
+			dev.held = p
+			d.mu.Unlock()
+			d.later(next.Sub(now), func() { d.release(l, key) })
+			return
+		}
+		dev.lastSent = now
+	}
+	wait = d.rateWait(dev, now)
+	d.mu.Unlock()
+	if wait > 0 {
+		d.later(wait, func() { d.enqueue(l, p) })
+		return
+	}
+	d.enqueue(l, p)
+}
+
+// rateWait is a GCRA limiter: DeviceBurst pushes at once, then one per
+// DeviceRate. Called with d.mu held.
+func (d *Dispatcher) rateWait(dev *device, now time.Time) time.Duration {
+	tat := dev.tat
+	if tat.Before(now) {
+		tat = now
+	}
+	allow := now.Add(time.Duration(d.cfg.DeviceBurst-1) * d.cfg.DeviceRate)
+	wait := tat.Sub(allow)
+	dev.tat = tat.Add(d.cfg.DeviceRate)
+	return max(wait, 0)
+}
+
+// release sends the held message push of a device when its window ends.
+func (d *Dispatcher) release(l *lane, key string) {
+	now := d.cfg.Now()
+	d.mu.Lock()
+	dev := d.devices[key]
+	if dev == nil || dev.held == nil {
+		d.mu.Unlock()
+		return
+	}
+	p := dev.held
+	dev.held, dev.lastSent = nil, now
+	wait := d.rateWait(dev, now)
+	d.mu.Unlock()
+	if wait > 0 {
+		d.later(wait, func() { d.enqueue(l, p) })
+		return
+	}
+	d.enqueue(l, p)
+}
+
+// sweep forgets idle devices now and then so the map does not grow with
+// every device ever pushed. Called with d.mu held.
+func (d *Dispatcher) sweep(now time.Time) {
+	d.submits++
+	if d.submits%1024 != 0 {
+		return
+	}
+	for k, dev := range d.devices {
+		if dev.held == nil && now.Sub(dev.lastSent) > d.cfg.CoalesceWindow && now.After(dev.tat) {
+			delete(d.devices, k)
+		}
+	}
+}
+
+// later runs f after wait on the injected clock, unless the dispatcher
+// closes first (the push then stays persisted for the next start).
+func (d *Dispatcher) later(wait time.Duration, f func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if d.cfg.Sleep(d.ctx, wait) == nil {
+			f()
+		}
+	}()
+}
+
+func (d *Dispatcher) enqueue(l *lane, p *Push) {
+	select {
+	case l.queue <- p: // never blocks: capacity ≥ MaxPending ≥ pending
+	case <-d.ctx.Done():
+	}
+}
+
+func (d *Dispatcher) work(l *lane) {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case p := <-l.queue:
+			d.attempt(l, p)
+		}
+	}
+}
+
+// attempt makes one provider attempt and acts on the outcome (P3).
+func (d *Dispatcher) attempt(l *lane, p *Push) {
+	p.Attempts++
+	actx, cancel := context.WithTimeout(d.ctx, d.cfg.AttemptTimeout)
+	start := d.cfg.Now()
+	out := l.prov.Send(actx, *p)
+	timedOut := errors.Is(actx.Err(), context.DeadlineExceeded)
+	cancel()
+	if d.ctx.Err() != nil {
+		return // shutting down: the push stays persisted, resent after restart
+	}
+	if timedOut && out.Result != Delivered {
+		out.Result = Retry // P4: no answer in time → next address
+	}
+	if d.m != nil {
+		d.m.attempts.WithLabelValues(string(l.name), out.Result.String(), strconv.Itoa(out.Status)).Inc()
+	}
+	attrs := []any{"tid", p.TrackingID, "provider", l.name, "attempt", p.Attempts,
+		"outcome", out.Result.String(), "status", out.Status, "reason", out.Reason,
+		"took", d.cfg.Now().Sub(start)}
+	if out.Err != nil {
+		attrs = append(attrs, "err", out.Err.Error())
+	}
+	switch out.Result {
+	case Delivered:
+		d.log.Info("push attempt", attrs...)
+		d.finish(l, p, out.Result.String())
+	case Dead:
+		d.log.Warn("push attempt", attrs...)
+		d.finish(l, p, out.Result.String())
+		if d.hook != nil {
+			if err := d.hook.DeadToken(d.ctx, p.Registration); err != nil {
+				d.log.Error("dead token hook failed", "tid", p.TrackingID, "provider", l.name, "err", err)
+			}
+		}
+	case Retry:
+		age := d.cfg.Now().Sub(p.Accepted)
+		if p.Attempts >= d.cfg.MaxAttempts || age >= d.cfg.MaxAge {
+			d.log.Error("push attempt; giving up", attrs...)
+			d.finish(l, p, "expired")
+			return
+		}
+		wait := d.cfg.backoff(p.Attempts)
+		d.log.Warn("push attempt; will retry", append(attrs, "backoff", wait)...)
+		if err := d.persist(p); err != nil {
+			d.log.Error("dispatch: persist attempt count", "tid", p.TrackingID, "err", err)
+		}
+		d.resetConnections(l)
+		d.later(wait, func() { d.enqueue(l, p) })
+	default:
+		d.log.Error("push attempt", attrs...)
+		d.finish(l, p, "fatal")
+	}
+}
+
+// resetConnections asks the provider for fresh connections, at most once
+// per ResetInterval.
+func (d *Dispatcher) resetConnections(l *lane) {
+	now := d.cfg.Now()
+	l.mu.Lock()
+	due := l.lastReset.IsZero() || now.Sub(l.lastReset) >= d.cfg.ResetInterval
+	if due {
+		l.lastReset = now
+	}
+	l.mu.Unlock()
+	if due {
+		l.prov.Reset()
+	}
+}
+
+func (d *Dispatcher) persist(p *Push) error {
+	val, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return d.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(prefixJob+p.TrackingID), val) })
+}
+
+// finish ends a push: removes it from the store, remembers its tracking id
+// for DoneTTL, and records the final outcome.
+func (d *Dispatcher) finish(l *lane, p *Push, outcome string) {
+	err := d.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Delete([]byte(prefixJob + p.TrackingID)); err != nil {
+			return err
+		}
+		e := badger.NewEntry([]byte(prefixDone+p.TrackingID), []byte(outcome)).WithTTL(d.cfg.DoneTTL)
+		return txn.SetEntry(e)
+	})
+	if err != nil {
+		// The provider answered; only a resend after restart can follow.
+		d.log.Error("dispatch: record answer", "tid", p.TrackingID, "err", err)
+	}
+	d.mu.Lock()
+	delete(d.inflight, p.TrackingID)
+	d.pending--
+	d.mu.Unlock()
+	d.setPending()
+	if d.m != nil {
+		d.m.final.WithLabelValues(string(l.name), outcome).Inc()
+		d.m.latency.WithLabelValues(string(l.name), outcome).Observe(d.cfg.Now().Sub(p.Accepted).Seconds())
+	}
+	if outcome == "coalesced" {
+		d.log.Info("push coalesced into a newer one", "tid", p.TrackingID, "provider", l.name)
+	}
+}
+
+// forget drops a stored push that cannot be sent.
+func (d *Dispatcher) forget(p *Push) error {
+	return d.db.Update(func(txn *badger.Txn) error { return txn.Delete([]byte(prefixJob + p.TrackingID)) })
+}
+
+func (d *Dispatcher) setPending() {
+	if d.m == nil {
+		return
+	}
+	d.mu.Lock()
+	n := d.pending
+	d.mu.Unlock()
+	d.m.pending.Set(float64(n))
+}
+
+// Pending returns the number of accepted pushes not yet answered.
+func (d *Dispatcher) Pending() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pending
+}
