@@ -19,6 +19,7 @@ const (
 	opStoreOffline
 	opTakeOffline
 	opDropOffline
+	opRemove
 )
 
 // op is one mutation handed to the committer. The committer sets err (and
@@ -27,6 +28,7 @@ type op struct {
 	kind opKind
 	key  string // device, or user for the offline kinds
 	seq  uint64 // Trim: through
+	seqs []uint64 // Remove: the entries to delete
 	recs []record
 
 	err   error
@@ -42,16 +44,54 @@ type record struct {
 }
 
 func (s *Store) submit(o *op) error {
+	return s.submitAsync(o)()
+}
+
+// submitAsync hands o to the committer and returns a function that waits
+// for it. Ops are committed in the order they are submitted, so a caller
+// that must keep an order (the router, under its lock) submits without
+// waiting and waits later, outside its lock.
+func (s *Store) submitAsync(o *op) (wait func() error) {
 	o.done = make(chan struct{})
 	s.closeMu.RLock()
 	if s.closed {
 		s.closeMu.RUnlock()
-		return ErrClosed
+		return func() error { return ErrClosed }
+	}
+	if o.key != "" {
+		s.lastMu.Lock()
+		s.last[o.key] = o
+		s.lastMu.Unlock()
 	}
 	s.ops <- o
 	s.closeMu.RUnlock()
-	<-o.done
-	return o.err
+	return func() error {
+		<-o.done
+		return o.err
+	}
+}
+
+// settled waits until every op submitted for key so far is committed, so
+// that a read sees what was written before it.
+func (s *Store) settled(key string) {
+	s.lastMu.Lock()
+	o := s.last[key]
+	s.lastMu.Unlock()
+	if o != nil {
+		<-o.done
+	}
+}
+
+// finished forgets o as key's last op once it is done.
+func (s *Store) finished(o *op) {
+	if o.key == "" {
+		return
+	}
+	s.lastMu.Lock()
+	if s.last[o.key] == o {
+		delete(s.last, o.key)
+	}
+	s.lastMu.Unlock()
 }
 
 // run is the committer. It takes whatever operations are waiting (one at a
@@ -89,7 +129,7 @@ func (s *Store) commit(batch []*op) {
 	var failed error
 	for _, o := range batch {
 		switch o.kind {
-		case opAppend, opTrim, opDrop:
+		case opAppend, opTrim, opDrop, opRemove:
 			touched[o.key] = true
 		}
 		o.gen = w.gen
@@ -138,6 +178,7 @@ func (s *Store) commit(batch []*op) {
 	}
 	for _, o := range batch {
 		close(o.done)
+		s.finished(o)
 	}
 }
 
@@ -158,6 +199,8 @@ func (s *Store) apply(w *writer, o *op) error {
 	case opDropOffline:
 		_, err := s.offlineValues(w, o.key, false)
 		return err
+	case opRemove:
+		return s.applyRemove(w, o.key, o.seqs)
 	}
 	return fmt.Errorf("unknown op %d", o.kind)
 }
@@ -277,6 +320,37 @@ func (s *Store) applyTrim(w *writer, dev string, through uint64) error {
 	if len(d.entries) == 0 {
 		delete(s.index, dev)
 	}
+	return nil
+}
+
+// applyRemove deletes single entries (M9: the oldest presence makes room
+// for a message).
+func (s *Store) applyRemove(w *writer, dev string, seqs []uint64) error {
+	s.mu.RLock()
+	d := s.index[dev]
+	s.mu.RUnlock()
+	if d == nil {
+		return nil
+	}
+	prefix := store.Prefix(store.SpaceQueue, dev)
+	var freed int64
+	for _, seq := range seqs {
+		i, ok := d.find(seq)
+		if !ok {
+			continue
+		}
+		if err := w.delete(seqKey(prefix, seq)); err != nil {
+			return err
+		}
+		freed += d.entries[i].size
+	}
+	s.mu.Lock()
+	d.entries = slices.DeleteFunc(d.entries, func(m meta) bool { return slices.Contains(seqs, m.seq) })
+	d.bytes -= freed
+	if len(d.entries) == 0 {
+		delete(s.index, dev)
+	}
+	s.mu.Unlock()
 	return nil
 }
 

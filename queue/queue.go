@@ -96,6 +96,11 @@ type Store struct {
 	// closeMu orders submissions before Close: submitters hold it shared
 	// while they hand an op to the committer, Close takes it exclusively
 	// to close ops.
+	// last is the newest op submitted per device or user, for reads that
+	// must see every write before them.
+	lastMu sync.Mutex
+	last   map[string]*op
+
 	closeMu sync.RWMutex
 	closed  bool
 	ops     chan *op
@@ -164,6 +169,7 @@ func New(db *badger.DB, cfg Config) (*Store, error) {
 		ops:   make(chan *op, cfg.MaxBatch),
 		done:  make(chan struct{}),
 		index: make(map[string]*devQueue),
+		last:  make(map[string]*op),
 	}
 	if err := s.loadIndex([]byte{store.SpaceQueue}); err != nil {
 		return nil, fmt.Errorf("queue: rebuild index: %w", err)
@@ -193,31 +199,77 @@ func (s *Store) Close() error {
 // none: past a bound, and after evicting presence if allowed, it fails with
 // a *QuotaError and nothing is written.
 func (s *Store) Append(device string, entries []jsm.Entry) error {
+	return s.AppendAsync(device, entries)()
+}
+
+// AppendAsync is Append that does not wait: it returns at once with a
+// function that waits until the entries are durable. Writes are committed
+// in the order they were submitted, whichever goroutine waits.
+func (s *Store) AppendAsync(device string, entries []jsm.Entry) (wait func() error) {
 	if device == "" {
-		return errors.New("queue: append: empty device")
+		return errWait(errors.New("queue: append: empty device"))
 	}
 	if len(entries) == 0 {
-		return nil
+		return errWait(nil)
 	}
 	// Serialising here, before the committer, spreads the CPU work over the
 	// callers' goroutines.
 	recs := make([]record, len(entries))
 	for i, e := range entries {
 		if e.Stanza == nil {
-			return fmt.Errorf("queue: append: entry %d has no stanza", e.Seq)
+			return errWait(fmt.Errorf("queue: append: entry %d has no stanza", e.Seq))
 		}
 		recs[i] = record{seq: e.Seq, val: encode(e.Stanza), presence: e.Stanza.Name.Local == "presence"}
 	}
-	if err := s.submit(&op{kind: opAppend, key: device, recs: recs}); err != nil {
-		return fmt.Errorf("queue: append: %w", err)
+	w := s.submitAsync(&op{kind: opAppend, key: device, recs: recs})
+	return func() error {
+		if err := w(); err != nil {
+			return fmt.Errorf("queue: append: %w", err)
+		}
+		return nil
 	}
-	return nil
+}
+
+// Remove deletes single entries of device's queue, whatever their place
+// (BEHAVIOUR M9 evicts the oldest presence to make room for a message).
+func (s *Store) Remove(device string, seqs []uint64) error {
+	return s.RemoveAsync(device, seqs)()
+}
+
+// RemoveAsync is Remove that does not wait; see AppendAsync.
+func (s *Store) RemoveAsync(device string, seqs []uint64) (wait func() error) {
+	if len(seqs) == 0 {
+		return errWait(nil)
+	}
+	return wrapWait("remove", s.submitAsync(&op{kind: opRemove, key: device, seqs: slices.Clone(seqs)}))
+}
+
+// TrimAsync is Trim that does not wait; see AppendAsync.
+func (s *Store) TrimAsync(device string, through uint64) (wait func() error) {
+	return wrapWait("trim", s.submitAsync(&op{kind: opTrim, key: device, seq: through}))
+}
+
+// DropAsync is Drop that does not wait; see AppendAsync.
+func (s *Store) DropAsync(device string) (wait func() error) {
+	return wrapWait("drop", s.submitAsync(&op{kind: opDrop, key: device}))
+}
+
+func errWait(err error) func() error { return func() error { return err } }
+
+func wrapWait(what string, w func() error) func() error {
+	return func() error {
+		if err := w(); err != nil {
+			return fmt.Errorf("queue: %s: %w", what, err)
+		}
+		return nil
+	}
 }
 
 // Read calls fn with device's entries of Seq >= from, in Seq order, until
 // the queue ends or fn returns an error, which Read returns as it is. fn
 // runs outside any database transaction and may call the Store.
 func (s *Store) Read(device string, from uint64, fn func(jsm.Entry) error) error {
+	s.settled(device)
 	const chunk = 256
 	prefix := store.Prefix(store.SpaceQueue, device)
 	for {
@@ -267,18 +319,12 @@ func (s *Store) Read(device string, from uint64, fn func(jsm.Entry) error) error
 // Trim deletes device's entries with Seq <= through: the device has
 // acknowledged them.
 func (s *Store) Trim(device string, through uint64) error {
-	if err := s.submit(&op{kind: opTrim, key: device, seq: through}); err != nil {
-		return fmt.Errorf("queue: trim: %w", err)
-	}
-	return nil
+	return s.TrimAsync(device, through)()
 }
 
 // Drop deletes device's whole queue.
 func (s *Store) Drop(device string) error {
-	if err := s.submit(&op{kind: opDrop, key: device}); err != nil {
-		return fmt.Errorf("queue: drop: %w", err)
-	}
-	return nil
+	return s.DropAsync(device)()
 }
 
 // Stats returns how many stanzas, and how many bytes of them, device has

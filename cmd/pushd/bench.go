@@ -78,7 +78,11 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 		opts.Pairs = append(opts.Pairs, n)
 	}
 	ctx := context.Background()
-	start := startPushdForBench
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	start := pushdStarter(exe)
 	if *addr != "" {
 		t := c2sTarget{Name: "server", Addr: *addr, Domain: *domain, PID: *pid, Pattern: *pattern, Password: *password}
 		start = func(context.Context, int) (c2sTarget, func(), error) { return t, func() {}, nil }
@@ -181,9 +185,15 @@ func measureSessions(ctx context.Context, start c2sStarter, n int, hibernate boo
 	return m, nil
 }
 
-// startPushdForBench runs this binary as a pushd node in a temporary
+// pushdStarter runs the pushd binary exe as a node in a temporary
 // directory with users bench accounts and no rate limit.
-func startPushdForBench(ctx context.Context, users int) (c2sTarget, func(), error) {
+func pushdStarter(exe string) c2sStarter {
+	return func(ctx context.Context, users int) (c2sTarget, func(), error) {
+		return startPushd(ctx, exe, users)
+	}
+}
+
+func startPushd(ctx context.Context, exe string, users int) (c2sTarget, func(), error) {
 	dir, err := os.MkdirTemp("", "pushd-bench-")
 	if err != nil {
 		return c2sTarget{}, nil, err
@@ -204,11 +214,6 @@ func startPushdForBench(ctx context.Context, users int) (c2sTarget, func(), erro
 		t.Domain, t.Addr, ports[1], ports[2])
 	cfgFile := filepath.Join(dir, "pushd.toml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		cleanup()
-		return t, nil, err
-	}
-	exe, err := os.Executable()
-	if err != nil {
 		cleanup()
 		return t, nil, err
 	}
