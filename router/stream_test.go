@@ -1,0 +1,107 @@
+package router
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"pushd/internal/stanza"
+	"pushd/jsm"
+)
+
+func entries(seqs ...uint64) []jsm.Entry {
+	out := make([]jsm.Entry, len(seqs))
+	for i, s := range seqs {
+		out[i] = jsm.Entry{Seq: s, Stanza: stanza.New(stanza.NSClient, "message")}
+	}
+	return out
+}
+
+func testStream(t *testing.T) (*stream, net.Conn) {
+	t.Helper()
+	srv, _ := New(DefaultConfig(), nil, nil, nil, nil)
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	go func() { // drain what the stream writes
+		buf := make([]byte, 4096)
+		for {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	st := &stream{srv: srv, id: 1, w: newWire(a, time.Second), sm: true}
+	return st, b
+}
+
+// XEP-0198 §4: h counts stanzas; acks trim the unacknowledged list, and a
+// client may not acknowledge more than it was sent.
+func TestHandleAck(t *testing.T) {
+	st, _ := testStream(t)
+	for _, e := range entries(10, 11, 13) { // seqs need not be contiguous
+		st.deliver(e)
+	}
+	if through, err := st.handleAck(2); err != nil || through != 0 {
+		t.Fatalf("ack 2: %v %v", through, err)
+	}
+	if len(st.unacked) != 1 || st.unacked[0].Seq != 13 || st.ackedSeq != 11 {
+		t.Fatalf("after ack 2: unacked %v, ackedSeq %d", st.unacked, st.ackedSeq)
+	}
+	if _, err := st.handleAck(2); err != nil {
+		t.Fatalf("repeated ack: %v", err)
+	}
+	if _, err := st.handleAck(5); err == nil || err.Condition != "undefined-condition" {
+		t.Fatalf("ack beyond what was sent: %v", err)
+	}
+	if _, err := st.handleAck(1); err == nil {
+		t.Fatal("ack going backwards accepted")
+	}
+}
+
+func TestAckCounterWraps(t *testing.T) {
+	st, _ := testStream(t)
+	st.acked, st.outCount = ^uint32(0)-1, ^uint32(0)-1
+	for _, e := range entries(1, 2, 3) {
+		st.deliver(e)
+	}
+	if _, err := st.handleAck(1); err != nil { // 2^32-2 + 3 wraps to 1
+		t.Fatalf("wrapped ack: %v", err)
+	}
+	if len(st.unacked) != 0 {
+		t.Fatalf("unacked after wrapped ack: %v", st.unacked)
+	}
+}
+
+// On resumption the client's h says how many of the entries handed to jsm
+// at detach it had; the queue is trimmed through the last of those.
+func TestResumeMapsHToSeq(t *testing.T) {
+	st, _ := testStream(t)
+	for _, e := range entries(4, 7, 9) {
+		st.deliver(e)
+	}
+	if _, err := st.handleAck(1); err != nil {
+		t.Fatal(err)
+	}
+	handed := st.detach()
+	if len(handed) != 2 || handed[0].Seq != 7 {
+		t.Fatalf("handed over %v", handed)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	acked, err := st.resume(newWire(a, time.Second), 2)
+	if err != nil || acked != 7 {
+		t.Fatalf("resume h=2: acked through %d, %v; want 7", acked, err)
+	}
+	if _, err := st.resume(newWire(a, time.Second), 9); err == nil {
+		t.Fatal("resume claiming more than was sent accepted")
+	}
+}
