@@ -26,6 +26,25 @@ func (l *componentLink) send(el *stanza.Element) {
 	l.w.write(func(b []byte) []byte { return stanza.Append(b, el, stanza.NSClient) })
 }
 
+// ServeComponentConn runs the accepting side of XEP-0114 on conn, which
+// the caller connected some other way (pushd's own push component is
+// linked in-process over a net.Pipe, through the same code path as any
+// component on the network). It returns when the link ends.
+func (s *Server) ServeComponentConn(conn net.Conn) {
+	s.conns.Add(1)
+	defer s.conns.Done()
+	s.lnMu.Lock()
+	s.live[conn] = struct{}{}
+	s.lnMu.Unlock()
+	defer func() {
+		s.lnMu.Lock()
+		delete(s.live, conn)
+		s.lnMu.Unlock()
+		_ = conn.Close()
+	}()
+	s.serveComponent(conn)
+}
+
 // serveComponent runs the accepting side of XEP-0114: header, handshake
 // (compared in constant time, BEHAVIOUR S1), then stanzas both ways.
 func (s *Server) serveComponent(conn net.Conn) {
