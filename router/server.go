@@ -388,3 +388,11 @@ func randomID(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// Devices reports the session manager's view of a user's devices, for
+// operators and tests.
+func (s *Server) Devices(user jid.JID) []jsm.DeviceInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.machine.Devices(user)
+}

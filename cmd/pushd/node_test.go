@@ -10,7 +10,10 @@ import (
 	"sync"
 	"testing"
 
+	"mellium.im/xmpp/jid"
+
 	"pushd/internal/peertest"
+	"pushd/jsm"
 )
 
 // testNode is a pushd node running in the test process on free loopback
@@ -90,4 +93,13 @@ func (l *testLog) Write(p []byte) (int, error) {
 		l.t.Log(strings.TrimRight(string(p), "\n"))
 	}
 	return len(p), nil
+}
+
+func (n *testNode) devices(t testing.TB, user string) []jsm.DeviceInfo {
+	t.Helper()
+	j, err := jid.Parse(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n.router.Devices(j)
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"mellium.im/sasl"
+
 	"pushd/internal/stanza"
 )
 
@@ -235,4 +237,67 @@ func (c *Client) ReadHeaderOnly() {
 	if _, err := c.r.Header(); err != nil {
 		c.t.Fatalf("server header: %v", err)
 	}
+}
+
+// AuthSCRAM authenticates with SCRAM-SHA-1 or SCRAM-SHA-256 (mellium's
+// client side) and returns "" on success or the failure condition.
+func (c *Client) AuthSCRAM(mech, user, password string) string {
+	c.t.Helper()
+	m := sasl.ScramSha256
+	if mech == "SCRAM-SHA-1" {
+		m = sasl.ScramSha1
+	}
+	cs, _ := c.Conn.(*tls.Conn)
+	opts := []sasl.Option{sasl.Credentials(func() ([]byte, []byte, []byte) { return []byte(user), []byte(password), nil })}
+	if cs != nil {
+		opts = append(opts, sasl.TLSState(cs.ConnectionState()))
+	}
+	n := sasl.NewClient(m, opts...)
+	_, first, err := n.Step(nil)
+	if err != nil {
+		c.t.Fatalf("scram start: %v", err)
+	}
+	c.Send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='` + mech + `'>` + base64.StdEncoding.EncodeToString(first) + `</auth>`)
+	for {
+		el, err := c.Next()
+		if err != nil {
+			c.t.Fatalf("scram: %v", err)
+		}
+		data, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(el.Text()))
+		switch {
+		case el.Is(stanza.NSSASL, "challenge"):
+			_, resp, err := n.Step(data)
+			if err != nil {
+				c.t.Fatalf("scram step: %v", err)
+			}
+			c.Send(`<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + base64.StdEncoding.EncodeToString(resp) + `</response>`)
+		case el.Is(stanza.NSSASL, "success"):
+			// The server's final message proves it knew the credentials.
+			if _, _, err := n.Step(data); err != nil {
+				c.t.Fatalf("server signature: %v", err)
+			}
+			c.Open()
+			return ""
+		case el.Is(stanza.NSSASL, "failure"):
+			if f := el.FirstElement(); f != nil {
+				return f.Name.Local
+			}
+			return "?"
+		default:
+			c.t.Fatalf("scram: unexpected %s", el)
+		}
+	}
+}
+
+// DialTLS connects with direct TLS (XEP-0368) and opens a stream.
+func DialTLS(t testing.TB, addr, domain string) *Client {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: Timeout}, "tcp", addr, &tls.Config{InsecureSkipVerify: true, ServerName: domain})
+	if err != nil {
+		t.Fatalf("dial tls %s: %v", addr, err)
+	}
+	c := &Client{t: t, Conn: conn, domain: domain}
+	t.Cleanup(func() { _ = c.Conn.Close() })
+	c.Open()
+	return c
 }
