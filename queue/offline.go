@@ -18,14 +18,16 @@ import (
 // StoreOffline keeps msg for user (a bare JID string) and returns once it
 // is durable. Past Config.MaxOffline it fails with a *QuotaError.
 func (s *Store) StoreOffline(user string, msg *stanza.Element) error {
+	return s.StoreOfflineAsync(user, msg)()
+}
+
+// StoreOfflineAsync is StoreOffline that does not wait; see AppendAsync.
+func (s *Store) StoreOfflineAsync(user string, msg *stanza.Element) (wait func() error) {
 	if user == "" || msg == nil {
-		return fmt.Errorf("queue: store offline: empty user or message")
+		return errWait(fmt.Errorf("queue: store offline: empty user or message"))
 	}
 	o := &op{kind: opStoreOffline, key: user, recs: []record{{val: encode(msg)}}}
-	if err := s.submit(o); err != nil {
-		return fmt.Errorf("queue: store offline: %w", err)
-	}
-	return nil
+	return wrapWait("store offline", s.submitAsync(o))
 }
 
 // TakeOffline returns user's offline messages, oldest first, and deletes

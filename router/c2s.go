@@ -294,6 +294,11 @@ func (c *c2s) resume(el *stanza.Element) (*stream, error) {
 		s.stepLocked(jsm.Detached{Stream: st.id, Unacked: st.detach()})
 		old.abandon()
 	}
+	// The count <resumed/> reports must cover only durable stanzas.
+	if err := st.settle(); err != nil {
+		s.mu.Unlock()
+		return nil, errInternal
+	}
 	w := newWire(c.conn, s.cfg.WriteTimeout)
 	acked, serr := st.resume(w, uint32(h64))
 	if serr != nil {

@@ -40,14 +40,19 @@ type Accounts interface {
 	VerifyPlain(user, password string) (bool, error)
 }
 
-// Queue stores what jsm queues for detached devices and the offline
-// messages of users with no available device.
+// Queue stores what jsm queues for suspended devices and the offline
+// messages of users with no available device. Writes do not wait: they
+// are committed in the order submitted (the router submits under its
+// lock) and each returns a function that waits until it is durable, which
+// the router calls outside its lock before acknowledging the sender.
+// Reads see every write submitted before them.
 type Queue interface {
-	Append(device string, entries []jsm.Entry) error
+	AppendAsync(device string, entries []jsm.Entry) (wait func() error)
+	RemoveAsync(device string, seqs []uint64) (wait func() error)
+	TrimAsync(device string, through uint64) (wait func() error)
+	DropAsync(device string) (wait func() error)
+	StoreOfflineAsync(user string, msg *stanza.Element) (wait func() error)
 	Read(device string, from uint64, fn func(jsm.Entry) error) error
-	Trim(device string, through uint64) error
-	Drop(device string) error
-	StoreOffline(user string, msg *stanza.Element) error
 	TakeOffline(user string) ([]*stanza.Element, error)
 }
 
@@ -74,6 +79,12 @@ type Server struct {
 	streams    map[jsm.StreamID]*stream
 	resumable  map[string]*stream
 	components map[string]*componentLink
+
+	// durable collects, during one Step, the waits of the writes a
+	// sender's acknowledgement depends on (DESIGN rule 2).
+	durable []func() error
+	// reap receives waits nobody acknowledges on, to log their failures.
+	reap chan func() error
 
 	nextID  atomic.Uint64
 	conns   sync.WaitGroup
@@ -120,7 +131,8 @@ func New(cfg Config, machine *jsm.Machine, accounts Accounts, queue Queue, roste
 	if err != nil || domain.Localpart() != "" || domain.Resourcepart() != "" {
 		return nil, fmt.Errorf("router: domain %q is not a domain JID", cfg.Domain)
 	}
-	return &Server{
+	s := &Server{
+		reap:       make(chan func() error, 4096),
 		cfg:        cfg,
 		log:        cfg.Logger,
 		accounts:   accounts,
@@ -133,7 +145,30 @@ func New(cfg Config, machine *jsm.Machine, accounts Accounts, queue Queue, roste
 		components: make(map[string]*componentLink),
 		closing:    make(chan struct{}),
 		live:       make(map[net.Conn]struct{}),
-	}, nil
+	}
+	go s.reaper()
+	return s, nil
+}
+
+// reaper waits for writes nobody acknowledges on and logs their failures.
+// They complete in submission order, so one goroutine suffices.
+func (s *Server) reaper() {
+	for w := range s.reap {
+		if err := w(); err != nil {
+			s.log.Error("storage write failed", "err", err)
+		}
+	}
+}
+
+func (s *Server) background(w func() error) {
+	select {
+	case s.reap <- w:
+	default:
+		// The reaper is behind: wait here rather than grow without bound.
+		if err := w(); err != nil {
+			s.log.Error("storage write failed", "err", err)
+		}
+	}
 }
 
 // Listen opens the configured listeners; the addresses actually bound are
@@ -283,11 +318,23 @@ func (s *Server) accept(ln *kindListener) {
 	}
 }
 
-// Step feeds one event to the session manager and carries out its actions.
+// Step feeds one event to the session manager and carries out its
+// actions. Writes it caused become durable in the background.
 func (s *Server) Step(ev jsm.Event) {
+	for _, w := range s.step(ev) {
+		s.background(w)
+	}
+}
+
+// step feeds one event and returns the waits of the writes that must be
+// durable before the stanza behind ev is acknowledged.
+func (s *Server) step(ev jsm.Event) []func() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stepLocked(ev)
+	w := s.durable
+	s.durable = nil
+	return w
 }
 
 func (s *Server) stepLocked(ev jsm.Event) {
@@ -308,9 +355,7 @@ func (s *Server) execute(a jsm.Action) {
 			link.send(a.Stanza)
 		}
 	case jsm.Enqueue:
-		if err := s.queue.Append(a.Device, a.Entries); err != nil {
-			s.log.Error("queue append failed", "err", err)
-		}
+		s.durable = append(s.durable, s.queue.AppendAsync(a.Device, a.Entries))
 	case jsm.Flush:
 		st := s.streams[a.Stream]
 		if st == nil {
@@ -329,13 +374,9 @@ func (s *Server) execute(a jsm.Action) {
 			s.stepLocked(jsm.Acked{Stream: a.Stream, Seq: through})
 		}
 	case jsm.Trim:
-		if err := s.queue.Trim(a.Device, a.Through); err != nil {
-			s.log.Error("queue trim failed", "err", err)
-		}
+		s.background(s.queue.TrimAsync(a.Device, a.Through))
 	case jsm.DropQueue:
-		if err := s.queue.Drop(a.Device); err != nil {
-			s.log.Error("queue drop failed", "err", err)
-		}
+		s.background(s.queue.DropAsync(a.Device))
 	case jsm.LoadQueue:
 		var entries []jsm.Entry
 		err := s.queue.Read(a.Device, 0, func(e jsm.Entry) error {
@@ -347,9 +388,7 @@ func (s *Server) execute(a jsm.Action) {
 		}
 		s.stepLocked(jsm.QueueLoaded{Device: a.Device, Entries: entries})
 	case jsm.StoreOffline:
-		if err := s.queue.StoreOffline(a.User.String(), a.Message); err != nil {
-			s.log.Error("offline store failed", "err", err)
-		}
+		s.durable = append(s.durable, s.queue.StoreOfflineAsync(a.User.String(), a.Message))
 	case jsm.FlushOffline:
 		msgs, err := s.queue.TakeOffline(a.User.String())
 		if err != nil {

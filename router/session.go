@@ -99,7 +99,7 @@ func (c *c2s) readStanzas(st *stream) error {
 				continue
 			}
 			el.Set("from", st.from)
-			s.Step(jsm.StanzaIn{Stream: st.id, Stanza: el})
+			st.addDurable(s.step(jsm.StanzaIn{Stream: st.id, Stanza: el}))
 		case el.Name.Space == stanza.NSSM:
 			if err := c.handleSM(st, el); err != nil {
 				return err
@@ -168,17 +168,7 @@ func (c *c2s) handleSM(st *stream, el *stanza.Element) error {
 			return append(b, "/>"...)
 		})
 	case "r":
-		st.mu.Lock()
-		h := st.inCount
-		on := st.sm
-		st.mu.Unlock()
-		if on {
-			st.send(func(b []byte) []byte {
-				b = append(b, `<a xmlns="urn:xmpp:sm:3" h="`...)
-				b = strconv.AppendUint(b, uint64(h), 10)
-				return append(b, `"/>`...)
-			})
-		}
+		st.answerAckRequest()
 	case "a":
 		h, err := strconv.ParseUint(el.Get("h"), 10, 32)
 		if err != nil {

@@ -33,6 +33,11 @@ type stream struct {
 	ackedSeq  uint64 // Seq of the last entry the client acknowledged
 	flushed   bool   // unacked holds entries jsm flushed from the queue
 	handedSeq []uint64
+
+	// durable are waits for writes that stanzas received since the last
+	// <a/> caused; ackDone closes when the last <a/> answer was sent.
+	durable []func() error
+	ackDone chan struct{}
 }
 
 // deliver writes one entry to the client, remembering it until the client

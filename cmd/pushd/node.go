@@ -97,7 +97,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		return nil, err
 	}
 	rcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	n.router, err = router.New(rcfg, machine, n.db.Accounts(), queueAdapter{n.queue}, n.db.Rosters())
+	n.router, err = router.New(rcfg, machine, n.db.Accounts(), n.queue, n.db.Rosters())
 	if err != nil {
 		n.close()
 		return nil, err
@@ -264,22 +264,4 @@ func userJID(user, domain string) (jid.JID, error) {
 		return jid.JID{}, fmt.Errorf("%s is not a user of %s", j.Bare(), domain)
 	}
 	return j.Bare(), nil
-}
-
-// queueAdapter fits queue.Store to the router's Queue.
-type queueAdapter struct{ q *queue.Store }
-
-func (a queueAdapter) Append(device string, entries []jsm.Entry) error {
-	return a.q.Append(device, entries)
-}
-func (a queueAdapter) Read(device string, from uint64, fn func(jsm.Entry) error) error {
-	return a.q.Read(device, from, fn)
-}
-func (a queueAdapter) Trim(device string, through uint64) error { return a.q.Trim(device, through) }
-func (a queueAdapter) Drop(device string) error                 { return a.q.Drop(device) }
-func (a queueAdapter) StoreOffline(user string, msg *stanza.Element) error {
-	return a.q.StoreOffline(user, msg)
-}
-func (a queueAdapter) TakeOffline(user string) ([]*stanza.Element, error) {
-	return a.q.TakeOffline(user)
 }

@@ -1,0 +1,93 @@
+package router
+
+import (
+	"strconv"
+)
+
+// addDurable records writes the stanzas received so far depend on; the
+// next <a/> waits for them (DESIGN rule 2: acknowledge only what is safe).
+func (st *stream) addDurable(waits []func() error) {
+	if len(waits) == 0 {
+		return
+	}
+	st.mu.Lock()
+	st.durable = append(st.durable, waits...)
+	st.mu.Unlock()
+}
+
+// answerAckRequest answers the client's <r/> with the count of stanzas it
+// sent, once every write they caused is durable. Answers leave in order:
+// each waits for the one before it. With nothing pending it answers at
+// once, which is the common case (recipients online).
+func (st *stream) answerAckRequest() {
+	st.mu.Lock()
+	if !st.sm {
+		st.mu.Unlock()
+		return
+	}
+	h := st.inCount
+	waits := st.durable
+	st.durable = nil
+	prev := st.ackDone
+	if len(waits) == 0 && (prev == nil || isClosed(prev)) {
+		st.ackDone = nil
+		st.mu.Unlock()
+		st.sendAck(h)
+		return
+	}
+	done := make(chan struct{})
+	st.ackDone = done
+	st.mu.Unlock()
+	go func() {
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
+		for _, w := range waits {
+			if err := w(); err != nil {
+				// Not durable: the stanza must not be acknowledged. The
+				// stream ends; the client resends what was not acked.
+				st.srv.log.Error("write before acknowledgement failed", "err", err)
+				st.close(&StreamError{Condition: "internal-server-error"})
+				return
+			}
+		}
+		st.sendAck(h)
+	}()
+}
+
+// settle waits until every write the client's stanzas caused is durable;
+// called before a resumption reports the client's count.
+func (st *stream) settle() error {
+	st.mu.Lock()
+	waits := st.durable
+	st.durable = nil
+	prev := st.ackDone
+	st.mu.Unlock()
+	if prev != nil {
+		<-prev
+	}
+	for _, w := range waits {
+		if err := w(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (st *stream) sendAck(h uint32) {
+	st.send(func(b []byte) []byte {
+		b = append(b, `<a xmlns="urn:xmpp:sm:3" h="`...)
+		b = strconv.AppendUint(b, uint64(h), 10)
+		return append(b, `"/>`...)
+	})
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
