@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode"
 )
 
 // Errors from Reader, each mapped by the router to one stream error.
@@ -112,6 +113,11 @@ func (r *Reader) Next() (*Element, error) {
 			if len(stack) >= r.limits.MaxDepth {
 				return nil, ErrTooDeep
 			}
+			if !validNames(t) {
+				// encoding/xml splits "p:0" into prefix and an invalid local
+				// name; written back, it would not be XML.
+				return nil, ErrBadFormat
+			}
 			e := &Element{Name: normalise(t.Name), Attr: dropNamespaceDecls(t.Attr)}
 			if len(stack) > 0 {
 				parent := stack[len(stack)-1]
@@ -216,4 +222,33 @@ func (c *ceilingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// validNames reports whether the element's and its attributes' local
+// names are XML names without a colon (Namespaces in XML §3).
+func validNames(t xml.StartElement) bool {
+	if !isNCName(t.Name.Local) {
+		return false
+	}
+	for _, a := range t.Attr {
+		if !isNCName(a.Name.Local) {
+			return false
+		}
+	}
+	return true
+}
+
+func isNCName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r == '_' || unicode.IsLetter(r):
+		case i > 0 && (r == '-' || r == '.' || unicode.IsDigit(r) || unicode.Is(unicode.Mn, r) || unicode.Is(unicode.Mc, r) || r == 0xB7):
+		default:
+			return false
+		}
+	}
+	return true
 }
