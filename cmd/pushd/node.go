@@ -115,7 +115,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	if cfg.Admin.Listen != "" {
 		n.admin, err = admin.Listen(admin.Config{
 			Listen: cfg.Admin.Listen, Token: token, Ready: n.ready.Load,
-			Gatherer: reg, Users: nodeUsers{n}, Logger: log,
+			Gatherer: reg, Users: nodeUsers{n}, Sessions: nodeUsers{n}, Logger: log,
 		})
 		if err != nil {
 			n.close()
@@ -228,6 +228,18 @@ func (u nodeUsers) SetPassword(user, password string) error {
 }
 
 func (u nodeUsers) ListUsers() ([]string, error) { return listUsers(u.n.db) }
+
+func (u nodeUsers) Sessions(user string) ([]admin.Session, error) {
+	j, err := userJID(user, u.n.cfg.Domain)
+	if err != nil {
+		return nil, err
+	}
+	var out []admin.Session
+	for _, d := range u.n.router.Devices(j) {
+		out = append(out, admin.Session{JID: d.JID.String(), Kind: d.Kind.String(), Detached: d.Detached, Active: d.Active, Queued: d.Queued})
+	}
+	return out, nil
+}
 
 func listUsers(db *store.DB) ([]string, error) {
 	users, err := db.Accounts().List()

@@ -49,7 +49,23 @@ type Config struct {
 	// Gatherer is what /metrics exposes.
 	Gatherer prometheus.Gatherer
 	Users    Users
+	// Sessions, when set, lists a user's devices for /api/sessions.
+	Sessions Sessions
 	Logger   *slog.Logger
+}
+
+// Sessions reports a user's devices as the session manager sees them.
+type Sessions interface {
+	Sessions(user string) ([]Session, error)
+}
+
+// Session is one device of a user, for operators.
+type Session struct {
+	JID      string `json:"jid"`
+	Kind     string `json:"kind"`
+	Detached bool   `json:"detached"`
+	Active   bool   `json:"active"`
+	Queued   bool   `json:"queued"`
 }
 
 // Server is a running admin endpoint.
@@ -86,6 +102,17 @@ func Listen(cfg Config) (*Server, error) {
 	mux.HandleFunc("PUT /api/users/password", s.auth(s.setPassword))
 	mux.HandleFunc("DELETE /api/users", s.auth(s.deleteUser))
 	mux.HandleFunc("GET /api/memory", s.authOnly(memory))
+	if cfg.Sessions != nil {
+		mux.HandleFunc("GET /api/sessions", s.authOnly(func(w http.ResponseWriter, r *http.Request) {
+			list, err := cfg.Sessions.Sessions(r.URL.Query().Get("user"))
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(list)
+		}))
+	}
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -85,4 +86,11 @@ func (c *Client) Memory() (Memory, error) {
 	var m Memory
 	err := c.do(context.Background(), http.MethodGet, "/api/memory", nil, &m)
 	return m, err
+}
+
+// Sessions lists a user's devices on the node.
+func (c *Client) Sessions(user string) ([]Session, error) {
+	var list []Session
+	err := c.do(context.Background(), http.MethodGet, "/api/sessions?user="+url.QueryEscape(user), nil, &list)
+	return list, err
 }
