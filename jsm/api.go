@@ -65,6 +65,9 @@ type Bound struct {
 type StanzaIn struct {
 	Stream StreamID
 	Stanza *stanza.Element
+	// Size (added) is the stanza's size in bytes as received, for the queue
+	// bounds of M9; 0 makes jsm estimate it from the serialised stanza.
+	Size int
 }
 
 // ComponentIn: a connected component sent a stanza whose 'from' is within
@@ -72,6 +75,8 @@ type StanzaIn struct {
 type ComponentIn struct {
 	Domain string
 	Stanza *stanza.Element
+	// Size (added) as in StanzaIn.
+	Size int
 }
 
 // ComponentUp / ComponentDown: an XEP-0114 component for Domain connected
@@ -132,6 +137,17 @@ type QueueLoaded struct {
 	Entries []Entry
 }
 
+// InCall (added): the SIP side says a device of User is in a call, or no
+// longer (M7). Device is the device's full JID string; empty means every
+// mobile device of the user (the SIP side may not know the XMPP resource).
+// While it lasts, messages queued for that mobile device are pushed even
+// if a desktop device is active.
+type InCall struct {
+	User   jid.JID
+	Device string
+	Active bool
+}
+
 // Tick advances timers (hibernation expiry, idle thresholds, coalescing).
 type Tick struct{}
 
@@ -151,6 +167,7 @@ func (Closed) event()        {}
 func (ClientState) event()   {}
 func (OfflineLoaded) event() {}
 func (QueueLoaded) event()   {}
+func (InCall) event()        {}
 func (Tick) event()          {}
 func (UserAdded) event()     {}
 func (UserDeleted) event()   {}
@@ -231,18 +248,72 @@ type CloseStream struct {
 	Condition string
 }
 
-func (Deliver) action()          {}
-func (ToComponent) action()      {}
-func (Enqueue) action()          {}
-func (Flush) action()            {}
-func (Trim) action()             {}
-func (DropQueue) action()        {}
-func (LoadQueue) action()        {}
-func (StoreOffline) action()     {}
-func (FlushOffline) action()     {}
-func (SaveRosterItem) action()   {}
-func (DeleteRosterItem) action() {}
-func (CloseStream) action()      {}
+// SaveRegistration (added): persist an XEP-0357 push registration of the
+// device (full JID string), replacing one with the same AppServer and Node.
+type SaveRegistration struct {
+	Device       string
+	Registration Registration
+}
+
+// DeleteRegistration (added): forget the device's registration for
+// AppServer and Node (M8, or an app server that refused it).
+type DeleteRegistration struct {
+	Device    string
+	AppServer jid.JID
+	Node      string
+}
+
+// Remove (added): delete these entries from the device's queue (M9: the
+// oldest presence stanzas make room for newer stanzas). Seqs ascend.
+type Remove struct {
+	Device string
+	Seqs   []uint64
+}
+
+// Publish (added): send an XEP-0357 notification (M3). Stanza is the whole
+// <iq type='set'> publish to the registration's app server with the
+// urn:xmpp:push:summary form and the registration's publish-options.
+// Domain is AppServer's domain: the component that should get it (jsm
+// emits the action whether or not that component is connected; the
+// router decides). With Encrypt set the router replaces the form by the
+// tigase:push:encrypt:0 ciphertext built from Summary, so that sender and
+// body never leave in clear (S2). The app server's answer comes back as a
+// ComponentIn IQ result or error with the same id.
+type Publish struct {
+	Device  string
+	Domain  string
+	Stanza  *stanza.Element
+	Encrypt *Encryption
+	Summary Summary
+}
+
+// PushDisabled (added): jsm removed a registration because its app server
+// refused a publish with a non-wait error (Reason is the error condition),
+// for the router to log and count. A DeleteRegistration precedes it.
+type PushDisabled struct {
+	Device    string
+	AppServer jid.JID
+	Node      string
+	Reason    string
+}
+
+func (Deliver) action()            {}
+func (ToComponent) action()        {}
+func (Enqueue) action()            {}
+func (Flush) action()              {}
+func (Trim) action()               {}
+func (DropQueue) action()          {}
+func (LoadQueue) action()          {}
+func (StoreOffline) action()       {}
+func (FlushOffline) action()       {}
+func (SaveRosterItem) action()     {}
+func (DeleteRosterItem) action()   {}
+func (CloseStream) action()        {}
+func (SaveRegistration) action()   {}
+func (DeleteRegistration) action() {}
+func (Remove) action()             {}
+func (Publish) action()            {}
+func (PushDisabled) action()       {}
 
 // Subscription is a roster item's subscription state (RFC 6121 §2.1.2.5).
 type Subscription string
@@ -275,6 +346,52 @@ type State struct {
 	// has in the offline store. A user missing from the map is assumed to
 	// have some: jsm then asks for them at the next login (FlushOffline).
 	Offline map[string]int
+	// Queues (added) describes each device queue left in the store (queue's
+	// Devices()), by device full JID string.
+	Queues map[string]QueueInfo
+	// Registrations (added) are the stored push registrations, by device
+	// full JID string. A device with a queue or a registration is restored
+	// as hibernating without a stream (suspended): stanzas for it queue and
+	// push; a Bound of its resource takes it over and flushes the queue.
+	Registrations map[string][]Registration
+}
+
+// QueueInfo (added) is what the queue store holds for one device.
+type QueueInfo struct {
+	First, Last uint64 // lowest and highest queued Seq
+	Count       int
+	Bytes       int64
+}
+
+// Registration (added) is one XEP-0357 push registration of a device.
+type Registration struct {
+	AppServer jid.JID // the app server (XEP-0357 'jid')
+	Node      string  // the node on it, may be empty
+	// Options is the publish-options data form (<x xmlns='jabber:x:data'>)
+	// the client gave in <enable/>, typically carrying a secret; nil if none.
+	Options *stanza.Element
+	// Encrypt is the tigase:push:encrypt:0 key, nil if the client asked for
+	// clear notifications.
+	Encrypt *Encryption
+}
+
+// Encryption is a tigase:push:encrypt:0 key for the notification summary.
+type Encryption struct {
+	Alg string // "aes-128-gcm" or "aes-256-gcm"
+	Key []byte // 16 or 32 bytes
+}
+
+// Summary is the content of one notification, the plain fields of the
+// urn:xmpp:push:summary form. Sender and Body are empty unless they may
+// be included (Config.IncludeSender/IncludeBody, an encrypted
+// registration, or a trusted app server).
+type Summary struct {
+	Count                int    // messages queued since the device was suspended
+	PendingSubscriptions int    // subscription requests queued meanwhile
+	Sender               string // bare JID of the last message's sender
+	Nick                 string // for groupchat: the sender's room nick
+	Body                 string // the last message's body
+	Type                 string // "chat", "groupchat" or "subscribe": what triggered it
 }
 
 // Config holds jsm's policy knobs. cmd/pushd fills it from the config
@@ -283,8 +400,8 @@ type Config struct {
 	// Domain is the local XMPP domain jsm serves (default "localhost").
 	Domain string
 	// ResumeTimeout is how long a detached stream may be resumed before its
-	// device is closed (default 300 s; M10 raises it for push-enabled
-	// devices in a later change).
+	// device is closed (default 300 s); PushResumeTimeout applies instead
+	// to devices with a push registration (M10).
 	ResumeTimeout time.Duration
 	// MobileResourcePrefixes mark a device as mobile by the start of its
 	// resource when its caps don't say (default none: desktop).
@@ -296,6 +413,28 @@ type Config struct {
 	// MaxOffline bounds each user's offline store (default 1000 messages);
 	// past it the sender gets resource-constraint.
 	MaxOffline int
+	// PushResumeTimeout (added) is the hibernation of a device with a push
+	// registration (default 24 h, M10).
+	PushResumeTimeout time.Duration
+	// PushCoalesce (added) is the minimum time between two notifications to
+	// one device (default 2 s, M3): the first trigger is published at once,
+	// later ones within the window are merged and published when it ends.
+	PushCoalesce time.Duration
+	// IncludeSender / IncludeBody (added) put last-message-sender and
+	// last-message-body in clear notifications (default false). Encrypted
+	// registrations and trusted app servers always get them.
+	IncludeSender, IncludeBody bool
+	// TrustedAppServers (added) are app server domains (pushd's own push
+	// component) that get sender and body in clear (default none).
+	TrustedAppServers []string
+	// DesktopIdle (added) is how long every desktop device must have been
+	// inactive before a suspended mobile device is pushed anyway (default
+	// 300 s, M6 (b)).
+	DesktopIdle time.Duration
+	// MaxQueueEntries / MaxQueueBytes (added) bound each device queue
+	// (default 10 000 stanzas, 64 MiB, M9).
+	MaxQueueEntries int
+	MaxQueueBytes   int64
 }
 
 // DefaultConfig returns jsm's defaults.
@@ -305,5 +444,11 @@ func DefaultConfig() Config {
 		ResumeTimeout:   300 * time.Second,
 		MobileCapsNodes: []string{"http://conversations.im", "https://monal-im.org/", "https://siskin.tigase.org"},
 		MaxOffline:      1000,
+
+		PushResumeTimeout: 24 * time.Hour,
+		PushCoalesce:      2 * time.Second,
+		DesktopIdle:       300 * time.Second,
+		MaxQueueEntries:   10000,
+		MaxQueueBytes:     64 << 20,
 	}
 }

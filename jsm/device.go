@@ -22,6 +22,20 @@ type user struct {
 	offline        int  // messages in the offline store, as far as jsm knows
 	offlineUnknown bool // restored without a count: ask the store at login
 	flushing       bool // a FlushOffline is out, its OfflineLoaded not back
+
+	// away: contacts are shown every available device as away because all
+	// of them are suspended (M4).
+	away bool
+	// push holds the XEP-0357 registrations by device full JID string. It
+	// outlives the device: a device gone without a clean logout keeps its
+	// registrations (M8), and messages stored offline are pushed to them.
+	push map[string]*pushState
+	// lastDevice is the device key that last sent the user's own stanza
+	// (M6 (a)).
+	lastDevice string
+	// inCall: device keys in a call per the SIP side; "" means every
+	// mobile device (M7).
+	inCall map[string]bool
 }
 
 // device is one bound full JID. Its queue lives in the queue store; jsm
@@ -33,27 +47,55 @@ type device struct {
 	stream StreamID
 	kind   Kind
 
-	detached bool      // XEP-0198 hibernation: stanzas go to the queue
+	detached bool      // XEP-0198 hibernation (stream 0: restored at start, no stream)
 	expires  time.Time // end of hibernation
-	active   bool      // XEP-0352; kept for the suspended rule (M2, M4)
+	active   bool      // XEP-0352 state
+	// susp: the device is suspended (detached, or CSI-inactive with a
+	// push registration): nothing is written to it, everything is queued
+	// (M2). Kept current by reconcile.
+	susp bool
+	// inactiveSince is when the device last became CSI-inactive or
+	// detached (M6 (b)).
+	inactiveSince time.Time
 
 	seq     uint64 // last Seq assigned
 	acked   uint64 // highest Seq the client acknowledged
+	sent    uint64 // highest Seq written to the current stream
 	qHigh   uint64 // highest Seq ever enqueued
 	qLow    uint64 // every Seq <= qLow has been trimmed from the queue
 	carbons bool
 
+	// Queue bounds (M9): what the queue holds above qLow. qents lists the
+	// entries jsm enqueued (Seq, size, presence or not); restored counts
+	// the entries found at start, whose sizes jsm does not know, through
+	// restoredLast.
+	qents         []qent
+	qCount        int
+	qBytes        int64
+	restoredCount int
+	restoredBytes int64
+	restoredLast  uint64
+
 	rosterRequested bool // "interested resource" for roster pushes (RFC 6121 §2.1.6)
 
 	// Presence. available is set by initial presence and cleared by
-	// unavailable; a detached device stays available (M4 comes later and
-	// will use lastPresence to restore the user's own choice).
+	// unavailable; a suspended device stays available (contacts see it
+	// away while all the user's devices are, M4).
 	available    bool
 	priority     int
 	show, status string
 	lastPresence *stanza.Element
 	directed     map[string]bool // JIDs sent directed presence (RFC 6121 §4.6)
-	lastActive   time.Time       // last stanza from the client (for M6 later)
+	lastActive   time.Time       // last stanza from the client (M6 (b))
+	awayFor      *stanza.Element // the lastPresence awayPres was made from
+	awayPres     *stanza.Element // lastPresence shown as away (M4)
+}
+
+// qent is one queued entry as jsm tracks it for the bounds of M9.
+type qent struct {
+	seq      uint64
+	size     int64
+	presence bool
 }
 
 func (d *device) queued() bool { return d.qHigh > d.qLow }
@@ -81,17 +123,17 @@ func (u *user) removeDevice(d *device) {
 }
 
 // send gives st the device's next Seq and writes it to the live stream, or
-// to the queue while the device is detached (M2). Every stanza for a
-// device goes through here, so the Seq order is the delivery order.
-func (m *Machine) send(d *device, st *stanza.Element) {
-	d.seq++
-	e := Entry{Seq: d.seq, Stanza: st}
-	if d.detached {
-		d.qHigh = d.seq
-		m.emit(Enqueue{Device: d.key, Entries: []Entry{e}})
-		return
+// to the queue while the device is suspended (M2). Every stanza for a
+// device goes through here, so the Seq order is the delivery order. It
+// reports false when the queue is full and st was refused (M9).
+func (m *Machine) send(d *device, st *stanza.Element) bool {
+	if d.susp {
+		return m.enqueue(d, st)
 	}
-	m.emit(Deliver{Stream: d.stream, Entry: e})
+	d.seq++
+	d.sent = d.seq
+	m.emit(Deliver{Stream: d.stream, Entry: Entry{Seq: d.seq, Stanza: st}})
+	return true
 }
 
 // stepBound binds a new device or hands an existing one to a new stream
@@ -109,6 +151,11 @@ func (m *Machine) stepBound(e Bound) {
 	d := u.device(res)
 	if d == nil {
 		d = &device{user: u, jid: e.JID, key: e.JID.String(), stream: e.Stream, active: true}
+		if ps := u.push[d.key]; ps != nil {
+			// Registrations left by an earlier session of this resource
+			// (M8: an unclean disconnect keeps them).
+			m.cancelPush(ps)
+		}
 		if dr, ok := m.draining[d.key]; ok {
 			// The old device's queue is still being read: keep Seqs above
 			// it so the store's dedup cannot swallow new entries.
@@ -123,21 +170,38 @@ func (m *Machine) stepBound(e Bound) {
 		if d.detached {
 			cond = ""
 		}
-		m.emit(CloseStream{Stream: d.stream, Condition: cond})
-		delete(m.streams, d.stream)
+		if d.stream != 0 {
+			m.emit(CloseStream{Stream: d.stream, Condition: cond})
+			delete(m.streams, d.stream)
+		}
 		// The new stream is a new session: contacts see the old one leave
 		// and the client's initial presence will announce it again.
 		m.unavailable(d, nil)
-		d.stream, d.detached, d.active = e.Stream, false, true
+		d.stream, d.detached, d.active, d.sent = e.Stream, false, true, 0
 		d.carbons, d.rosterRequested = false, false
-		if d.queued() {
-			// Queued stanzas go out first, before anything newer (M5).
-			m.emit(Flush{Stream: e.Stream, Device: d.key, From: max(d.acked, d.qLow) + 1})
-		}
+		delete(m.hib, d.key)
+		// Queued stanzas go out first, before anything newer (M5).
+		m.reconcile(d)
+		m.flushQueue(d)
 	}
 	d.kind = m.kindOf(res, "")
 	d.lastActive = m.now
+	u.lastDevice = d.key
 	m.streams[e.Stream] = d
+}
+
+// flushQueue writes what the device's queue holds beyond what its stream
+// already has, in order (M5).
+func (m *Machine) flushQueue(d *device) {
+	if d.stream == 0 || !d.queued() {
+		return
+	}
+	from := max(d.sent, d.acked, d.qLow) + 1
+	if from > d.qHigh {
+		return
+	}
+	m.emit(Flush{Stream: d.stream, Device: d.key, From: from})
+	d.sent = d.qHigh
 }
 
 // stepDetached starts hibernation: from now on stanzas are queued, and
@@ -148,19 +212,37 @@ func (m *Machine) stepDetached(e Detached) {
 		return
 	}
 	d.detached = true
-	d.expires = m.now.Add(m.cfg.ResumeTimeout)
-	if m.nextExpiry.IsZero() || d.expires.Before(m.nextExpiry) {
-		m.nextExpiry = d.expires
+	if d.active {
+		d.inactiveSince = m.now
 	}
+	m.hibernate(d, m.now)
 	var entries []Entry
 	for _, en := range e.Unacked {
 		if en.Seq > d.acked && en.Seq > d.qLow {
 			entries = append(entries, en)
 			d.qHigh = max(d.qHigh, en.Seq)
+			m.addQ(d, en.Seq, m.sizeOf(en.Stanza), en.Stanza.Name.Local == "presence")
 		}
 	}
 	if len(entries) > 0 {
 		m.emit(Enqueue{Device: d.key, Entries: entries})
+	}
+	m.reconcile(d)
+	// What the client never acknowledged was never seen: it counts for
+	// the notification like anything queued from now on (M3).
+	m.trigger(d, entries...)
+}
+
+// hibernate sets the device's hibernation deadline from since (M10).
+func (m *Machine) hibernate(d *device, since time.Time) {
+	timeout := m.cfg.ResumeTimeout
+	if m.hasRegs(d) {
+		timeout = m.cfg.PushResumeTimeout
+	}
+	d.expires = since.Add(timeout)
+	m.hib[d.key] = d
+	if m.nextExpiry.IsZero() || d.expires.Before(m.nextExpiry) {
+		m.nextExpiry = d.expires
 	}
 }
 
@@ -176,12 +258,32 @@ func (m *Machine) stepResumed(e Resumed) {
 		}
 		return
 	}
-	d.detached = false
+	d.detached, d.active = false, true
+	delete(m.hib, d.key)
 	d.lastActive = m.now
+	d.user.lastDevice = d.key
 	m.ack(d, e.AckedSeq)
-	if d.queued() {
-		m.emit(Flush{Stream: d.stream, Device: d.key, From: max(d.acked, d.qLow) + 1})
+	d.sent = d.acked // the new connection has nothing yet
+	m.reconcile(d)
+	m.flushQueue(d)
+}
+
+// stepClientState records XEP-0352 <active/> and <inactive/>: an
+// inactive device with a push registration is suspended (M2); <active/>
+// ends that and flushes its queue (M5).
+func (m *Machine) stepClientState(e ClientState) {
+	d := m.streams[e.Stream]
+	if d == nil || d.active == e.Active {
+		return
 	}
+	d.active = e.Active
+	if e.Active {
+		d.lastActive = m.now
+		d.user.lastDevice = d.key
+	} else {
+		d.inactiveSince = m.now
+	}
+	m.reconcile(d)
 }
 
 func (m *Machine) stepAcked(e Acked) {
@@ -200,12 +302,16 @@ func (m *Machine) ack(d *device, seq uint64) {
 	}
 	if d.queued() && d.acked > d.qLow {
 		d.qLow = min(d.acked, d.qHigh)
+		m.trimQ(d, d.qLow)
 		m.emit(Trim{Device: d.key, Through: d.qLow})
 	}
 }
 
 func (m *Machine) stepClosed(e Closed) {
 	if d := m.streams[e.Stream]; d != nil {
+		if e.Clean {
+			m.dropRegs(d.user, d.key) // M8: a clean logout ends push
+		}
 		m.gone(d, e.Unacked)
 	}
 }
@@ -218,10 +324,7 @@ func (m *Machine) expire() {
 	}
 	var due []*device
 	m.nextExpiry = time.Time{}
-	for _, d := range m.streams {
-		if !d.detached {
-			continue
-		}
+	for _, d := range m.hib {
 		if !m.now.Before(d.expires) {
 			due = append(due, d)
 		} else if m.nextExpiry.IsZero() || d.expires.Before(m.nextExpiry) {
@@ -236,7 +339,9 @@ func (m *Machine) expire() {
 		return strings.Compare(a.key, b.key)
 	})
 	for _, d := range due {
-		m.emit(CloseStream{Stream: d.stream})
+		if d.stream != 0 {
+			m.emit(CloseStream{Stream: d.stream})
+		}
 		m.gone(d, nil)
 	}
 }
@@ -246,8 +351,17 @@ func (m *Machine) expire() {
 // queue through LoadQueue, the ones only the router held from unacked.
 func (m *Machine) gone(d *device, unacked []Entry) {
 	m.unavailable(d, nil)
-	delete(m.streams, d.stream)
+	if d.stream != 0 {
+		delete(m.streams, d.stream)
+	}
+	delete(m.hib, d.key)
 	d.user.removeDevice(d)
+	d.susp = false
+	if ps := d.user.push[d.key]; ps != nil {
+		// The registrations stay (M8); what was queued goes offline and
+		// will be pushed from there.
+		ps.pending = false
+	}
 	if d.queued() {
 		var rest []Entry
 		for _, en := range unacked {

@@ -7,7 +7,8 @@ import (
 )
 
 // Features the server advertises in disco#info (XEP-0030), sorted. Push
-// (urn:xmpp:push:0) joins when XEP-0357 lands.
+// (urn:xmpp:push:0) is a feature of the account, not of the server
+// (XEP-0357 §4): see accountFeatures.
 var serverFeatures = []string{
 	stanza.NSDiscoInfo,
 	stanza.NSDiscoItem,
@@ -17,6 +18,14 @@ var serverFeatures = []string{
 	stanza.NSCSI,
 	stanza.NSPing,
 	stanza.NSSM,
+}
+
+// Features of a user's account (disco#info to the bare JID), sorted.
+var accountFeatures = []string{
+	nsEncrypt,
+	"tigase:push:encrypt:aes-128-gcm",
+	"tigase:push:encrypt:aes-256-gcm",
+	stanza.NSPush,
 }
 
 // validIQ checks the shape RFC 6120 §8.2.3 requires: an id, a known type,
@@ -64,9 +73,11 @@ func (m *Machine) iqOut(d *device, st *stanza.Element) {
 func (m *Machine) iqToUser(u *user, to jid.JID, st *stanza.Element, from jid.JID) {
 	typ := st.Get("type")
 	if res := to.Resourcepart(); res != "" {
-		if d := u.device(res); d != nil {
+		if d := u.device(res); d != nil && !(d.susp && (typ == "get" || typ == "set")) {
 			m.send(d, st)
 		} else if typ == "get" || typ == "set" {
+			// No such device, or a suspended one, which the server
+			// answers for (RFC 6120 §8.5.3.1, M2).
 			m.bounce(st, "cancel", "service-unavailable")
 		}
 		return
@@ -103,10 +114,17 @@ func (m *Machine) selfIQ(d *device, st *stanza.Element) {
 	case q.Is(stanza.NSPing, "ping") && typ == "get":
 		m.route(iqResult(st), d.user.bare)
 	case q.Is(stanza.NSDiscoInfo, "query") && typ == "get":
-		// RFC 6121 / XEP-0030 §8: the account itself.
-		m.route(iqResult(st, stanza.New(stanza.NSDiscoInfo, "query").Add(
-			stanza.New(stanza.NSDiscoInfo, "identity", "category", "account", "type", "registered"),
-		)), d.user.bare)
+		// RFC 6121 / XEP-0030 §8: the account itself, with XEP-0357 push
+		// and its tigase encryption as Prosody's mod_cloud_notify(_encrypted)
+		// advertise them.
+		res := stanza.New(stanza.NSDiscoInfo, "query").Add(
+			stanza.New(stanza.NSDiscoInfo, "identity", "category", "account", "type", "registered"))
+		for _, f := range accountFeatures {
+			res.Add(stanza.New(stanza.NSDiscoInfo, "feature", "var", f))
+		}
+		m.route(iqResult(st, res), d.user.bare)
+	case q.Name.Space == stanza.NSPush && (q.Name.Local == "enable" || q.Name.Local == "disable"):
+		m.pushIQ(d, st, q)
 	default:
 		m.bounce(st, "cancel", "service-unavailable")
 	}

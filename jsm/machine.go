@@ -1,6 +1,7 @@
 package jsm
 
 import (
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,26 @@ type Machine struct {
 	// a deadline really passes.
 	nextExpiry time.Time
 
+	// hib holds the hibernating devices (detached, or restored without a
+	// stream) by key: the ones expire looks at.
+	hib map[string]*device
+	// restoring are the devices restored by New, whose hibernation starts
+	// at the first Step.
+	restoring []*device
+
+	// Push (push.go): publishes waiting for an answer by id, and the heap
+	// of push deadlines.
+	pubs     map[string]*publication
+	timers   timerHeap
+	timerSeq uint64
+
+	// The stanza of the current StanzaIn or ComponentIn and its size as
+	// received (M9), and the last stanza refused for a full queue (one
+	// error per stanza).
+	inStanza *stanza.Element
+	inSize   int
+	refused  *stanza.Element
+
 	ids uint64    // numbers the ids of stanzas jsm makes (roster pushes)
 	now time.Time // the time passed to the current Step
 	out []Action  // what the current Step returns
@@ -57,6 +78,21 @@ func New(cfg Config, st State) *Machine {
 	if cfg.MaxOffline <= 0 {
 		cfg.MaxOffline = def.MaxOffline
 	}
+	if cfg.PushResumeTimeout <= 0 {
+		cfg.PushResumeTimeout = def.PushResumeTimeout
+	}
+	if cfg.PushCoalesce <= 0 {
+		cfg.PushCoalesce = def.PushCoalesce
+	}
+	if cfg.DesktopIdle <= 0 {
+		cfg.DesktopIdle = def.DesktopIdle
+	}
+	if cfg.MaxQueueEntries <= 0 {
+		cfg.MaxQueueEntries = def.MaxQueueEntries
+	}
+	if cfg.MaxQueueBytes <= 0 {
+		cfg.MaxQueueBytes = def.MaxQueueBytes
+	}
 	domain := cfg.Domain
 	if d, err := jid.Parse(domain); err == nil {
 		domain = d.Domainpart()
@@ -68,6 +104,8 @@ func New(cfg Config, st State) *Machine {
 		streams:    make(map[StreamID]*device),
 		components: make(map[string]bool),
 		draining:   make(map[string]drain),
+		hib:        make(map[string]*device),
+		pubs:       make(map[string]*publication),
 	}
 	for _, u := range st.Users {
 		nu := m.addUser(u)
@@ -91,6 +129,7 @@ func New(cfg Config, st State) *Machine {
 			u.setItem(it)
 		}
 	}
+	m.restore(st)
 	return m
 }
 
@@ -101,15 +140,22 @@ func New(cfg Config, st State) *Machine {
 func (m *Machine) Step(now time.Time, ev Event) []Action {
 	m.now = now
 	m.out = nil
+	m.refused = nil
+	if m.restoring != nil {
+		m.startRestored()
+	}
 	// Deadlines first: a stream whose hibernation ended before this event
 	// can no longer be resumed by it.
 	m.expire()
+	m.runTimers()
 	switch e := ev.(type) {
 	case Bound:
 		m.stepBound(e)
 	case StanzaIn:
+		m.inStanza, m.inSize = e.Stanza, e.Size
 		m.stepStanzaIn(e)
 	case ComponentIn:
+		m.inStanza, m.inSize = e.Stanza, e.Size
 		m.stepComponentIn(e)
 	case ComponentUp:
 		m.components[e.Domain] = true
@@ -124,9 +170,9 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 	case Closed:
 		m.stepClosed(e)
 	case ClientState:
-		if d := m.streams[e.Stream]; d != nil {
-			d.active = e.Active
-		}
+		m.stepClientState(e)
+	case InCall:
+		m.stepInCall(e)
 	case OfflineLoaded:
 		m.stepOfflineLoaded(e)
 	case QueueLoaded:
@@ -139,14 +185,20 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 		m.stepUserDeleted(e)
 	}
 	out := m.out
-	m.out = nil
+	m.out, m.inStanza, m.refused = nil, nil, nil
 	return out
 }
 
 // NextDeadline (added) reports when the machine next needs a Tick, so the
 // router can arm one timer instead of ticking blindly.
+// It may be early (a deadline that no longer matters): a Tick then does
+// nothing. Devices restored by New get theirs at the first Step.
 func (m *Machine) NextDeadline() (time.Time, bool) {
-	return m.nextExpiry, !m.nextExpiry.IsZero()
+	t := m.nextExpiry
+	if len(m.timers) > 0 && (t.IsZero() || m.timers[0].at.Before(t)) {
+		t = m.timers[0].at
+	}
+	return t, !t.IsZero()
 }
 
 // DeviceInfo (added) is a read-only view of one device for tests and the
@@ -165,6 +217,11 @@ type DeviceInfo struct {
 	Seq       uint64 // last outbound Seq assigned
 	Acked     uint64 // highest Seq the client acknowledged
 	Queued    bool   // the device's queue holds entries
+	// Added with the suspended state (M2, M9).
+	Suspended     bool           // stanzas are queued, not written
+	QueuedCount   int            // entries queued and not yet acked
+	QueuedBytes   int64          // their size
+	Registrations []Registration // XEP-0357 registrations of the device
 }
 
 // Devices (added) lists the user's devices, ordered by resource.
@@ -180,7 +237,27 @@ func (m *Machine) Devices(user jid.JID) []DeviceInfo {
 			Available: d.available, Detached: d.detached, Active: d.active,
 			Carbons: d.carbons, Priority: d.priority, Show: d.show, Status: d.status,
 			Seq: d.seq, Acked: d.acked, Queued: d.queued(),
+			Suspended: d.susp, QueuedCount: d.qCount + d.restoredCount, QueuedBytes: d.qBytes + d.restoredBytes,
+			Registrations: m.Registrations(d.key),
 		})
+	}
+	return out
+}
+
+// Registrations (added) returns the push registrations of a device (full
+// JID string), present or gone.
+func (m *Machine) Registrations(device string) []Registration {
+	j, err := jid.Parse(device)
+	if err != nil {
+		return nil
+	}
+	u := m.user(j)
+	if u == nil || u.push[device] == nil {
+		return nil
+	}
+	var out []Registration
+	for _, r := range u.push[device].regs {
+		out = append(out, r.Registration)
 	}
 	return out
 }
@@ -240,8 +317,13 @@ func (m *Machine) stepUserDeleted(e UserDeleted) {
 	}
 	for len(u.devices) > 0 {
 		d := u.devices[0]
-		m.emit(CloseStream{Stream: d.stream, Condition: "not-authorized"})
+		if d.stream != 0 {
+			m.emit(CloseStream{Stream: d.stream, Condition: "not-authorized"})
+		}
 		m.gone(d, nil)
+	}
+	for _, k := range slices.Sorted(maps.Keys(u.push)) {
+		m.dropRegs(u, k)
 	}
 	for _, k := range slices.Clone(u.order) {
 		m.removeItem(u, u.roster[k])

@@ -65,6 +65,7 @@ func (m *Machine) available(d *device, st *stanza.Element) {
 		d.kind = m.kindOf(d.jid.Resourcepart(), c.Get("node"))
 	}
 	u := d.user
+	m.updateAway(u, d) // a device back (or a suspended one's update): M4
 	m.broadcast(d, st, true)
 	if initial {
 		// The new device learns of the user's other devices too, as
@@ -105,6 +106,8 @@ func (m *Machine) unavailable(d *device, st *stanza.Element) {
 	}
 	d.available, d.lastPresence, d.directed = false, nil, nil
 	d.show, d.status, d.priority = "", "", 0
+	d.awayFor, d.awayPres = nil, nil
+	m.updateAway(d.user, nil)
 }
 
 // broadcast sends d's presence to the contacts subscribed to the user and
@@ -112,17 +115,7 @@ func (m *Machine) unavailable(d *device, st *stanza.Element) {
 // d itself gets a copy (it does for available presence).
 func (m *Machine) broadcast(d *device, st *stanza.Element, self bool) {
 	u := d.user
-	for _, k := range u.order {
-		it := u.roster[k]
-		if !hasFrom(it.Subscription) {
-			continue
-		}
-		dom := it.JID.Domainpart()
-		if dom != m.domain && !m.isComponent(dom) {
-			continue // unreachable contact: no error for a broadcast
-		}
-		m.route(withAttrs(st, "to", k), d.jid)
-	}
+	m.toContacts(d, m.shown(d, st))
 	for _, o := range u.devices {
 		if o.available && (self || o != d) {
 			m.send(o, st)
@@ -146,7 +139,7 @@ func (m *Machine) probeContacts(d *device) {
 			}
 			for _, cd := range c.devices {
 				if cd.available {
-					m.send(d, withAttrs(cd.lastPresence, "to", u.bareStr))
+					m.send(d, withAttrs(m.shown(cd, cd.lastPresence), "to", u.bareStr))
 				}
 			}
 		} else if m.isComponent(it.JID.Domainpart()) {
@@ -192,7 +185,7 @@ func (m *Machine) answerProbe(u *user, st *stanza.Element, from jid.JID) {
 	sent := false
 	for _, d := range u.devices {
 		if d.available {
-			m.route(withAttrs(d.lastPresence, "to", to), d.jid)
+			m.route(withAttrs(m.shown(d, d.lastPresence), "to", to), d.jid)
 			sent = true
 		}
 	}
@@ -209,7 +202,7 @@ func (m *Machine) sendPresenceTo(u *user, contact string, unavail bool) {
 		if !d.available {
 			continue
 		}
-		p := withAttrs(d.lastPresence, "to", contact)
+		p := withAttrs(m.shown(d, d.lastPresence), "to", contact)
 		if unavail {
 			p = stanza.New(stanza.NSClient, "presence", "type", "unavailable", "from", d.key, "to", contact)
 		}

@@ -14,8 +14,11 @@ func (m *Machine) stepStanzaIn(e StanzaIn) {
 	if d == nil || !e.Stanza.IsStanza() {
 		return
 	}
-	d.lastActive = m.now
 	st := e.Stanza
+	if interacts(st) {
+		d.lastActive = m.now
+		d.user.lastDevice = d.key // M6 (a)
+	}
 	switch st.Name.Local {
 	case "presence":
 		m.presenceOut(d, st)
@@ -41,6 +44,9 @@ func (m *Machine) stepComponentIn(e ComponentIn) {
 	if st.Name.Local == "iq" && !validIQ(st) {
 		m.bounce(st, "modify", "bad-request")
 		return
+	}
+	if m.pushAnswer(st, from) {
+		return // an app server answered a publish (M3)
 	}
 	if st.Get("to") == "" {
 		m.bounce(st, "modify", "bad-request")
@@ -176,7 +182,9 @@ func (m *Machine) messageToUser(u *user, to jid.JID, st *stanza.Element) {
 	}
 	m.buf = targets
 	if len(targets) == 0 {
-		m.toOffline(u, st)
+		if m.toOffline(u, st) {
+			m.triggerOffline(u, st) // devices gone with a registration (M8, M10)
+		}
 		return
 	}
 	for _, d := range targets {
@@ -190,14 +198,14 @@ func (m *Machine) messageToUser(u *user, to jid.JID, st *stanza.Element) {
 // (XEP-0160), bounded by MaxOffline. Only chat and normal messages with a
 // body are worth keeping; anything else (chat states, receipts) is
 // dropped, as ejabberd and Prosody do.
-func (m *Machine) toOffline(u *user, st *stanza.Element) {
+func (m *Machine) toOffline(u *user, st *stanza.Element) bool {
 	if st.Name.Local != "message" || !isStorable(st) {
-		return
+		return false
 	}
 	if u.offline >= m.cfg.MaxOffline {
 		// M9: never dropped silently.
 		m.bounce(st, "wait", "resource-constraint")
-		return
+		return false
 	}
 	u.offline++
 	c := st.Copy()
@@ -205,6 +213,7 @@ func (m *Machine) toOffline(u *user, st *stanza.Element) {
 		c.Add(stanza.New(stanza.NSDelay, "delay", "from", m.domain, "stamp", stamp(m.now)))
 	}
 	m.emit(StoreOffline{User: u.bare, Message: c})
+	return true
 }
 
 func isStorable(st *stanza.Element) bool {

@@ -11,7 +11,10 @@ package jsm
 // blocks are comments. The harness also plays the router's stores, so
 // that a script shows what a client would really receive:
 //
-//	init                  body: config k=v…, user JID, item USER CONTACT SUB [ask] [pending] [name=N] [group=G]…, offline USER N
+//	init                  body: config k=v…, user JID, item USER CONTACT SUB [ask] [pending] [name=N] [group=G]…, offline USER N,
+//	                      queue DEVICE FIRST LAST (a queue left in the store), registration DEVICE APPSERVER [NODE] [secret=S] [alg=A key=B64]
+//	                      (a stored registration): both restore State.Queues / State.Registrations,
+//	                      appserver answer (the harness answers every Publish with a result, as a working app server)
 //	bind S JID            Bound
 //	send S                body: one stanza; 'from' is stamped with S's JID as the router does
 //	comp DOMAIN           body: one stanza from a component
@@ -21,14 +24,19 @@ package jsm
 //	resume S H            Resumed
 //	close S [clean] [sm]  Closed; with sm the unacked entries are passed
 //	csi S active|inactive ClientState
+//	incall USER DEVICE on|off  InCall (DEVICE "-" for any mobile device)
+//	deadline              NextDeadline, relative to the script's start
 //	advance DURATION      move the clock (no Step); tick: Step a Tick
 //	useradd|userdel JID
 //	devices JID / roster JID / queue DEVICE / offline JID: inspect
+//	push JID              suspended state, queue counters and registrations of the user's devices
+//	send S and comp DOMAIN take an optional size=N (StanzaIn/ComponentIn.Size)
 //
 // FlushOffline and LoadQueue are answered at once from the fake stores;
 // their follow-up actions are shown indented under them.
 
 import (
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"os"
@@ -133,17 +141,21 @@ func runScript(t *testing.T, path string) {
 // and offline stores.
 type harness struct {
 	m       *Machine
+	start   time.Time
 	now     time.Time
 	streams map[StreamID]string  // full JID per stream
 	unacked map[StreamID][]Entry // written to a stream, not yet acked
 	queues  map[string][]Entry   // the queue store, by device
 	offline map[string][]*stanza.Element
+	answer  bool // answer every Publish with an IQ result
 }
 
 func newHarness() *harness {
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	return &harness{
 		m:       New(DefaultConfig(), State{}),
-		now:     time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),
+		start:   t0,
+		now:     t0,
 		streams: map[StreamID]string{},
 		unacked: map[StreamID][]Entry{},
 		queues:  map[string][]Entry{},
@@ -191,6 +203,8 @@ func (h *harness) run(t *testing.T, path string, b block) []string {
 	}
 	switch f[0] {
 	case "init":
+		// A new machine: the router's streams and stores start empty too.
+		*h = *newHarness()
 		cfg, st := DefaultConfig(), State{Rosters: map[string][]RosterItem{}, Offline: map[string]int{}}
 		for _, l := range b.input {
 			lf := strings.Fields(l)
@@ -214,6 +228,23 @@ func (h *harness) run(t *testing.T, path string, b block) []string {
 						cfg.MaxOffline, _ = strconv.Atoi(v)
 					case "mobileprefix":
 						cfg.MobileResourcePrefixes = append(cfg.MobileResourcePrefixes, v)
+					case "pushresume", "coalesce", "desktopidle":
+						d, err := time.ParseDuration(v)
+						if err != nil {
+							fail("%s: %v", k, err)
+						}
+						*map[string]*time.Duration{"pushresume": &cfg.PushResumeTimeout, "coalesce": &cfg.PushCoalesce, "desktopidle": &cfg.DesktopIdle}[k] = d
+					case "includebody":
+						cfg.IncludeBody = v == "true"
+					case "includesender":
+						cfg.IncludeSender = v == "true"
+					case "trusted":
+						cfg.TrustedAppServers = append(cfg.TrustedAppServers, v)
+					case "maxqueue":
+						cfg.MaxQueueEntries, _ = strconv.Atoi(v)
+					case "maxbytes":
+						n, _ := strconv.Atoi(v)
+						cfg.MaxQueueBytes = int64(n)
 					default:
 						fail("unknown config %q", k)
 					}
@@ -230,6 +261,42 @@ func (h *harness) run(t *testing.T, path string, b block) []string {
 						"from", "old@localhost/x", "to", lf[1], "type", "chat").Add(
 						stanza.New(stanza.NSClient, "body").AddText("stored "+strconv.Itoa(i+1))))
 				}
+			case "queue":
+				first, _ := strconv.ParseUint(lf[2], 10, 64)
+				last, _ := strconv.ParseUint(lf[3], 10, 64)
+				if st.Queues == nil {
+					st.Queues = map[string]QueueInfo{}
+				}
+				qi := QueueInfo{First: first, Last: last}
+				for seq := first; seq <= last; seq++ {
+					e := Entry{Seq: seq, Stanza: stanza.New(stanza.NSClient, "message", "from", "old@localhost/x", "to", lf[1], "type", "chat").Add(
+						stanza.New(stanza.NSClient, "body").AddText("queued " + strconv.FormatUint(seq, 10)))}
+					h.queues[lf[1]] = append(h.queues[lf[1]], e)
+					qi.Count++
+					qi.Bytes += int64(len(xmlString(e.Stanza)))
+				}
+				st.Queues[lf[1]] = qi
+			case "registration":
+				r := Registration{AppServer: mustJID(lf[2])}
+				for _, o := range lf[3:] {
+					k, v, ok := strings.Cut(o, "=")
+					switch {
+					case !ok:
+						r.Node = o
+					case k == "secret":
+						r.Options = secretForm(v)
+					case k == "alg":
+						r.Encrypt = &Encryption{Alg: v}
+					case k == "key":
+						r.Encrypt.Key, _ = base64.StdEncoding.DecodeString(v)
+					}
+				}
+				if st.Registrations == nil {
+					st.Registrations = map[string][]Registration{}
+				}
+				st.Registrations[lf[1]] = append(st.Registrations[lf[1]], r)
+			case "appserver":
+				h.answer = lf[1] == "answer"
 			case "item":
 				it := RosterItem{JID: mustJID(lf[2]), Subscription: Subscription(lf[3])}
 				for _, o := range lf[4:] {
@@ -259,9 +326,31 @@ func (h *harness) run(t *testing.T, path string, b block) []string {
 		s := stream(1)
 		e := xmlIn()
 		e.Set("from", h.streams[s])
-		return h.step(StanzaIn{Stream: s, Stanza: e}, "")
+		return h.step(StanzaIn{Stream: s, Stanza: e, Size: sizeArg(f)}, "")
 	case "comp":
-		return h.step(ComponentIn{Domain: arg(1), Stanza: xmlIn()}, "")
+		return h.step(ComponentIn{Domain: arg(1), Stanza: xmlIn(), Size: sizeArg(f)}, "")
+	case "incall":
+		dev := arg(2)
+		if dev == "-" {
+			dev = ""
+		}
+		return h.step(InCall{User: mustJID(arg(1)), Device: dev, Active: arg(3) == "on"}, "")
+	case "deadline":
+		d, ok := h.m.NextDeadline()
+		if !ok {
+			return []string{"none"}
+		}
+		return []string{"+" + d.Sub(h.start).String()}
+	case "push":
+		var out []string
+		for _, d := range h.m.Devices(mustJID(arg(1))) {
+			l := fmt.Sprintf("%s suspended=%t queued=%d bytes=%d", d.JID, d.Suspended, d.QueuedCount, d.QueuedBytes)
+			for _, r := range d.Registrations {
+				l += " reg=" + regString(r)
+			}
+			out = append(out, l)
+		}
+		return out
 	case "up":
 		return h.step(ComponentUp{Domain: arg(1)}, "")
 	case "down":
@@ -399,11 +488,63 @@ func (h *harness) step(ev Event, indent string) []string {
 			out = append(out, strings.TrimRight(fmt.Sprintf("%sclose s=%d %s", indent, a.Stream, a.Condition), " "))
 		case ToComponent:
 			out = append(out, fmt.Sprintf("%sto-component %s %s", indent, a.Domain, xmlString(a.Stanza)))
+		case SaveRegistration:
+			out = append(out, fmt.Sprintf("%ssave-registration %s %s", indent, a.Device, regString(a.Registration)))
+		case DeleteRegistration:
+			out = append(out, fmt.Sprintf("%sdelete-registration %s %s node=%q", indent, a.Device, a.AppServer, a.Node))
+		case Remove:
+			q := h.queues[a.Device]
+			q = slices.DeleteFunc(q, func(e Entry) bool { return slices.Contains(a.Seqs, e.Seq) })
+			h.queues[a.Device] = q
+			out = append(out, fmt.Sprintf("%sremove %s %v", indent, a.Device, a.Seqs))
+		case Publish:
+			enc := ""
+			if a.Encrypt != nil {
+				enc = " encrypt=" + a.Encrypt.Alg
+			}
+			sm := a.Summary
+			out = append(out, fmt.Sprintf("%spublish %s domain=%s%s summary=[count=%d subs=%d sender=%q nick=%q body=%q type=%s] %s",
+				indent, a.Device, a.Domain, enc, sm.Count, sm.PendingSubscriptions, sm.Sender, sm.Nick, sm.Body, sm.Type, xmlString(a.Stanza)))
+			if h.answer {
+				res := stanza.New(stanza.NSClient, "iq", "type", "result", "id", a.Stanza.Get("id"),
+					"from", a.Stanza.Get("to"), "to", a.Stanza.Get("from"))
+				out = append(out, h.step(ComponentIn{Domain: a.Domain, Stanza: res}, indent+"  ")...)
+			}
+		case PushDisabled:
+			out = append(out, fmt.Sprintf("%spush-disabled %s %s node=%q reason=%s", indent, a.Device, a.AppServer, a.Node, a.Reason))
 		default:
 			out = append(out, fmt.Sprintf("%sunknown action %T", indent, a))
 		}
 	}
 	return out
+}
+
+func sizeArg(f []string) int {
+	for _, a := range f {
+		if v, ok := strings.CutPrefix(a, "size="); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
+// secretForm is the publish-options form clients send with <enable/>.
+func secretForm(secret string) *stanza.Element {
+	return stanza.New(nsData, "x", "type", "submit").Add(
+		stanza.New(nsData, "field", "var", "FORM_TYPE").Add(stanza.New(nsData, "value").AddText("http://jabber.org/protocol/pubsub#publish-options")),
+		stanza.New(nsData, "field", "var", "secret").Add(stanza.New(nsData, "value").AddText(secret)))
+}
+
+func regString(r Registration) string {
+	s := r.AppServer.String() + "/" + r.Node
+	if r.Options != nil {
+		s += " options=" + xmlString(r.Options)
+	}
+	if r.Encrypt != nil {
+		s += fmt.Sprintf(" encrypt=%s:%d", r.Encrypt.Alg, len(r.Encrypt.Key))
+	}
+	return s
 }
 
 func xmlString(e *stanza.Element) string { return string(stanza.Marshal(e, stanza.NSClient)) }
