@@ -158,6 +158,6 @@ func (c *c2s) readComponent(link *componentLink) error {
 			return &StreamError{Condition: "invalid-from"}
 		}
 		c.srv.cfg.Metrics.stanzasIn.WithLabelValues(el.Name.Local).Inc()
-		c.srv.Step(jsm.ComponentIn{Domain: link.domain, Stanza: el})
+		c.srv.Step(jsm.ComponentIn{Domain: link.domain, Stanza: el, Size: c.r.LastSize()})
 	}
 }

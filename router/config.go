@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"pushd/internal/redact"
 	"pushd/internal/stanza"
 )
 
@@ -62,6 +63,8 @@ type Config struct {
 	// AckRequestEvery asks an XEP-0198 client for an ack after this many
 	// unacknowledged stanzas (default 5).
 	AckRequestEvery int
+	// Redact turns personal data into log tokens (default: a fresh key).
+	Redact *redact.Redactor
 	// Metrics receives the router's series (default: unregistered).
 	Metrics *Metrics
 	// Logger receives the router's logs (default slog.Default()).

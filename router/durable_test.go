@@ -58,6 +58,11 @@ func (onePassword) SaltedCredentials(user, mech string) ([]byte, []byte, int64, 
 }
 func (onePassword) VerifyPlain(user, password string) (bool, error) { return password == "pw", nil }
 
+type noRegs struct{}
+
+func (noRegs) Save(string, jsm.Registration) error  { return nil }
+func (noRegs) Delete(string, jid.JID, string) error { return nil }
+
 type noRosters struct{}
 
 func (noRosters) Save(jid.JID, jsm.RosterItem) error { return nil }
@@ -72,7 +77,7 @@ func TestAckWaitsForDurableQueue(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.C2SListen, cfg.ComponentListen = "127.0.0.1:0", ""
 	cfg.RequireTLS, cfg.AllowPlainWithoutTLS = false, true
-	srv, err := New(cfg, machine, onePassword{}, q, noRosters{})
+	srv, err := New(cfg, machine, Stores{Accounts: onePassword{}, Queue: q, Rosters: noRosters{}, PushRegistrations: noRegs{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ type Metrics struct {
 	streamErrors *prometheus.CounterVec
 	authFailures prometheus.Counter
 	resumes      *prometheus.CounterVec
+	publishes    prometheus.Counter
+	pushDisabled *prometheus.CounterVec
 }
 
 // NewMetrics registers the router's metrics on reg (nil: unregistered,
@@ -38,9 +40,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pushd_resumptions_total", Help: "XEP-0198 resumption attempts by result.",
 		}, []string{"result"}),
+		publishes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pushd_push_publishes_total", Help: "XEP-0357 notifications published to app servers.",
+		}),
+		pushDisabled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pushd_push_disabled_total", Help: "Push registrations removed because the app server refused a publish, by error condition.",
+		}, []string{"condition"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.streams, m.detached, m.stanzasIn, m.streamErrors, m.authFailures, m.resumes)
+		reg.MustRegister(m.connections, m.streams, m.detached, m.stanzasIn, m.streamErrors, m.authFailures, m.resumes, m.publishes, m.pushDisabled)
 	}
 	return m
 }

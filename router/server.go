@@ -29,6 +29,7 @@ import (
 
 	"mellium.im/xmpp/jid"
 
+	"pushd/internal/redact"
 	"pushd/internal/stanza"
 	"pushd/jsm"
 )
@@ -62,6 +63,20 @@ type Rosters interface {
 	Delete(user, contact jid.JID) error
 }
 
+// PushRegistrations persists the devices' XEP-0357 registrations.
+type PushRegistrations interface {
+	Save(device string, reg jsm.Registration) error
+	Delete(device string, appServer jid.JID, node string) error
+}
+
+// Stores are the router's persistent state.
+type Stores struct {
+	Accounts          Accounts
+	Queue             Queue
+	Rosters           Rosters
+	PushRegistrations PushRegistrations
+}
+
 // Server is one node's XMPP edge around one jsm.Machine.
 type Server struct {
 	cfg      Config
@@ -69,6 +84,7 @@ type Server struct {
 	accounts Accounts
 	queue    Queue
 	rosters  Rosters
+	pushRegs PushRegistrations
 	domain   jid.JID
 
 	// mu serialises the session manager and the routing tables. Actions are
@@ -95,10 +111,13 @@ type Server struct {
 }
 
 // New returns a Server around machine. It serves nothing until Serve.
-func New(cfg Config, machine *jsm.Machine, accounts Accounts, queue Queue, rosters Rosters) (*Server, error) {
+func New(cfg Config, machine *jsm.Machine, stores Stores) (*Server, error) {
 	def := DefaultConfig()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Redact == nil {
+		cfg.Redact = redact.New()
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
@@ -135,9 +154,10 @@ func New(cfg Config, machine *jsm.Machine, accounts Accounts, queue Queue, roste
 		reap:       make(chan func() error, 4096),
 		cfg:        cfg,
 		log:        cfg.Logger,
-		accounts:   accounts,
-		queue:      queue,
-		rosters:    rosters,
+		accounts:   stores.Accounts,
+		queue:      stores.Queue,
+		rosters:    stores.Rosters,
+		pushRegs:   stores.PushRegistrations,
 		domain:     domain,
 		machine:    machine,
 		streams:    make(map[jsm.StreamID]*stream),
@@ -406,6 +426,23 @@ func (s *Server) execute(a jsm.Action) {
 		if err := s.rosters.Delete(a.User, a.Contact); err != nil {
 			s.log.Error("roster delete failed", "err", err)
 		}
+	case jsm.Remove:
+		s.background(s.queue.RemoveAsync(a.Device, a.Seqs))
+	case jsm.SaveRegistration:
+		// Registrations change rarely (enable/disable) and their order
+		// matters, so they are written here, in order.
+		if err := s.pushRegs.Save(a.Device, a.Registration); err != nil {
+			s.log.Error("push registration not saved", "err", err)
+		}
+	case jsm.DeleteRegistration:
+		if err := s.pushRegs.Delete(a.Device, a.AppServer, a.Node); err != nil {
+			s.log.Error("push registration not deleted", "err", err)
+		}
+	case jsm.Publish:
+		s.publish(a)
+	case jsm.PushDisabled:
+		s.cfg.Metrics.pushDisabled.WithLabelValues(a.Reason).Inc()
+		s.log.Warn("push disabled: the app server refused a notification", "device", s.cfg.Redact.Token(a.Device), "condition", a.Reason)
 	case jsm.CloseStream:
 		st := s.streams[a.Stream]
 		if st == nil {

@@ -99,7 +99,7 @@ func (c *c2s) readStanzas(st *stream) error {
 				continue
 			}
 			el.Set("from", st.from)
-			st.addDurable(s.step(jsm.StanzaIn{Stream: st.id, Stanza: el}))
+			st.addDurable(s.step(jsm.StanzaIn{Stream: st.id, Stanza: el, Size: c.r.LastSize()}))
 		case el.Name.Space == stanza.NSSM:
 			if err := c.handleSM(st, el); err != nil {
 				return err

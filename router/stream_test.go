@@ -19,7 +19,7 @@ func entries(seqs ...uint64) []jsm.Entry {
 
 func testStream(t *testing.T) (*stream, net.Conn) {
 	t.Helper()
-	srv, _ := New(DefaultConfig(), nil, nil, nil, nil)
+	srv, _ := New(DefaultConfig(), nil, Stores{})
 	a, b := net.Pipe()
 	t.Cleanup(func() { a.Close(); b.Close() })
 	go func() { // drain what the stream writes

@@ -25,6 +25,7 @@ type fileConfig struct {
 		CertFile             string   `toml:"cert_file"`
 		KeyFile              string   `toml:"key_file"`
 		ResumeTimeout        duration `toml:"resume_timeout"`
+		PushResumeTimeout    duration `toml:"push_resume_timeout"`
 		ResumeLocation       string   `toml:"resume_location"`
 		MaxStanzaBytes       int64    `toml:"max_stanza_bytes"`
 		MaxDepth             int      `toml:"max_depth"`
@@ -37,6 +38,18 @@ type fileConfig struct {
 		Listen string            `toml:"listen"`
 		Accept []componentAccept `toml:"accept"`
 	} `toml:"component"`
+
+	PushTriggers struct {
+		IncludeBody   bool     `toml:"include_body"`
+		IncludeSender bool     `toml:"include_sender"`
+		Coalesce      duration `toml:"coalesce"`
+		DesktopIdle   duration `toml:"desktop_idle"`
+	} `toml:"push_triggers"`
+
+	Queue struct {
+		MaxEntries int   `toml:"max_entries"`
+		MaxBytes   int64 `toml:"max_bytes"`
+	} `toml:"queue"`
 
 	Storage struct {
 		Sync string `toml:"sync"`
@@ -64,6 +77,11 @@ func defaultFileConfig() fileConfig {
 	c.C2S.Listen = "127.0.0.1:5222"
 	c.C2S.RequireTLS = true
 	c.C2S.ResumeTimeout = duration(300 * time.Second)
+	c.C2S.PushResumeTimeout = duration(24 * time.Hour)
+	c.PushTriggers.Coalesce = duration(2 * time.Second)
+	c.PushTriggers.DesktopIdle = duration(300 * time.Second)
+	c.Queue.MaxEntries = 10000
+	c.Queue.MaxBytes = 64 << 20
 	c.C2S.MaxStanzaBytes = 256 << 10
 	c.C2S.MaxDepth = 32
 	c.C2S.RateLimit = 2000

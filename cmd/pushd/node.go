@@ -55,6 +55,12 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	}
 	qcfg := queue.DefaultConfig()
 	qcfg.Sync = sync
+	qcfg.MaxEntries, qcfg.MaxBytes = cfg.Queue.MaxEntries, cfg.Queue.MaxBytes
+	// jsm decides which presence to evict (M9) and tells the queue; the
+	// queue's own bound stays as a safety net a little above jsm's.
+	qcfg.EvictPresence = false
+	qcfg.MaxEntries += qcfg.MaxEntries / 10
+	qcfg.MaxBytes += qcfg.MaxBytes / 10
 	n.queue, err = queue.New(n.db.Badger(), qcfg)
 	if err != nil {
 		n.close()
@@ -65,10 +71,19 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		n.close()
 		return nil, err
 	}
+	state.Queues = make(map[string]jsm.QueueInfo)
+	for _, d := range n.queue.Devices() {
+		state.Queues[d.Device] = jsm.QueueInfo{First: d.First, Last: d.Last, Count: d.Count, Bytes: d.Bytes}
+	}
 	jcfg := jsm.DefaultConfig()
 	jcfg.Domain = cfg.Domain
 	jcfg.ResumeTimeout = time.Duration(cfg.C2S.ResumeTimeout)
+	jcfg.PushResumeTimeout = time.Duration(cfg.C2S.PushResumeTimeout)
 	jcfg.MobileResourcePrefixes = cfg.C2S.MobileResources
+	jcfg.IncludeBody, jcfg.IncludeSender = cfg.PushTriggers.IncludeBody, cfg.PushTriggers.IncludeSender
+	jcfg.PushCoalesce = time.Duration(cfg.PushTriggers.Coalesce)
+	jcfg.DesktopIdle = time.Duration(cfg.PushTriggers.DesktopIdle)
+	jcfg.MaxQueueEntries, jcfg.MaxQueueBytes = cfg.Queue.MaxEntries, cfg.Queue.MaxBytes
 	machine := jsm.New(jcfg, state)
 
 	reg := prometheus.NewRegistry()
@@ -97,7 +112,9 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		return nil, err
 	}
 	rcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	n.router, err = router.New(rcfg, machine, n.db.Accounts(), n.queue, n.db.Rosters())
+	n.router, err = router.New(rcfg, machine, router.Stores{
+		Accounts: n.db.Accounts(), Queue: n.queue, Rosters: n.db.Rosters(), PushRegistrations: n.db.PushRegistrations(),
+	})
 	if err != nil {
 		n.close()
 		return nil, err

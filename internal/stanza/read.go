@@ -46,7 +46,12 @@ type Reader struct {
 	d      *xml.Decoder
 	limits Limits
 	open   bool
+	last   int64 // input bytes of the element Next returned last
 }
+
+// LastSize is the number of input bytes the element Next returned last
+// took on the wire (whitespace before it included).
+func (r *Reader) LastSize() int { return int(r.last) }
 
 // NewReader returns a Reader over r. A stream restart (after STARTTLS or
 // SASL) takes a new Reader.
@@ -133,6 +138,7 @@ func (r *Reader) Next() (*Element, error) {
 			e := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
 			if len(stack) == 0 {
+				r.last = r.d.InputOffset() - start
 				return e, nil
 			}
 		case xml.CharData:

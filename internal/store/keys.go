@@ -9,6 +9,7 @@ package store
 //	r <bare JID> 0x00 <contact bare JID> roster item (JSON)
 //	q <device> 0x00 <seq, 8 bytes BE>    queued stanza of a device (package queue)
 //	o <bare JID> 0x00 <seq, 8 bytes BE>  offline message of a user (package queue)
+//	p <device> 0x00 <app server> 0x00 <node>  XEP-0357 registration of a device (JSON)
 //	c …                                  reserved: component device registry
 //	d …                                  reserved: dispatch jobs awaiting a provider answer
 //	h …                                  reserved: cluster replication state
@@ -21,6 +22,7 @@ const (
 	SpaceRoster    byte = 'r'
 	SpaceQueue     byte = 'q'
 	SpaceOffline   byte = 'o'
+	SpacePush      byte = 'p'
 	SpaceComponent byte = 'c'
 	SpaceDispatch  byte = 'd'
 	SpaceCluster   byte = 'h'

@@ -115,7 +115,8 @@ func (r *Rosters) load(prefix []byte) (map[string][]jsm.RosterItem, error) {
 	return out, nil
 }
 
-// State returns what jsm restarts from: every account and every roster.
+// State returns what jsm restarts from: every account, every roster and
+// every push registration (queues come from package queue).
 func (db *DB) State() (jsm.State, error) {
 	users, err := db.accounts.List()
 	if err != nil {
@@ -125,7 +126,11 @@ func (db *DB) State() (jsm.State, error) {
 	if err != nil {
 		return jsm.State{}, err
 	}
-	return jsm.State{Users: users, Rosters: rosters}, nil
+	regs, err := db.pushRegs.Load()
+	if err != nil {
+		return jsm.State{}, err
+	}
+	return jsm.State{Users: users, Rosters: rosters, Registrations: regs}, nil
 }
 
 // deletePrefix deletes every key under prefix, in transactions small

@@ -110,6 +110,7 @@ type DB struct {
 	log      *slog.Logger
 	accounts *Accounts
 	rosters  *Rosters
+	pushRegs *PushRegistrations
 }
 
 // Open opens (creating if needed) the database described by cfg. Zero
@@ -150,6 +151,7 @@ func Open(cfg Config) (*DB, error) {
 	}
 	db.accounts = &Accounts{db: db}
 	db.rosters = &Rosters{db: db}
+	db.pushRegs = &PushRegistrations{db: db}
 	return db, nil
 }
 
@@ -218,6 +220,9 @@ func (db *DB) Accounts() *Accounts { return db.accounts }
 
 // Rosters returns the roster records.
 func (db *DB) Rosters() *Rosters { return db.rosters }
+
+// PushRegistrations returns the devices' XEP-0357 registrations.
+func (db *DB) PushRegistrations() *PushRegistrations { return db.pushRegs }
 
 // Close flushes and closes the database. Users of Badger must have stopped
 // (queue.Store.Close first).
