@@ -26,8 +26,8 @@ const (
 // taken) and closes done.
 type op struct {
 	kind opKind
-	key  string // device, or user for the offline kinds
-	seq  uint64 // Trim: through
+	key  string   // device, or user for the offline kinds
+	seq  uint64   // Trim: through
 	seqs []uint64 // Remove: the entries to delete
 	recs []record
 

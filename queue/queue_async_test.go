@@ -12,7 +12,9 @@ import (
 // its lock and waits outside it).
 func TestAsyncOrderAndReadBarrier(t *testing.T) {
 	s := newStore(t, DefaultConfig())
-	pres := func(seq uint64) jsm.Entry { return jsm.Entry{Seq: seq, Stanza: stanza.New(stanza.NSClient, "presence")} }
+	pres := func(seq uint64) jsm.Entry {
+		return jsm.Entry{Seq: seq, Stanza: stanza.New(stanza.NSClient, "presence")}
+	}
 	var waits []func() error
 	waits = append(waits, s.AppendAsync("d", []jsm.Entry{msg(1, "a"), pres(2), msg(3, "b"), pres(4)}))
 	waits = append(waits, s.RemoveAsync("d", []uint64{2}))
