@@ -17,6 +17,8 @@ type fileConfig struct {
 	Domain  string `toml:"domain"`
 	DataDir string `toml:"data_dir"`
 
+	pushFileConfig // [push] [apns] [fcm] [proxy], see component.go
+
 	C2S struct {
 		Listen               string   `toml:"listen"`
 		TLSListen            string   `toml:"tls_listen"`
@@ -90,6 +92,7 @@ func defaultFileConfig() fileConfig {
 	c.Storage.Sync = "batch"
 	c.Admin.Listen = "127.0.0.1:9090"
 	c.Log.Level = "info"
+	c.pushFileConfig = defaultPushFileConfig()
 	return c
 }
 
@@ -118,6 +121,7 @@ func loadConfig(path string) (fileConfig, error) {
 			*p = filepath.Join(base, *p)
 		}
 	}
+	c.resolvePaths(base)
 	return c, c.validate()
 }
 
@@ -133,7 +137,7 @@ func (c fileConfig) validate() error {
 			return fmt.Errorf("config: component.accept needs domain and secret")
 		}
 	}
-	return nil
+	return c.pushFileConfig.validate(false)
 }
 
 // duration reads TOML strings such as "300s" or "24h".

@@ -19,6 +19,9 @@ const usage = `usage: pushd <command> [flags]
 commands:
   serve     run a node (XMPP router, session manager, admin endpoint)
   user      add, delete, list users or change a password
+  component run the push component alone against a foreign router (--config FILE)
+  device    list or delete push registrations (device list|del)
+  push      send a test push to a user's devices (push test JID)
   bench     measure throughput, latency and memory (bench c2s)
   version   print the version
 `
@@ -42,6 +45,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return cmdServe(args[1:], stderr)
 	case "user":
 		return cmdUser(args[1:], stdin, stdout, stderr)
+	case "component":
+		return cmdComponent(args[1:], stderr)
+	case "device":
+		return cmdDevice(args[1:], stdout, stderr)
+	case "push":
+		return cmdPush(args[1:], stdout, stderr)
 	case "bench":
 		return cmdBench(args[1:], stdout, stderr)
 	case "version":

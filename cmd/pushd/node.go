@@ -36,6 +36,10 @@ type node struct {
 	router *router.Server
 	admin  *admin.Server
 	ready  atomic.Bool
+	// push is the in-process push component (nil when no provider is
+	// configured) and pushRun keeps its link to the router up.
+	push    *pushStack
+	pushRun func(ctx context.Context) error
 }
 
 // startNode opens storage, restores the session manager and binds every
@@ -84,6 +88,14 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	jcfg.PushCoalesce = time.Duration(cfg.PushTriggers.Coalesce)
 	jcfg.DesktopIdle = time.Duration(cfg.PushTriggers.DesktopIdle)
 	jcfg.MaxQueueEntries, jcfg.MaxQueueBytes = cfg.Queue.MaxEntries, cfg.Queue.MaxBytes
+	var pushDomain, pushSecret string
+	pushOn := cfg.APNS.Topic != "" || cfg.FCM.ProjectID != ""
+	if pushOn {
+		pushDomain, pushSecret = pushDomainAndSecret(cfg.pushFileConfig, cfg.Domain)
+		// pushd's own app server sees sender and body; they leave pushd
+		// only inside the device-key ciphertext (BEHAVIOUR S2).
+		jcfg.TrustedAppServers = append(jcfg.TrustedAppServers, pushDomain)
+	}
 	machine := jsm.New(jcfg, state)
 
 	reg := prometheus.NewRegistry()
@@ -112,12 +124,23 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		return nil, err
 	}
 	rcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if pushOn {
+		rcfg.ComponentSecrets[pushDomain] = pushSecret
+	}
 	n.router, err = router.New(rcfg, machine, router.Stores{
 		Accounts: n.db.Accounts(), Queue: n.queue, Rosters: n.db.Rosters(), PushRegistrations: n.db.PushRegistrations(),
 	})
 	if err != nil {
 		n.close()
 		return nil, err
+	}
+	if pushOn {
+		n.push, n.pushRun, err = startInProcessPush(cfg.pushFileConfig, n.db, pushDomain, pushSecret,
+			n.router.ServeComponentConn, reg, log)
+		if err != nil {
+			n.close()
+			return nil, err
+		}
 	}
 	if err := n.router.Listen(); err != nil {
 		n.close()
@@ -144,9 +167,12 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 
 // Run serves until ctx ends, then stops everything.
 func (n *node) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	if n.admin != nil {
 		go func() { errc <- n.admin.Serve(ctx) }()
+	}
+	if n.pushRun != nil {
+		go func() { errc <- n.pushRun(ctx) }()
 	}
 	go func() { errc <- n.router.Serve(ctx) }()
 	n.ready.Store(true)
@@ -155,7 +181,7 @@ func (n *node) Run(ctx context.Context) error {
 	<-ctx.Done()
 	n.ready.Store(false)
 	var first error
-	for range cap(errc) - boolToInt(n.admin == nil) {
+	for range cap(errc) - boolToInt(n.admin == nil) - boolToInt(n.pushRun == nil) {
 		if err := <-errc; err != nil && first == nil {
 			first = err
 		}
@@ -179,6 +205,9 @@ func (n *node) adminAddr() string {
 }
 
 func (n *node) close() {
+	if n.push != nil {
+		n.push.close()
+	}
 	if n.queue != nil {
 		_ = n.queue.Close()
 	}
