@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -27,6 +28,13 @@ type testNode struct {
 // startTestNode starts a node; mutate may change the config first.
 func startTestNode(t testing.TB, mutate func(*fileConfig)) *testNode {
 	t.Helper()
+	return startTestNodeLogging(t, nil, mutate)
+}
+
+// startTestNodeLogging is startTestNode that also copies the node's log
+// (at debug level) to logs, for tests that scan it.
+func startTestNodeLogging(t testing.TB, logs io.Writer, mutate func(*fileConfig)) *testNode {
+	t.Helper()
 	cfg := defaultFileConfig()
 	cfg.DataDir = t.TempDir()
 	ports := peertest.FreePorts(t, 3)
@@ -36,7 +44,12 @@ func startTestNode(t testing.TB, mutate func(*fileConfig)) *testNode {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	log := slog.New(slog.NewTextHandler(&testLog{t: t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var w io.Writer = &testLog{t: t}
+	level := slog.LevelInfo
+	if logs != nil {
+		w, level = io.MultiWriter(w, logs), slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	n, err := startNode(cfg, log)
 	if err != nil {
 		t.Fatalf("start node: %v", err)
