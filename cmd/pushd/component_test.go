@@ -177,7 +177,7 @@ func (e *pushEnv) send(t *testing.T, bodies ...string) {
 	peertest.Slixmpp(t, "register.py", args...)
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

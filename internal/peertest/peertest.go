@@ -14,6 +14,7 @@ package peertest
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -142,10 +143,10 @@ type logWriter struct {
 	prefix string
 	mu     sync.Mutex
 	buf    []byte
-	keep   *bytes.Buffer // optional copy of everything written
+	keep   io.Writer // optional copy of everything written
 }
 
-func newLogWriter(t testing.TB, prefix string, keep *bytes.Buffer) *logWriter {
+func newLogWriter(t testing.TB, prefix string, keep io.Writer) *logWriter {
 	return &logWriter{t: t, prefix: prefix, keep: keep}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -18,7 +19,7 @@ import (
 type Process struct {
 	Cmd    *exec.Cmd
 	name   string
-	out    bytes.Buffer
+	out    syncBuffer // stdout and stderr, written from two goroutines
 	stdout *logWriter
 	stderr *logWriter
 
@@ -29,14 +30,24 @@ type Process struct {
 
 // Start starts cmd in a new process group with its stdout and stderr logged
 // to t (prefixed by name) and registers a cleanup that kills the group and
-// waits for the process.
+// waits for the process. If cmd.Stdout or cmd.Stderr is already set, that
+// writer receives a copy of the output too.
 func Start(t testing.TB, name string, cmd *exec.Cmd) *Process {
 	t.Helper()
 	p := &Process{Cmd: cmd, name: name, done: make(chan struct{})}
 	p.stdout = newLogWriter(t, name+": ", &p.out)
 	p.stderr = newLogWriter(t, name+"! ", &p.out)
-	cmd.Stdout = p.stdout
-	cmd.Stderr = p.stderr
+	// A writer the caller already set (e.g. a line reader) gets a copy.
+	if cmd.Stdout != nil {
+		cmd.Stdout = io.MultiWriter(p.stdout, cmd.Stdout)
+	} else {
+		cmd.Stdout = p.stdout
+	}
+	if cmd.Stderr != nil {
+		cmd.Stderr = io.MultiWriter(p.stderr, cmd.Stderr)
+	} else {
+		cmd.Stderr = p.stderr
+	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -73,10 +84,24 @@ func (p *Process) Exited() error {
 func (p *Process) Done() <-chan struct{} { return p.done }
 
 // Output is everything the process wrote so far (stdout and stderr).
-func (p *Process) Output() string {
-	p.stdout.mu.Lock()
-	defer p.stdout.mu.Unlock()
-	return p.out.String()
+func (p *Process) Output() string { return p.out.String() }
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // Stop sends SIGTERM to the process group, then SIGKILL after grace, and
