@@ -353,7 +353,9 @@ func (m *Machine) publishStanza(u *user, r *reg, sum Summary) *stanza.Element {
 	if sum.Nick != "" {
 		sender += "/" + sum.Nick
 	}
-	form := stanza.New(nsData, "x", "type", "submit").Add(
+	// type='form', field types and order as Prosody's mod_cloud_notify
+	// sends them, so that an app server written against Prosody reads ours.
+	form := stanza.New(nsData, "x", "type", "form").Add(
 		field("FORM_TYPE", "hidden", pushSummary),
 		field("message-count", "text-single", strconv.Itoa(sum.Count)),
 		field("pending-subscription-count", "text-single", strconv.Itoa(sum.PendingSubscriptions)),
