@@ -31,6 +31,9 @@ type Applier interface {
 	ApplySession(from string, r SessionRecord) error
 	ApplySessionGone(from string, r SessionGone) error
 	ApplyAccount(from string, r AccountRecord) error
+	// ApplyStanza routes a forwarded stanza; it returns once what the
+	// stanza caused is as durable as a local stanza's would be.
+	ApplyStanza(from string, r StanzaRecord) error
 }
 
 // apply dispatches r to the matching Applier method.
@@ -50,6 +53,8 @@ func apply(a Applier, from string, r Record) error {
 		return a.ApplySessionGone(from, r)
 	case AccountRecord:
 		return a.ApplyAccount(from, r)
+	case StanzaRecord:
+		return a.ApplyStanza(from, r)
 	}
 	return errUnknownRecord
 }

@@ -32,6 +32,7 @@ const (
 	TypeSession     RecordType = 5
 	TypeSessionGone RecordType = 6
 	TypeAccount     RecordType = 7
+	TypeStanza      RecordType = 8
 )
 
 func (t RecordType) String() string {
@@ -50,6 +51,8 @@ func (t RecordType) String() string {
 		return "session-gone"
 	case TypeAccount:
 		return "account"
+	case TypeStanza:
+		return "stanza"
 	}
 	return fmt.Sprintf("record(%d)", uint8(t))
 }
@@ -128,6 +131,17 @@ func (QueueDrop) Type() RecordType     { return TypeQueueDrop }
 func (SessionRecord) Type() RecordType { return TypeSession }
 func (SessionGone) Type() RecordType   { return TypeSessionGone }
 func (AccountRecord) Type() RecordType { return TypeAccount }
+func (StanzaRecord) Type() RecordType  { return TypeStanza }
+
+// StanzaRecord carries a stanza to the node where its recipient's
+// sessions live (routing across nodes): the sender's node stamped 'from'.
+// It is not idempotent: the Replicator's in-order, apply-once stream is
+// what keeps it from being delivered twice.
+type StanzaRecord struct {
+	Stanza []byte
+}
+
+func (r StanzaRecord) appendBody(b []byte) []byte { return appendBytes(b, r.Stanza) }
 
 func (r QueueAppend) appendBody(b []byte) []byte {
 	b = appendString(b, r.Device)
@@ -241,6 +255,8 @@ func DecodeRecord(b []byte) (Record, []byte, error) {
 		a.Deleted = d.byte() != 0
 		a.Data = d.bytes()
 		r = a
+	case TypeStanza:
+		r = StanzaRecord{Stanza: d.bytes()}
 	default:
 		return nil, nil, fmt.Errorf("%w %d", errUnknownRecord, t)
 	}

@@ -74,3 +74,15 @@ func TestNodeMeta(t *testing.T) {
 		t.Fatal("unknown version accepted")
 	}
 }
+
+func TestStanzaRecordRoundTrip(t *testing.T) {
+	in := StanzaRecord{Stanza: []byte(`<message to="a@b"><body>x</body></message>`)}
+	b := AppendRecord(nil, in)
+	out, rest, err := DecodeRecord(b)
+	if err != nil || len(rest) != 0 {
+		t.Fatal(err, rest)
+	}
+	if got, ok := out.(StanzaRecord); !ok || string(got.Stanza) != string(in.Stanza) {
+		t.Fatalf("round trip: %#v", out)
+	}
+}

@@ -19,6 +19,7 @@ type memApplier struct {
 	order    []string // "device#seq" in first-applied order
 	sessions map[string]SessionRecord
 	accounts map[string]AccountRecord
+	stanzas  []string
 	applied  int // every ApplyQueueAppend entry, duplicates included
 	fail     error
 }
@@ -88,6 +89,13 @@ func (a *memApplier) ApplyAccount(_ string, r AccountRecord) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.accounts[r.User] = r
+	return nil
+}
+
+func (a *memApplier) ApplyStanza(_ string, r StanzaRecord) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stanzas = append(a.stanzas, string(r.Stanza))
 	return nil
 }
 

@@ -148,6 +148,25 @@ type InCall struct {
 	Active bool
 }
 
+// Forwarded: another node of the cluster, where the sender's sessions
+// live, forwarded a stanza for a user whose sessions live here. 'from' is
+// already stamped and trusted. Size is as in StanzaIn.
+type Forwarded struct {
+	Stanza *stanza.Element
+	Size   int
+}
+
+// Adopt: this node became the primary of devices whose state it held as
+// their user's backup (BEHAVIOUR H3). They come back suspended exactly as
+// after a restart (queues, registrations, pushes go on), and a device
+// given a stream in Streams can be resumed on it (H4). Devices already
+// known here are left alone.
+type Adopt struct {
+	Queues        map[string]QueueInfo
+	Registrations map[string][]Registration
+	Streams       map[string]StreamID
+}
+
 // Tick advances timers (hibernation expiry, idle thresholds, coalescing).
 type Tick struct{}
 
@@ -169,6 +188,8 @@ func (OfflineLoaded) event() {}
 func (QueueLoaded) event()   {}
 func (InCall) event()        {}
 func (Tick) event()          {}
+func (Adopt) event()         {}
+func (Forwarded) event()     {}
 func (UserAdded) event()     {}
 func (UserDeleted) event()   {}
 

@@ -149,6 +149,11 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 	m.expire()
 	m.runTimers()
 	switch e := ev.(type) {
+	case Adopt:
+		m.stepAdopt(e)
+	case Forwarded:
+		m.inStanza, m.inSize = e.Stanza, e.Size
+		m.stepForwarded(e)
 	case Bound:
 		m.stepBound(e)
 	case StanzaIn:

@@ -568,11 +568,25 @@ func (m *Machine) restore(st State) {
 	}
 }
 
+// stepAdopt restores the devices a failed primary held, as restart
+// recovery does, and ties those with a replicated XEP-0198 session to
+// their stream so the client can resume here.
+func (m *Machine) stepAdopt(e Adopt) {
+	m.restore(State{Queues: e.Queues, Registrations: e.Registrations})
+	for _, d := range m.restoring {
+		if id := e.Streams[d.key]; id != 0 && m.streams[id] == nil {
+			d.stream = id
+			m.streams[id] = d
+		}
+	}
+	m.startRestored()
+}
+
 // startRestored starts the hibernation of restored devices at the first
 // Step's time.
 func (m *Machine) startRestored() {
 	for _, d := range m.restoring {
-		if d.detached && d.stream == 0 && d.user.device(d.jid.Resourcepart()) == d {
+		if d.detached && (d.stream == 0 || m.streams[d.stream] == d) && d.user.device(d.jid.Resourcepart()) == d {
 			m.hibernate(d, m.now)
 		}
 	}

@@ -55,6 +55,24 @@ func (m *Machine) stepComponentIn(e ComponentIn) {
 	m.route(st, from)
 }
 
+// stepForwarded routes a stanza another node of the cluster forwarded:
+// its sender's sessions live there, its recipient's here.
+func (m *Machine) stepForwarded(e Forwarded) {
+	st := e.Stanza
+	if !st.IsStanza() {
+		return
+	}
+	from, err := jid.Parse(st.Get("from"))
+	if err != nil || st.Get("to") == "" {
+		return
+	}
+	if st.Name.Local == "iq" && !validIQ(st) {
+		m.bounce(st, "modify", "bad-request")
+		return
+	}
+	m.route(st, from)
+}
+
 // route delivers st by its 'to' (RFC 6120 §10): the local domain, a
 // connected component, or nowhere. from is the sender, already trusted.
 func (m *Machine) route(st *stanza.Element, from jid.JID) {

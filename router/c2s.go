@@ -215,6 +215,10 @@ func (c *c2s) negotiate() (*stream, error) {
 				return nil, err
 			}
 			if ok {
+				if here, _, addr := c.home(); !here {
+					// This user's sessions live on another node (H1).
+					return nil, &StreamError{Condition: "see-other-host", Content: addr}
+				}
 				c.authed = true
 				if err := c.openStream(); err != nil {
 					return nil, err
@@ -238,6 +242,14 @@ func (c *c2s) negotiate() (*stream, error) {
 			return nil, errUnsupportedType
 		}
 	}
+}
+
+// home says whether the authenticated user's sessions live on this node.
+func (c *c2s) home() (here bool, node, c2sAddr string) {
+	if c.srv.cfg.Cluster == nil {
+		return true, "", ""
+	}
+	return c.srv.cfg.Cluster.Home(c.user.String())
 }
 
 // bind binds the requested resource (or a random one) and returns the new
@@ -306,6 +318,11 @@ func (c *c2s) resume(el *stanza.Element) (*stream, error) {
 		return nil, serr
 	}
 	s.stepLocked(jsm.Resumed{Stream: st.id, AckedSeq: acked})
+	if c := s.cfg.Cluster; c != nil {
+		// Live again: its counters now change with every stanza, so the
+		// backup forgets the session (see replicateSession).
+		s.background(c.SessionGone(st.from))
+	}
 	s.mu.Unlock()
 	s.cfg.Metrics.resumes.WithLabelValues("resumed").Inc()
 	s.cfg.Metrics.detached.Dec()

@@ -63,6 +63,8 @@ type Config struct {
 	// AckRequestEvery asks an XEP-0198 client for an ack after this many
 	// unacknowledged stanzas (default 5).
 	AckRequestEvery int
+	// Cluster connects this node to the others (default nil: alone).
+	Cluster Cluster
 	// Redact turns personal data into log tokens (default: a fresh key).
 	Redact *redact.Redactor
 	// Metrics receives the router's series (default: unregistered).

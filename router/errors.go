@@ -11,6 +11,9 @@ import (
 type StreamError struct {
 	Condition string
 	Text      string
+	// Content is the condition element's own content: the address of
+	// see-other-host (RFC 6120 §4.9.3.19).
+	Content string
 }
 
 func (e *StreamError) Error() string {
@@ -65,7 +68,7 @@ func readError(err error) *StreamError {
 // appendStreamError serialises a stream error and the end of the stream.
 func appendStreamError(b []byte, e *StreamError) []byte {
 	b = append(b, "<stream:error>"...)
-	cond := stanza.New(stanza.NSStreamErr, e.Condition)
+	cond := stanza.New(stanza.NSStreamErr, e.Condition).AddText(e.Content)
 	b = stanza.Append(b, cond, "")
 	if e.Text != "" {
 		b = stanza.Append(b, stanza.New(stanza.NSStreamErr, "text").AddText(e.Text), "")

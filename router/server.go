@@ -376,6 +376,9 @@ func (s *Server) execute(a jsm.Action) {
 		}
 	case jsm.Enqueue:
 		s.durable = append(s.durable, s.queue.AppendAsync(a.Device, a.Entries))
+		if c := s.cfg.Cluster; c != nil {
+			s.durable = append(s.durable, c.Enqueue(a.Device, a.Entries))
+		}
 	case jsm.Flush:
 		st := s.streams[a.Stream]
 		if st == nil {
@@ -395,8 +398,14 @@ func (s *Server) execute(a jsm.Action) {
 		}
 	case jsm.Trim:
 		s.background(s.queue.TrimAsync(a.Device, a.Through))
+		if c := s.cfg.Cluster; c != nil {
+			s.background(c.Trim(a.Device, a.Through))
+		}
 	case jsm.DropQueue:
 		s.background(s.queue.DropAsync(a.Device))
+		if c := s.cfg.Cluster; c != nil {
+			s.background(c.Drop(a.Device))
+		}
 	case jsm.LoadQueue:
 		var entries []jsm.Entry
 		err := s.queue.Read(a.Device, 0, func(e jsm.Entry) error {
@@ -428,16 +437,21 @@ func (s *Server) execute(a jsm.Action) {
 		}
 	case jsm.Remove:
 		s.background(s.queue.RemoveAsync(a.Device, a.Seqs))
+		if c := s.cfg.Cluster; c != nil {
+			s.background(c.Remove(a.Device, a.Seqs))
+		}
 	case jsm.SaveRegistration:
 		// Registrations change rarely (enable/disable) and their order
 		// matters, so they are written here, in order.
 		if err := s.pushRegs.Save(a.Device, a.Registration); err != nil {
 			s.log.Error("push registration not saved", "err", err)
 		}
+		s.replicateSession(a.Device)
 	case jsm.DeleteRegistration:
 		if err := s.pushRegs.Delete(a.Device, a.AppServer, a.Node); err != nil {
 			s.log.Error("push registration not deleted", "err", err)
 		}
+		s.replicateSession(a.Device)
 	case jsm.Publish:
 		s.publish(a)
 	case jsm.PushDisabled:
@@ -449,6 +463,9 @@ func (s *Server) execute(a jsm.Action) {
 			return
 		}
 		s.forget(st)
+		if c := s.cfg.Cluster; c != nil {
+			s.background(c.SessionGone(st.from))
+		}
 		if a.Condition == "" {
 			st.close(nil)
 		} else {

@@ -36,6 +36,11 @@ func (c *c2s) serveStream(st *stream) {
 	case resumable && se == nil && !clean:
 		s.cfg.Metrics.detached.Inc()
 		s.stepLocked(jsm.Detached{Stream: st.id, Unacked: st.detach()})
+		if c := s.cfg.Cluster; c != nil {
+			// After jsm queued the unacknowledged entries, so the backup
+			// gets the session behind its queue.
+			s.background(c.Session(s.sessionState(st)))
+		}
 		w.abandon()
 	default:
 		// The stream is over: what the client never acknowledged goes back
@@ -44,6 +49,9 @@ func (c *c2s) serveStream(st *stream) {
 			s.cfg.Metrics.streamErrors.WithLabelValues(se.Condition).Inc()
 		}
 		s.forget(st)
+		if c := s.cfg.Cluster; c != nil && st.resumeID != "" {
+			s.background(c.SessionGone(st.from))
+		}
 		st.close(se)
 		if se == nil && !clean {
 			w.abandon()
@@ -99,6 +107,12 @@ func (c *c2s) readStanzas(st *stream) error {
 				continue
 			}
 			el.Set("from", st.from)
+			if node := s.homeOf(el); node != "" {
+				// The recipient lives on another node (H1): its session
+				// manager routes it; the sender's ack waits for it there.
+				st.addDurable([]func() error{s.cfg.Cluster.Forward(node, el)})
+				continue
+			}
 			st.addDurable(s.step(jsm.StanzaIn{Stream: st.id, Stanza: el, Size: c.r.LastSize()}))
 		case el.Name.Space == stanza.NSSM:
 			if err := c.handleSM(st, el); err != nil {

@@ -57,6 +57,8 @@ type fileConfig struct {
 		Sync string `toml:"sync"`
 	} `toml:"storage"`
 
+	Cluster clusterSection `toml:"cluster"`
+
 	Admin struct {
 		Listen string `toml:"listen"`
 	} `toml:"admin"`

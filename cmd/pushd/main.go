@@ -22,6 +22,7 @@ commands:
   component run the push component alone against a foreign router (--config FILE)
   device    list or delete push registrations (device list|del)
   push      send a test push to a user's devices (push test JID)
+  cluster   cluster status, or where a user lives (cluster status|where)
   bench     measure throughput, latency and memory (bench c2s)
   version   print the version
 `
@@ -51,6 +52,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return cmdDevice(args[1:], stdout, stderr)
 	case "push":
 		return cmdPush(args[1:], stdout, stderr)
+	case "cluster":
+		return cmdCluster(args[1:], stdout, stderr)
 	case "bench":
 		return cmdBench(args[1:], stdout, stderr)
 	case "version":

@@ -40,6 +40,8 @@ type node struct {
 	// configured) and pushRun keeps its link to the router up.
 	push    *pushStack
 	pushRun func(ctx context.Context) error
+	// cluster is this node's membership (nil: a node alone).
+	cluster *clusterNode
 }
 
 // startNode opens storage, restores the session manager and binds every
@@ -127,6 +129,10 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	if pushOn {
 		rcfg.ComponentSecrets[pushDomain] = pushSecret
 	}
+	if cfg.Cluster.enabled() {
+		n.cluster = newClusterNode(n)
+		rcfg.Cluster = n.cluster
+	}
 	n.router, err = router.New(rcfg, machine, router.Stores{
 		Accounts: n.db.Accounts(), Queue: n.queue, Rosters: n.db.Rosters(), PushRegistrations: n.db.PushRegistrations(),
 	})
@@ -138,6 +144,17 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		n.push, n.pushRun, err = startInProcessPush(cfg.pushFileConfig, n.db, pushDomain, pushSecret,
 			n.router.ServeComponentConn, reg, log)
 		if err != nil {
+			n.close()
+			return nil, err
+		}
+	}
+	if n.cluster != nil {
+		cc, err := clusterConfig(cfg, cfg.Admin.Listen, log, reg)
+		if err == nil {
+			err = n.cluster.join(cc)
+		}
+		if err != nil {
+			n.cluster = nil
 			n.close()
 			return nil, err
 		}
@@ -155,7 +172,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	if cfg.Admin.Listen != "" {
 		n.admin, err = admin.Listen(admin.Config{
 			Listen: cfg.Admin.Listen, Token: token, Ready: n.ready.Load,
-			Gatherer: reg, Users: nodeUsers{n}, Sessions: nodeUsers{n}, Logger: log,
+			Gatherer: reg, Users: nodeUsers{n}, Sessions: nodeUsers{n}, Cluster: n.clusterAdmin(), Logger: log,
 		})
 		if err != nil {
 			n.close()
@@ -205,6 +222,9 @@ func (n *node) adminAddr() string {
 }
 
 func (n *node) close() {
+	if n.cluster != nil {
+		n.cluster.stop()
+	}
 	if n.push != nil {
 		n.push.close()
 	}
@@ -247,6 +267,9 @@ func (u nodeUsers) AddUser(user, password string) error {
 		return mapStoreErr(err)
 	}
 	u.n.router.Step(jsm.UserAdded{User: j})
+	if u.n.cluster != nil {
+		return u.n.cluster.broadcastAccount(j, false)
+	}
 	return nil
 }
 
@@ -262,6 +285,9 @@ func (u nodeUsers) DeleteUser(user string) error {
 		return err
 	}
 	u.n.router.Step(jsm.UserDeleted{User: j})
+	if u.n.cluster != nil {
+		return u.n.cluster.broadcastAccount(j, true)
+	}
 	return nil
 }
 
@@ -270,7 +296,13 @@ func (u nodeUsers) SetPassword(user, password string) error {
 	if err != nil {
 		return err
 	}
-	return mapStoreErr(u.n.db.Accounts().SetPassword(j, password))
+	if err := u.n.db.Accounts().SetPassword(j, password); err != nil {
+		return mapStoreErr(err)
+	}
+	if u.n.cluster != nil {
+		return u.n.cluster.broadcastAccount(j, false)
+	}
+	return nil
 }
 
 func (u nodeUsers) ListUsers() ([]string, error) { return listUsers(u.n.db) }
@@ -322,4 +354,12 @@ func userJID(user, domain string) (jid.JID, error) {
 		return jid.JID{}, fmt.Errorf("%s is not a user of %s", j.Bare(), domain)
 	}
 	return j.Bare(), nil
+}
+
+// clusterAdmin is the admin API's view of the cluster, nil alone.
+func (n *node) clusterAdmin() admin.Cluster {
+	if n.cluster == nil {
+		return nil
+	}
+	return clusterAdmin{n.cluster}
 }

@@ -51,7 +51,23 @@ type Config struct {
 	Users    Users
 	// Sessions, when set, lists a user's devices for /api/sessions.
 	Sessions Sessions
+	// Cluster, when set, answers /api/cluster/status and /where.
+	Cluster Cluster
 	Logger   *slog.Logger
+}
+
+// Cluster reports the node's cluster for operators.
+type Cluster interface {
+	// Status is JSON-serialisable: members, states, roles, replication lag.
+	Status() any
+	// Where names a user's primary and backup node.
+	Where(user string) (primary, backup string, err error)
+}
+
+// Where is the answer of /api/cluster/where.
+type Where struct {
+	Primary string `json:"primary"`
+	Backup  string `json:"backup"`
 }
 
 // Sessions reports a user's devices as the session manager sees them.
@@ -102,6 +118,21 @@ func Listen(cfg Config) (*Server, error) {
 	mux.HandleFunc("PUT /api/users/password", s.auth(s.setPassword))
 	mux.HandleFunc("DELETE /api/users", s.auth(s.deleteUser))
 	mux.HandleFunc("GET /api/memory", s.authOnly(memory))
+	if cfg.Cluster != nil {
+		mux.HandleFunc("GET /api/cluster/status", s.authOnly(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(cfg.Cluster.Status())
+		}))
+		mux.HandleFunc("GET /api/cluster/where", s.authOnly(func(w http.ResponseWriter, r *http.Request) {
+			primary, backup, err := cfg.Cluster.Where(r.URL.Query().Get("user"))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(Where{Primary: primary, Backup: backup})
+		}))
+	}
 	if cfg.Sessions != nil {
 		mux.HandleFunc("GET /api/sessions", s.authOnly(func(w http.ResponseWriter, r *http.Request) {
 			list, err := cfg.Sessions.Sessions(r.URL.Query().Get("user"))

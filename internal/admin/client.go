@@ -94,3 +94,17 @@ func (c *Client) Sessions(user string) ([]Session, error) {
 	err := c.do(context.Background(), http.MethodGet, "/api/sessions?user="+url.QueryEscape(user), nil, &list)
 	return list, err
 }
+
+// ClusterStatus returns the node's cluster status as raw JSON.
+func (c *Client) ClusterStatus() (json.RawMessage, error) {
+	var raw json.RawMessage
+	err := c.do(context.Background(), http.MethodGet, "/api/cluster/status", nil, &raw)
+	return raw, err
+}
+
+// Where asks the node for a user's primary and backup.
+func (c *Client) Where(user string) (Where, error) {
+	var w Where
+	err := c.do(context.Background(), http.MethodGet, "/api/cluster/where?user="+url.QueryEscape(user), nil, &w)
+	return w, err
+}

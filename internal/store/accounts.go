@@ -330,3 +330,45 @@ func (a *Accounts) VerifyPlain(username, password string) (bool, error) {
 	got := sasl.SCRAMSaltPassword(sha256.New, p, acc.salt, int(acc.iterations))
 	return subtle.ConstantTimeCompare(got, acc.sha256) == 1, nil
 }
+
+// Credentials returns an account's stored record (salt, iterations, salted
+// passwords: never the password) for replication to the other nodes of a
+// cluster, which store it with PutCredentials.
+func (a *Accounts) Credentials(user jid.JID) ([]byte, error) {
+	bare, err := a.bare(user)
+	if err != nil {
+		return nil, err
+	}
+	var v []byte
+	err = a.db.bdb.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(accountKey(bare))
+		if err != nil {
+			return err
+		}
+		v, err = item.ValueCopy(nil)
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, ErrNoUser
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: read account: %w", err)
+	}
+	return v, nil
+}
+
+// PutCredentials stores a record made by Credentials on another node,
+// creating or replacing the account. Replaying it is harmless.
+func (a *Accounts) PutCredentials(user jid.JID, record []byte) error {
+	bare, err := a.bare(user)
+	if err != nil {
+		return err
+	}
+	if _, err := unmarshalAccount(record); err != nil {
+		return fmt.Errorf("store: replicated account: %w", err)
+	}
+	if err := a.db.update(func(txn *badger.Txn) error { return txn.Set(accountKey(bare), record) }); err != nil {
+		return fmt.Errorf("store: put account: %w", err)
+	}
+	return nil
+}

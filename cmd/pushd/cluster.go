@@ -1,0 +1,545 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"mellium.im/xmpp/jid"
+
+	"pushd/cluster"
+	"pushd/internal/admin"
+	"pushd/internal/stanza"
+	"pushd/internal/store"
+	"pushd/jsm"
+	"pushd/router"
+)
+
+// clusterSection is [cluster]. A node without node_name runs alone.
+type clusterSection struct {
+	NodeName    string   `toml:"node_name"`
+	Bind        string   `toml:"bind"`        // memberlist host:port (default 0.0.0.0:7946)
+	Advertise   string   `toml:"advertise"`   // host:port others reach it at (default: bind)
+	Replication string   `toml:"replication"` // replication host:port (default: bind's host, port+1)
+	Join        []string `toml:"join"`
+	// SecretKey is base64 of 16, 24 or 32 bytes; it encrypts gossip and
+	// seals replication.
+	SecretKey string `toml:"secret_key"`
+	// C2SAdvertise is the address clients are redirected to when their
+	// sessions live on this node (default: [c2s] listen).
+	C2SAdvertise string `toml:"c2s_advertise"`
+}
+
+func (c clusterSection) enabled() bool { return c.NodeName != "" }
+
+// clusterConfig maps [cluster] onto cluster.Config.
+func clusterConfig(cfg fileConfig, adminAddr string, log *slog.Logger, reg prometheus.Registerer) (cluster.Config, error) {
+	cs := cfg.Cluster
+	cc := cluster.DefaultConfig()
+	cc.NodeName = cs.NodeName
+	cc.Join = cs.Join
+	cc.Logger = log
+	cc.Metrics = cluster.NewMetrics(reg)
+	split := func(addr string) (string, int, error) {
+		h, p, err := net.SplitHostPort(addr)
+		if err != nil {
+			return "", 0, err
+		}
+		n, err := strconv.Atoi(p)
+		return h, n, err
+	}
+	if cs.Bind != "" {
+		h, p, err := split(cs.Bind)
+		if err != nil {
+			return cc, fmt.Errorf("config: cluster.bind: %w", err)
+		}
+		cc.BindAddr, cc.BindPort = h, p
+		cc.ReplicationPort = p + 1
+	}
+	if cs.Advertise != "" {
+		h, p, err := split(cs.Advertise)
+		if err != nil {
+			return cc, fmt.Errorf("config: cluster.advertise: %w", err)
+		}
+		cc.AdvertiseAddr, cc.AdvertisePort = h, p
+	}
+	if cs.Replication != "" {
+		_, p, err := split(cs.Replication)
+		if err != nil {
+			return cc, fmt.Errorf("config: cluster.replication: %w", err)
+		}
+		cc.ReplicationPort = p
+	}
+	if cs.SecretKey != "" {
+		k, err := base64.StdEncoding.DecodeString(cs.SecretKey)
+		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+			return cc, errors.New("config: cluster.secret_key must be base64 of 16, 24 or 32 bytes")
+		}
+		cc.SecretKey = k
+	}
+	cc.Meta.C2SAddr = cs.C2SAdvertise
+	if cc.Meta.C2SAddr == "" {
+		cc.Meta.C2SAddr = cfg.C2S.Listen
+	}
+	cc.Meta.AdminAddr = adminAddr
+	cc.Meta.Build = version
+	return cc, nil
+}
+
+// clusterNode joins the node to its cluster: it is the router's Cluster
+// (placement, forwarding, replication to backups), the Applier of what
+// peers replicate here, and the listener that adopts a failed primary's
+// users (BEHAVIOUR H1–H4).
+type clusterNode struct {
+	n   *node
+	c   *cluster.Cluster
+	log *slog.Logger
+
+	// replicas are the hibernating sessions this node holds as backup,
+	// by device.
+	mu       sync.Mutex
+	replicas map[string]cluster.SessionRecord
+}
+
+func newClusterNode(n *node) *clusterNode {
+	return &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord)}
+}
+
+// join starts membership and replication; the router must exist (peers
+// may replicate to this node at once) and must not serve clients yet
+// (Home needs the membership).
+func (cn *clusterNode) join(cc cluster.Config) error {
+	c, err := cluster.New(cc, cluster.Delegates{Membership: cn, Applier: cn})
+	if err != nil {
+		return err
+	}
+	cn.c = c
+	return nil
+}
+
+func (cn *clusterNode) stop() {
+	_ = cn.c.Leave()
+	_ = cn.c.Shutdown()
+}
+
+func userOf(device string) string {
+	if i := strings.IndexByte(device, '/'); i >= 0 {
+		return device[:i]
+	}
+	return device
+}
+
+// --- router.Cluster ---
+
+func (cn *clusterNode) Home(user string) (bool, string, string) {
+	primary := cn.c.Placement().Primary(user)
+	if primary == "" || primary == cn.c.Name() {
+		return true, "", ""
+	}
+	m, _ := cn.c.Member(primary)
+	return false, primary, m.Meta.C2SAddr
+}
+
+func (cn *clusterNode) Forward(node string, st *stanza.Element) func() error {
+	w := cn.c.Send(context.Background(), node, cluster.StanzaRecord{Stanza: stanza.Marshal(st, stanza.NSClient)})
+	return func() error {
+		if err := w(); err != nil {
+			return fmt.Errorf("forward to %s: %w", node, err)
+		}
+		return nil
+	}
+}
+
+// toBackup sends records to the backup of the device's user. With no live
+// backup the node runs degraded (local-durable only): cluster logs the
+// alarm and counts it, and the sender is acknowledged all the same.
+func (cn *clusterNode) toBackup(device string, recs ...cluster.Record) func() error {
+	_, backup := cn.c.Placement().PrimaryBackup(userOf(device))
+	w := cn.c.Send(context.Background(), backup, recs...)
+	return func() error {
+		if err := w(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
+			return err
+		}
+		return nil
+	}
+}
+
+func (cn *clusterNode) Enqueue(device string, entries []jsm.Entry) func() error {
+	rec := cluster.QueueAppend{Device: device, Entries: make([]cluster.Entry, len(entries))}
+	for i, e := range entries {
+		rec.Entries[i] = cluster.Entry{Seq: e.Seq, Stanza: stanza.Marshal(e.Stanza, stanza.NSClient)}
+	}
+	return cn.toBackup(device, rec)
+}
+
+func (cn *clusterNode) Trim(device string, through uint64) func() error {
+	return cn.toBackup(device, cluster.QueueTrim{Device: device, Through: through})
+}
+
+func (cn *clusterNode) Remove(device string, seqs []uint64) func() error {
+	return cn.toBackup(device, cluster.QueueRemove{Device: device, Seqs: seqs})
+}
+
+func (cn *clusterNode) Drop(device string) func() error {
+	return cn.toBackup(device, cluster.QueueDrop{Device: device})
+}
+
+// sessionExtra is the part of a session the cluster package carries as
+// opaque bytes.
+type sessionExtra struct {
+	Handed        []uint64           `json:"handed,omitempty"`
+	Registrations []registrationJSON `json:"regs,omitempty"`
+}
+
+type registrationJSON struct {
+	AppServer string `json:"jid"`
+	Node      string `json:"node,omitempty"`
+	Options   string `json:"options,omitempty"`
+	Alg       string `json:"alg,omitempty"`
+	Key       []byte `json:"key,omitempty"`
+}
+
+func (cn *clusterNode) Session(s router.SessionState) func() error {
+	extra := sessionExtra{Handed: s.Handed}
+	for _, r := range s.Registrations {
+		rj := registrationJSON{AppServer: r.AppServer.String(), Node: r.Node}
+		if r.Options != nil {
+			rj.Options = string(stanza.Marshal(r.Options, ""))
+		}
+		if r.Encrypt != nil {
+			rj.Alg, rj.Key = r.Encrypt.Alg, r.Encrypt.Key
+		}
+		extra.Registrations = append(extra.Registrations, rj)
+	}
+	state, _ := json.Marshal(extra)
+	rec := cluster.SessionRecord{User: userOf(s.Device), Device: s.Device, SMID: s.SMID,
+		Handled: uint64(s.Handled), Acked: uint64(s.Acked), Suspended: true, State: state}
+	if i := strings.IndexByte(s.Device, '/'); i >= 0 {
+		rec.Resource = s.Device[i+1:]
+	}
+	return cn.toBackup(s.Device, rec)
+}
+
+func (cn *clusterNode) SessionGone(device string) func() error {
+	return cn.toBackup(device, cluster.SessionGone{Device: device})
+}
+
+// broadcastAccount sends an account to every other node ("pushd user add
+// on any node reaches the whole cluster").
+func (cn *clusterNode) broadcastAccount(user jid.JID, deleted bool) error {
+	rec := cluster.AccountRecord{User: user.String(), Deleted: deleted}
+	if !deleted {
+		data, err := cn.n.db.Accounts().Credentials(user)
+		if err != nil {
+			return err
+		}
+		rec.Data = data
+	}
+	if err := cn.c.Broadcast(context.Background(), rec)(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
+		return err
+	}
+	return nil
+}
+
+// --- cluster.Applier: what peers replicate here ---
+
+func decodeEntries(es []cluster.Entry) ([]jsm.Entry, error) {
+	out := make([]jsm.Entry, len(es))
+	for i, e := range es {
+		el, err := parseStanza(e.Stanza)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = jsm.Entry{Seq: e.Seq, Stanza: el}
+	}
+	return out, nil
+}
+
+func parseStanza(b []byte) (*stanza.Element, error) {
+	r := stanza.NewReader(strings.NewReader("<s xmlns='jabber:client'>"+string(b)), stanza.Limits{MaxBytes: int64(len(b)) + 1<<10, MaxDepth: 64})
+	if _, err := r.Header(); err != nil {
+		return nil, err
+	}
+	return r.Next()
+}
+
+func (cn *clusterNode) ApplyQueueAppend(_ string, r cluster.QueueAppend) error {
+	entries, err := decodeEntries(r.Entries)
+	if err != nil {
+		return err
+	}
+	return cn.n.queue.AppendAsync(r.Device, entries)()
+}
+
+func (cn *clusterNode) ApplyQueueTrim(_ string, r cluster.QueueTrim) error {
+	return cn.n.queue.TrimAsync(r.Device, r.Through)()
+}
+
+func (cn *clusterNode) ApplyQueueRemove(_ string, r cluster.QueueRemove) error {
+	return cn.n.queue.RemoveAsync(r.Device, r.Seqs)()
+}
+
+func (cn *clusterNode) ApplyQueueDrop(_ string, r cluster.QueueDrop) error {
+	return cn.n.queue.DropAsync(r.Device)()
+}
+
+func (cn *clusterNode) ApplySession(_ string, r cluster.SessionRecord) error {
+	cn.mu.Lock()
+	cn.replicas[r.Device] = r
+	cn.mu.Unlock()
+	return nil
+}
+
+func (cn *clusterNode) ApplySessionGone(_ string, r cluster.SessionGone) error {
+	cn.mu.Lock()
+	delete(cn.replicas, r.Device)
+	cn.mu.Unlock()
+	return nil
+}
+
+func (cn *clusterNode) ApplyAccount(_ string, r cluster.AccountRecord) error {
+	j, err := jid.Parse(r.User)
+	if err != nil {
+		return nil // not ours to judge; nothing to apply
+	}
+	if r.Deleted {
+		if err := cn.n.db.Accounts().Delete(j); err != nil && !errors.Is(err, store.ErrNoUser) {
+			return err
+		}
+		cn.n.router.Step(jsm.UserDeleted{User: j})
+		return nil
+	}
+	if err := cn.n.db.Accounts().PutCredentials(j, r.Data); err != nil {
+		return err
+	}
+	cn.n.router.Step(jsm.UserAdded{User: j})
+	return nil
+}
+
+func (cn *clusterNode) ApplyStanza(_ string, r cluster.StanzaRecord) error {
+	el, err := parseStanza(r.Stanza)
+	if err != nil {
+		return nil // a stanza we cannot read is dropped, not retried forever
+	}
+	return cn.n.router.StepForwarded(el, len(r.Stanza))
+}
+
+// --- cluster.MembershipListener ---
+
+func (cn *clusterNode) NodeJoined(m cluster.Member) {
+	// Accounts live on every node: a newcomer (or a restarted node) gets
+	// them all.
+	go cn.sendAccounts(m.Name)
+}
+
+func (cn *clusterNode) NodeLeft(m cluster.Member)   { go cn.adopt(m.Name) }
+func (cn *clusterNode) NodeFailed(m cluster.Member) { go cn.adopt(m.Name) }
+func (cn *clusterNode) NodeUpdated(cluster.Member)  {}
+
+func (cn *clusterNode) sendAccounts(to string) {
+	users, err := cn.n.db.Accounts().List()
+	if err != nil {
+		cn.log.Error("cluster: listing accounts", "err", err)
+		return
+	}
+	var recs []cluster.Record
+	for _, u := range users {
+		data, err := cn.n.db.Accounts().Credentials(u)
+		if err != nil {
+			continue
+		}
+		recs = append(recs, cluster.AccountRecord{User: u.String(), Data: data})
+	}
+	if len(recs) == 0 {
+		return
+	}
+	if err := cn.c.Send(context.Background(), to, recs...)(); err != nil {
+		cn.log.Warn("cluster: accounts not sent to a new member", "node", to, "err", err)
+	}
+}
+
+// adopt takes over, at once, the users whose primary was the lost node
+// and whose primary is now this node (H3), then re-replicates them to
+// their new backup.
+func (cn *clusterNode) adopt(lost string) {
+	self := cn.c.Name()
+	place := cn.c.Placement()
+	cn.mu.Lock()
+	var sessions []router.AdoptedSession
+	devices := map[string]bool{}
+	for dev, r := range cn.replicas {
+		if place.Primary(r.User) != self {
+			continue
+		}
+		ss := router.AdoptedSession{Device: dev, SMID: r.SMID, Handled: uint32(r.Handled), Acked: uint32(r.Acked)}
+		var extra sessionExtra
+		_ = json.Unmarshal(r.State, &extra)
+		ss.Handed = extra.Handed
+		for _, rj := range extra.Registrations {
+			reg, err := registrationFromJSON(rj)
+			if err == nil {
+				ss.Registrations = append(ss.Registrations, reg)
+			}
+		}
+		sessions = append(sessions, ss)
+		devices[dev] = true
+		delete(cn.replicas, dev)
+	}
+	cn.mu.Unlock()
+	queues := map[string]jsm.QueueInfo{}
+	for _, d := range cn.n.queue.Devices() {
+		if devices[d.Device] {
+			queues[d.Device] = jsm.QueueInfo{First: d.First, Last: d.Last, Count: d.Count, Bytes: d.Bytes}
+		}
+	}
+	if len(sessions) == 0 {
+		return
+	}
+	cn.n.router.Adopt(sessions, queues)
+	cn.log.Warn("cluster: took over the sessions of a lost node", "node", lost, "sessions", len(sessions))
+	for _, ss := range sessions {
+		cn.reReplicate(ss, queues[ss.Device])
+	}
+}
+
+// reReplicate sends an adopted device's queue and session to its new
+// backup.
+func (cn *clusterNode) reReplicate(ss router.AdoptedSession, qi jsm.QueueInfo) {
+	var entries []jsm.Entry
+	if qi.Count > 0 {
+		_ = cn.n.queue.Read(ss.Device, qi.First, func(e jsm.Entry) error {
+			entries = append(entries, e)
+			return nil
+		})
+	}
+	if len(entries) > 0 {
+		_ = cn.Enqueue(ss.Device, entries)()
+	}
+	_ = cn.Session(ss)()
+}
+
+func registrationFromJSON(rj registrationJSON) (jsm.Registration, error) {
+	app, err := jid.Parse(rj.AppServer)
+	if err != nil {
+		return jsm.Registration{}, err
+	}
+	reg := jsm.Registration{AppServer: app, Node: rj.Node}
+	if rj.Options != "" {
+		if reg.Options, err = parseStanza([]byte(rj.Options)); err != nil {
+			return reg, err
+		}
+	}
+	if rj.Alg != "" {
+		reg.Encrypt = &jsm.Encryption{Alg: rj.Alg, Key: rj.Key}
+	}
+	return reg, nil
+}
+
+// --- admin ---
+
+// clusterAdmin answers the admin API's cluster questions.
+type clusterAdmin struct{ cn *clusterNode }
+
+func (a clusterAdmin) Status() any {
+	users, _ := a.cn.n.db.Accounts().List()
+	return a.cn.c.Status(func(yield func(string) bool) {
+		for _, u := range users {
+			if !yield(u.String()) {
+				return
+			}
+		}
+	})
+}
+
+func (a clusterAdmin) Where(user string) (string, string, error) {
+	j, err := userJID(user, a.cn.n.cfg.Domain)
+	if err != nil {
+		return "", "", err
+	}
+	p, b := a.cn.c.Placement().PrimaryBackup(j.String())
+	return p, b, nil
+}
+
+const clusterUsage = `usage: pushd cluster status [--json] [--config FILE]
+       pushd cluster where [--json] [--config FILE] JID
+Asks a running node, through its admin endpoint.`
+
+func cmdCluster(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "status" && args[0] != "where") {
+		fmt.Fprintln(stderr, clusterUsage)
+		return flag.ErrHelp
+	}
+	fs := flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "config file (TOML)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	tok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin.token"))
+	if err != nil {
+		return fmt.Errorf("admin token (is the node running here?): %w", err)
+	}
+	c := &admin.Client{Addr: cfg.Admin.Listen, Token: strings.TrimSpace(string(tok))}
+	if args[0] == "where" {
+		if fs.NArg() != 1 {
+			fmt.Fprintln(stderr, clusterUsage)
+			return flag.ErrHelp
+		}
+		w, err := c.Where(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(w)
+		}
+		fmt.Fprintf(stdout, "primary %s\nbackup  %s\n", w.Primary, orNone(w.Backup))
+		return nil
+	}
+	raw, err := c.ClusterStatus()
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		_, err := fmt.Fprintf(stdout, "%s\n", raw)
+		return err
+	}
+	var st cluster.Status
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "node %s\n", st.Node)
+	for _, m := range st.Members {
+		fmt.Fprintf(stdout, "  %-20s %-8s c2s %s\n", m.Name, m.State, m.Meta.C2SAddr)
+	}
+	if st.Roles != nil {
+		fmt.Fprintf(stdout, "roles: %+v\n", *st.Roles)
+	}
+	for _, l := range st.Replication {
+		fmt.Fprintf(stdout, "replication to %+v\n", l)
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}

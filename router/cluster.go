@@ -1,0 +1,142 @@
+package router
+
+import (
+	"mellium.im/xmpp/jid"
+
+	"pushd/internal/stanza"
+	"pushd/jsm"
+)
+
+// Cluster is what the router needs of the other nodes (BEHAVIOUR H1–H4).
+// A node alone has none. Waits returned by its methods behave as the
+// Queue's: submitted in order under the router's lock, waited outside it.
+type Cluster interface {
+	// Home says where user's (a bare JID's) sessions live: here, or on
+	// node, whose clients connect at c2sAddr.
+	Home(user string) (here bool, node, c2sAddr string)
+	// Forward hands a stanza to node, where its recipient lives; wait
+	// returns once the node holds what the stanza caused durably.
+	Forward(node string, st *stanza.Element) (wait func() error)
+	Replica
+}
+
+// Replica sends what must outlive this node to the backup of each
+// device's user (H2): every queue change and the device's session.
+type Replica interface {
+	Enqueue(device string, entries []jsm.Entry) (wait func() error)
+	Trim(device string, through uint64) (wait func() error)
+	Remove(device string, seqs []uint64) (wait func() error)
+	Drop(device string) (wait func() error)
+	Session(s SessionState) (wait func() error)
+	SessionGone(device string) (wait func() error)
+}
+
+// SessionState is a hibernating device's XEP-0198 session and push
+// registrations: what a backup needs to take the device over and let the
+// client resume there (H3, H4).
+type SessionState struct {
+	Device string
+	// SMID is the resumption id; Handled the count of stanzas received
+	// from the client; Acked the client's last <a h/>; Handed the Seqs of
+	// the entries written but unacknowledged when the stream detached.
+	SMID          string
+	Handled       uint32
+	Acked         uint32
+	Handed        []uint64
+	Registrations []jsm.Registration
+}
+
+// AdoptedSession is a replicated session this node takes over.
+type AdoptedSession = SessionState
+
+// homeOf returns the node a stanza must be forwarded to, or "" when its
+// recipient lives here (or is not a user of this domain).
+func (s *Server) homeOf(el *stanza.Element) string {
+	if s.cfg.Cluster == nil {
+		return ""
+	}
+	to, err := jid.Parse(el.Get("to"))
+	if err != nil || to.Localpart() == "" || to.Domainpart() != s.domain.Domainpart() {
+		return ""
+	}
+	here, node, _ := s.cfg.Cluster.Home(to.Bare().String())
+	if here {
+		return ""
+	}
+	return node
+}
+
+// sessionState captures a detached stream for its backup; s.mu is held.
+func (s *Server) sessionState(st *stream) SessionState {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	dev := st.jid.String()
+	return SessionState{
+		Device: dev, SMID: st.resumeID, Handled: st.inCount, Acked: st.acked,
+		Handed: append([]uint64(nil), st.handedSeq...), Registrations: s.machine.Registrations(dev),
+	}
+}
+
+// replicateSession sends the device's session to its backup if its stream
+// is hibernating (a live session's counters change with every stanza; a
+// client whose node dies while connected binds anew). s.mu is held.
+func (s *Server) replicateSession(device string) {
+	if s.cfg.Cluster == nil {
+		return
+	}
+	for _, st := range s.streams {
+		if st.from != device {
+			continue
+		}
+		st.mu.Lock()
+		detached := st.w == nil && st.resumeID != ""
+		st.mu.Unlock()
+		if detached {
+			s.background(s.cfg.Cluster.Session(s.sessionState(st)))
+		}
+		return
+	}
+}
+
+// StepForwarded routes a stanza another node forwarded and returns once
+// what it caused is durable, so that the forwarding node may acknowledge
+// its sender (DESIGN rule 2 across nodes).
+func (s *Server) StepForwarded(el *stanza.Element, size int) error {
+	for _, w := range s.step(jsm.Forwarded{Stanza: el, Size: size}) {
+		if err := w(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Adopt takes over devices whose user's primary failed (H3): each comes
+// back suspended with its queue (already in this node's queue store,
+// replicated) and its registrations, so pushes go on from here; a session
+// with a resumption id can be resumed here with its counters (H4).
+func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInfo) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ev := jsm.Adopt{Queues: queues, Registrations: map[string][]jsm.Registration{}, Streams: map[string]jsm.StreamID{}}
+	for _, ss := range sessions {
+		full, err := jid.Parse(ss.Device)
+		if err != nil || full.Resourcepart() == "" {
+			continue
+		}
+		if len(ss.Registrations) > 0 {
+			ev.Registrations[ss.Device] = ss.Registrations
+		}
+		if ss.SMID == "" || s.resumable[ss.SMID] != nil {
+			continue
+		}
+		st := &stream{srv: s, id: jsm.StreamID(s.nextID.Add(1)), jid: full, from: ss.Device,
+			sm: true, resumeID: ss.SMID, inCount: ss.Handled, acked: ss.Acked, outCount: ss.Acked,
+			handedSeq: append([]uint64(nil), ss.Handed...)}
+		s.streams[st.id] = st
+		s.resumable[st.resumeID] = st
+		s.cfg.Metrics.streams.Inc()
+		s.cfg.Metrics.detached.Inc()
+		ev.Streams[ss.Device] = st.id
+	}
+	s.stepLocked(ev)
+}
