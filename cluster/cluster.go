@@ -217,6 +217,11 @@ func (c *Cluster) rejoin() {
 // Config.LeaveTimeout for the news to spread. Call Shutdown after it.
 func (c *Cluster) Leave() error {
 	c.mu.Lock()
+	if c.stopped {
+		// memberlist panics on a Leave after Shutdown.
+		c.mu.Unlock()
+		return nil
+	}
 	c.meta.Leaving = true
 	c.mu.Unlock()
 	if err := c.ml.UpdateNode(c.cfg.LeaveTimeout / 2); err != nil {

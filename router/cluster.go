@@ -1,6 +1,8 @@
 package router
 
 import (
+	"time"
+
 	"mellium.im/xmpp/jid"
 
 	"pushd/internal/stanza"
@@ -64,6 +66,39 @@ func (s *Server) homeOf(el *stanza.Element) string {
 		return ""
 	}
 	return node
+}
+
+// forwardRetry bounds how long a stanza for an unreachable node waits for
+// the cluster to declare it dead and name a new home (H3's detection takes
+// 2–3 s on a LAN).
+const forwardRetry = 15 * time.Second
+
+// forward sends el to node; if that fails, it asks again where the
+// recipient lives until the cluster has moved them, and delivers there
+// (BEHAVIOUR H1: forwarded stanzas wait, bounded, then go to the new
+// primary). The returned wait is what the sender's ack depends on.
+func (s *Server) forward(node string, el *stanza.Element) func() error {
+	first := s.cfg.Cluster.Forward(node, el)
+	return func() error {
+		err := first()
+		deadline := time.Now().Add(forwardRetry)
+		for backoff := 50 * time.Millisecond; err != nil && time.Now().Before(deadline); backoff = min(2*backoff, time.Second) {
+			time.Sleep(backoff)
+			to, perr := jid.Parse(el.Get("to"))
+			if perr != nil {
+				return err
+			}
+			here, next, _ := s.cfg.Cluster.Home(to.Bare().String())
+			switch {
+			case here:
+				return s.StepForwarded(el, 0)
+			case next != node:
+				node = next
+				err = s.cfg.Cluster.Forward(node, el)()
+			}
+		}
+		return err
+	}
 }
 
 // sessionState captures a detached stream for its backup; s.mu is held.

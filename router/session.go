@@ -110,7 +110,7 @@ func (c *c2s) readStanzas(st *stream) error {
 			if node := s.homeOf(el); node != "" {
 				// The recipient lives on another node (H1): its session
 				// manager routes it; the sender's ack waits for it there.
-				st.addDurable([]func() error{s.cfg.Cluster.Forward(node, el)})
+				st.addDurable([]func() error{s.forward(node, el)})
 				continue
 			}
 			st.addDurable(s.step(jsm.StanzaIn{Stream: st.id, Stanza: el, Size: c.r.LastSize()}))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +24,7 @@ type testNode struct {
 	*node
 	t       testing.TB
 	cfgFile string
+	stop    func() // ends Run; safe to call twice
 }
 
 // startTestNode starts a node; mutate may change the config first.
@@ -44,7 +46,11 @@ func startTestNodeLogging(t testing.TB, logs io.Writer, mutate func(*fileConfig)
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	var w io.Writer = &testLog{t: t}
+	tl := &testLog{t: t}
+	// Registered first, so it runs last: once the node is stopped, late
+	// lines (memberlist's goroutines wind down on their own) are dropped.
+	t.Cleanup(tl.close)
+	var w io.Writer = tl
 	level := slog.LevelInfo
 	if logs != nil {
 		w, level = io.MultiWriter(w, logs), slog.LevelDebug
@@ -57,13 +63,17 @@ func startTestNodeLogging(t testing.TB, logs io.Writer, mutate func(*fileConfig)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("node stopped with: %v", err)
-		}
-	})
-	tn := &testNode{node: n, t: t}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("node stopped with: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	tn := &testNode{node: n, t: t, stop: stop}
 	tn.cfgFile = filepath.Join(cfg.DataDir, "pushd.toml")
 	tn.writeConfig()
 	return tn
@@ -99,6 +109,12 @@ type testLog struct {
 	done bool
 }
 
+func (l *testLog) close() {
+	l.mu.Lock()
+	l.done = true
+	l.mu.Unlock()
+}
+
 func (l *testLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -116,3 +132,20 @@ func (n *testNode) devices(t testing.TB, user string) []jsm.DeviceInfo {
 	}
 	return n.router.Devices(j)
 }
+
+// stopAbruptly ends the node as a crash would for its peers: listeners
+// and connections close with no stream end and no cluster goodbye.
+func (n *testNode) stopAbruptly() {
+	n.stop()
+}
+
+func mustJID(t testing.TB, s string) jid.JID {
+	t.Helper()
+	j, err := jid.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func base64Std(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"pushd/internal/peertest"
+	"pushd/internal/stanza"
+	"pushd/internal/xmpptest"
+)
+
+// clusterOf starts n nodes in this process, joined into one cluster on
+// 127.0.0.1, each with its own c2s and component listeners.
+func clusterOf(t *testing.T, count int, mutate func(i int, c *fileConfig)) []*testNode {
+	t.Helper()
+	ports := peertest.FreePorts(t, 2*count)
+	var nodes []*testNode
+	for i := range count {
+		nodes = append(nodes, startTestNode(t, func(c *fileConfig) {
+			c.Cluster.NodeName = fmt.Sprintf("n%d", i+1)
+			c.Cluster.Bind = peertest.Loopback(ports[2*i])
+			c.Cluster.Replication = peertest.Loopback(ports[2*i+1])
+			if i > 0 {
+				c.Cluster.Join = []string{peertest.Loopback(ports[0])}
+			}
+			c.Cluster.SecretKey = "MDEyMzQ1Njc4OWFiY2RlZg==" // 16 bytes
+			if mutate != nil {
+				mutate(i, c)
+			}
+		}))
+	}
+	waitFor(t, "cluster formed", 30*time.Second, func() bool {
+		for _, n := range nodes {
+			alive := 0
+			for _, m := range n.cluster.c.Members() {
+				if m.State.Live() {
+					alive++
+				}
+			}
+			if alive != count {
+				return false
+			}
+		}
+		return true
+	})
+	return nodes
+}
+
+func byName(nodes []*testNode, name string) *testNode {
+	for _, n := range nodes {
+		if n.cluster.c.Name() == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// H1–H4 in one process: alice's phone hibernates on her primary with push
+// enabled; bob, on another node, sends her messages that are acknowledged
+// only once replicated; her primary crashes; the backup takes her over at
+// once, pushes for new messages, and her phone resumes its XEP-0198
+// stream there and gets every acknowledged message once, in order.
+func TestFailoverToBackup(t *testing.T) {
+	const app = "app.example.test"
+	nodes := clusterOf(t, 3, func(_ int, c *fileConfig) {
+		c.Component.Accept = append(c.Component.Accept, componentAccept{Domain: app, Secret: appSecret})
+	})
+	first := nodes[0]
+	alice := first.addUser("alice", alicePW)
+	// A bob whose primary is not alice's, so that the crash spares him.
+	primary, backup := first.cluster.c.Placement().PrimaryBackup(alice)
+	var bob string
+	for i := 0; bob == ""; i++ {
+		name := "bob" + strconv.Itoa(i)
+		if p := first.cluster.c.Placement().Primary(name + "@localhost"); p != primary {
+			bob = first.addUser(name, bobPW)
+		}
+	}
+	P, B := byName(nodes, primary), byName(nodes, backup)
+	bobHome := byName(nodes, first.cluster.c.Placement().Primary(bob))
+	for _, n := range nodes {
+		waitFor(t, "accounts on "+n.cluster.c.Name(), 10*time.Second, func() bool {
+			_, err := n.db.Accounts().Credentials(mustJID(t, bob))
+			return err == nil
+		})
+	}
+	// An app server on the primary and on the backup.
+	appAt := func(n *testNode) *peertest.AppServer {
+		a := peertest.StartAppServer(t, peertest.AppServerOptions{Addr: n.router.Addr("component"), Domain: app, Secret: appSecret, Mode: peertest.AppServerOK})
+		check(t, a.WaitConnected())
+		return a
+	}
+	appP, appB := appAt(P), appAt(B)
+
+	// A client that logs in at the wrong node is sent to the right one.
+	wrong := xmpptest.Dial(t, B.c2s(), "localhost")
+	wrong.StartTLS()
+	wrong.Send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>` + plainAuth("alice", alicePW) + `</auth>`)
+	if got := wrong.StreamError(); got != "see-other-host" {
+		t.Errorf("login at a node that is not alice's primary: %q, want see-other-host", got)
+	}
+
+	a := xmpptest.Login(t, P.c2s(), "localhost", "alice", alicePW, "phone")
+	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+	enabled := a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	a.Send(`<iq type='set' id='push1'><enable xmlns='urn:xmpp:push:0' jid='` + app + `' node='n1'/></iq>`)
+	a.Expect("push enabled", func(e *stanza.Element) bool { return e.Get("id") == "push1" && e.Get("type") == "result" })
+	_ = a.Conn.Close()
+	waitFor(t, "alice hibernating", 10*time.Second, func() bool {
+		d := P.devices(t, alice)
+		return len(d) == 1 && d[0].Detached
+	})
+
+	b := xmpptest.Login(t, bobHome.c2s(), "localhost", strings.TrimSuffix(bob, "@localhost"), bobPW, "desk")
+	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	const count = 5
+	var burst strings.Builder
+	for i := range count {
+		fmt.Fprintf(&burst, `<message to='%s/phone' type='chat'><body>before %d</body></message>`, alice, i)
+	}
+	burst.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
+	b.Send(burst.String())
+	ack := b.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") })
+	if h, _ := strconv.Atoi(ack.Get("h")); h < count {
+		t.Fatalf("bob's messages acknowledged %d, want %d", h, count)
+	}
+	if _, err := appP.Next(10 * time.Second); err != nil {
+		t.Fatalf("no push from the primary: %v", err)
+	}
+
+	// The primary crashes: no goodbye to the cluster.
+	crashed := time.Now()
+	check(t, P.cluster.c.Shutdown())
+	P.stopAbruptly()
+	waitFor(t, "the backup to take alice over", 30*time.Second, func() bool {
+		d := B.devices(t, alice)
+		return len(d) == 1 && d[0].Detached
+	})
+	t.Logf("H3: backup took over %v after the crash", time.Since(crashed).Round(time.Millisecond))
+
+	// bob's node now forwards to the backup; pushes come from there.
+	b.Send(fmt.Sprintf(`<message to='%s/phone' type='chat'><body>after</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice))
+	b.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == strconv.Itoa(count+1) })
+	if _, err := appB.Next(10 * time.Second); err != nil {
+		t.Fatalf("no push from the new primary: %v", err)
+	}
+	t.Logf("H3: first push from the new primary %v after the crash", time.Since(crashed).Round(time.Millisecond))
+
+	// H4: alice resumes on the backup with the stream id she got.
+	r := xmpptest.Dial(t, B.c2s(), "localhost")
+	r.StartTLS()
+	if cond := r.AuthPlain("alice", alicePW); cond != "" {
+		t.Fatal(cond)
+	}
+	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='1' previd='` + enabled.Get("id") + `'/>`)
+	if el := r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
+		t.Fatalf("resume on the backup: %s", el)
+	}
+	var got []string
+	for len(got) < count+1 {
+		el, err := r.Next()
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		if el.Is(stanza.NSClient, "message") {
+			got = append(got, el.ChildText(stanza.NSClient, "body"))
+		}
+	}
+	want := []string{"before 0", "before 1", "before 2", "before 3", "before 4", "after"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("alice got %q, want %q once, in order", got, want)
+	}
+}
+
+func plainAuth(user, pw string) string {
+	return base64Std("\x00" + user + "\x00" + pw)
+}
