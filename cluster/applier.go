@@ -58,3 +58,13 @@ func apply(a Applier, from string, r Record) error {
 	}
 	return errUnknownRecord
 }
+
+// AsyncStanzaApplier is an Applier that applies a forwarded stanza at once
+// (in order) but makes what it caused durable later: the record is
+// acknowledged to the sender only when wait returns. Applying it inline
+// instead would hold this peer's stream while the stanza's own
+// replication waits for an acknowledgement, and two nodes forwarding to
+// each other while each is the other's backup would wait on each other.
+type AsyncStanzaApplier interface {
+	ApplyStanzaAsync(from string, r StanzaRecord) (wait func() error, err error)
+}

@@ -39,6 +39,12 @@ type Cluster struct {
 	ml   *memberlist.Memberlist
 	rep  *Replicator
 	tcp  *TCPTransport // nil with Config.Transport
+	// fwd carries stanzas forwarded to the node where their recipient
+	// lives, on its own streams: a forward is acknowledged only once
+	// durable, replication records at once, and sharing one in-order
+	// stream would let two nodes wait on each other's acknowledgements.
+	fwd    *Replicator
+	fwdTCP *TCPTransport
 	lis  MembershipListener
 	self string
 
@@ -134,6 +140,31 @@ func New(cfg Config, d Delegates) (*Cluster, error) {
 		return nil, err
 	}
 	c.rep = rep
+	if cfg.Transport == nil {
+		ft, err := ListenTCP(TCPConfig{
+			Name:      cfg.NodeName,
+			BindAddr:  net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.ForwardPort)),
+			Resolve:   c.resolveForward,
+			SecretKey: cfg.SecretKey,
+			Label:     cfg.Label + "/forward",
+			MaxFrame:  max(cfg.Replication.MaxFrame, DefaultReplicatorConfig().MaxFrame) + 64<<10,
+			Logger:    c.log,
+		})
+		if err != nil {
+			rep.Close()
+			return nil, err
+		}
+		c.fwdTCP = ft
+		host, _, _ := net.SplitHostPort(c.meta.ClusterAddr)
+		c.meta.ForwardAddr = net.JoinHostPort(host, strconv.Itoa(ft.Addr().(*net.TCPAddr).Port))
+		fc := rc
+		fc.Resyncer = nil
+		if c.fwd, err = NewReplicator(fc, ft, d.Applier); err != nil {
+			rep.Close()
+			ft.Close()
+			return nil, err
+		}
+	}
 
 	c.wg.Add(1)
 	go c.dispatch()
@@ -242,7 +273,23 @@ func (c *Cluster) Shutdown() error {
 	if e := c.rep.Close(); err == nil {
 		err = e
 	}
+	if c.fwd != nil {
+		if e := c.fwd.Close(); err == nil {
+			err = e
+		}
+	}
 	return err
+}
+
+// Forward sends records (stanzas) to the node where their recipient
+// lives, on the forwarding streams; wait returns once the node applied
+// them (for an AsyncStanzaApplier: made them durable). With an in-memory
+// Config.Transport, forwards share the replication streams.
+func (c *Cluster) Forward(ctx context.Context, node string, recs ...Record) (wait func() error) {
+	if c.fwd == nil {
+		return c.Send(ctx, node, recs...)
+	}
+	return c.fwd.Send(ctx, node, recs...)
 }
 
 func (c *Cluster) stop() {
@@ -324,12 +371,21 @@ func (c *Cluster) Status(users iter.Seq[string]) Status {
 
 // resolve gives the replication address of a member.
 func (c *Cluster) resolve(node string) (string, error) {
+	return c.resolveAddr(node, func(m NodeMeta) string { return m.ClusterAddr })
+}
+
+// resolveForward gives the forwarding address of a member.
+func (c *Cluster) resolveForward(node string) (string, error) {
+	return c.resolveAddr(node, func(m NodeMeta) string { return m.ForwardAddr })
+}
+
+func (c *Cluster) resolveAddr(node string, pick func(NodeMeta) string) (string, error) {
 	c.mu.Lock()
 	m, ok := c.members[node]
 	var addr, gossip string
 	live := false
 	if ok {
-		addr, gossip, live = m.Meta.ClusterAddr, m.Addr, m.State.Live()
+		addr, gossip, live = pick(m.Meta), m.Addr, m.State.Live()
 	}
 	c.mu.Unlock()
 	if !live {
@@ -456,10 +512,16 @@ func (c *Cluster) dispatch() {
 			case evLeft:
 				c.log.Info("cluster member left", "member", ev.m.Name)
 				c.rep.PeerGone(ev.m.Name)
+				if c.fwd != nil {
+					c.fwd.PeerGone(ev.m.Name)
+				}
 				c.lis.NodeLeft(ev.m)
 			case evFailed:
 				c.log.Warn("cluster member failed", "member", ev.m.Name)
 				c.rep.PeerGone(ev.m.Name)
+				if c.fwd != nil {
+					c.fwd.PeerGone(ev.m.Name)
+				}
 				c.lis.NodeFailed(ev.m)
 			case evUpdated:
 				c.lis.NodeUpdated(ev.m)

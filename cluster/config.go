@@ -32,6 +32,10 @@ type Config struct {
 	// BindAddr (default 7947). Its advertised address goes to the others
 	// in NodeMeta.ClusterAddr.
 	ReplicationPort int
+	// ForwardPort is the TCP port, on BindAddr, of the listener for
+	// stanzas other nodes forward here (default 0: any free port; it is
+	// advertised in NodeMeta.ForwardAddr).
+	ForwardPort int
 
 	// Join lists host:port of members to join at start (default none: a
 	// new cluster of one). New retries in the background until one

@@ -40,6 +40,9 @@ type NodeMeta struct {
 	// Started is when the process started, in Unix milliseconds: a new
 	// value under the same name is a restart (H6). New sets it.
 	Started uint64
+	// ForwardAddr is the host:port of this node's listener for stanzas
+	// forwarded to it (apart from replication: see Cluster.Forward).
+	ForwardAddr string
 	// Leaving is set by Leave just before the node leaves, so that the
 	// others report it as left rather than failed.
 	Leaving bool
@@ -59,6 +62,9 @@ func (m NodeMeta) Encode() ([]byte, error) {
 		b = append(b, s...)
 	}
 	b = binary.AppendUvarint(b, m.Started)
+	// Fields added later follow, so that older readers skip them.
+	b = binary.AppendUvarint(b, uint64(len(m.ForwardAddr)))
+	b = append(b, m.ForwardAddr...)
 	if len(b) > MetaLimit {
 		return nil, fmt.Errorf("%w (%d)", ErrMetaTooLarge, len(b))
 	}
@@ -83,6 +89,9 @@ func DecodeNodeMeta(b []byte) (NodeMeta, error) {
 	m.AdminAddr = d.string()
 	m.Build = d.string()
 	m.Started = d.uvarint()
+	if d.err == nil && len(d.b) > 0 {
+		m.ForwardAddr = d.string()
+	}
 	if d.err != nil {
 		return NodeMeta{}, fmt.Errorf("cluster: node metadata: %w", d.err)
 	}

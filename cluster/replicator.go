@@ -836,6 +836,29 @@ func (r *Replicator) serve(s Stream) error {
 		}
 	}
 
+	// Frames whose stanzas are not yet durable are acknowledged in order by
+	// durableAcks once their waits return (AsyncStanzaApplier).
+	type pendingAck struct {
+		seq   uint64
+		waits []func() error
+	}
+	durableAcks := make(chan pendingAck, 1024)
+	durableDone := make(chan struct{})
+	defer func() { close(durableAcks); <-durableDone }()
+	go func() {
+		defer close(durableDone)
+		for p := range durableAcks {
+			for _, w := range p.waits {
+				if err := w(); err != nil {
+					r.m.applyErrors.Inc()
+					r.log.Error("cluster: forwarded stanza not durable", "peer", from, "err", err)
+				}
+			}
+			ack(p.seq)
+		}
+	}()
+	async, _ := r.app.(AsyncStanzaApplier)
+
 	for {
 		p, err := s.ReadFrame()
 		if err != nil {
@@ -856,12 +879,20 @@ func (r *Replicator) serve(s Stream) error {
 		// Records keep their byte slices: copy off the stream's buffer.
 		body := append([]byte(nil), d.b...)
 		n := 0
+		var waits []func() error
 		for len(body) > 0 {
 			rec, rest, err := DecodeRecord(body)
 			if err != nil {
 				return err
 			}
-			if err := apply(r.app, from, rec); err != nil {
+			if sr, ok := rec.(StanzaRecord); ok && async != nil {
+				w, err := async.ApplyStanzaAsync(from, sr)
+				if err != nil {
+					r.m.applyErrors.Inc()
+					return fmt.Errorf("cluster: replication: apply %s from %s: %w", rec.Type(), from, err)
+				}
+				waits = append(waits, w)
+			} else if err := apply(r.app, from, rec); err != nil {
 				r.m.applyErrors.Inc()
 				return fmt.Errorf("cluster: replication: apply %s from %s: %w", rec.Type(), from, err)
 			}
@@ -872,6 +903,6 @@ func (r *Replicator) serve(s Stream) error {
 		st.frames.Add(1)
 		st.records.Add(uint64(n))
 		r.m.recordsIn.Add(float64(n))
-		ack(seq)
+		durableAcks <- pendingAck{seq: seq, waits: waits}
 	}
 }

@@ -1,6 +1,8 @@
 package router
 
 import (
+	"strconv"
+	"sync"
 	"time"
 
 	"mellium.im/xmpp/jid"
@@ -78,6 +80,9 @@ const forwardRetry = 15 * time.Second
 // (BEHAVIOUR H1: forwarded stanzas wait, bounded, then go to the new
 // primary). The returned wait is what the sender's ack depends on.
 func (s *Server) forward(node string, el *stanza.Element) func() error {
+	// An id lets the recipient's node drop a copy: a stanza resent to a
+	// new primary may have reached the old one, and its backup, already.
+	el.Add(stanza.New(stanza.NSInternal, "fwd", "id", s.forwardPrefix+strconv.FormatUint(s.forwardSeq.Add(1), 36)))
 	first := s.cfg.Cluster.Forward(node, el)
 	return func() error {
 		err := first()
@@ -88,14 +93,13 @@ func (s *Server) forward(node string, el *stanza.Element) func() error {
 			if perr != nil {
 				return err
 			}
+			// Resending is safe: the recipient's node drops copies by id.
 			here, next, _ := s.cfg.Cluster.Home(to.Bare().String())
-			switch {
-			case here:
+			if here {
 				return s.StepForwarded(el, 0)
-			case next != node:
-				node = next
-				err = s.cfg.Cluster.Forward(node, el)()
 			}
+			node = next
+			err = s.cfg.Cluster.Forward(node, el)()
 		}
 		return err
 	}
@@ -137,12 +141,25 @@ func (s *Server) replicateSession(device string) {
 // what it caused is durable, so that the forwarding node may acknowledge
 // its sender (DESIGN rule 2 across nodes).
 func (s *Server) StepForwarded(el *stanza.Element, size int) error {
-	for _, w := range s.step(jsm.Forwarded{Stanza: el, Size: size}) {
-		if err := w(); err != nil {
-			return err
-		}
+	return s.StepForwardedAsync(el, size)()
+}
+
+// StepForwardedAsync routes the stanza now and returns a wait for what it
+// caused to be durable, here and on this node's backup (DESIGN rule 2
+// across nodes). A copy of a stanza already routed here is dropped.
+func (s *Server) StepForwardedAsync(el *stanza.Element, size int) (wait func() error) {
+	if id := forwardID(el); id != "" && !s.forwards.add(id) {
+		return func() error { return nil } // a copy of one already routed
 	}
-	return nil
+	waits := s.step(jsm.Forwarded{Stanza: el, Size: size})
+	return func() error {
+		for _, w := range waits {
+			if err := w(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }
 
 // Adopt takes over devices whose user's primary failed (H3): each comes
@@ -173,5 +190,53 @@ func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInf
 		s.cfg.Metrics.detached.Inc()
 		ev.Streams[ss.Device] = st.id
 	}
+	// Forwarded stanzas already in the adopted queues must not be
+	// delivered again when their sender's node resends them here.
+	for dev := range queues {
+		_ = s.queue.Read(dev, 0, func(e jsm.Entry) error {
+			if id := forwardID(e.Stanza); id != "" {
+				s.forwards.add(id)
+			}
+			return nil
+		})
+	}
 	s.stepLocked(ev)
+}
+
+func forwardID(el *stanza.Element) string {
+	if f := el.Child(stanza.NSInternal, "fwd"); f != nil {
+		return f.Get("id")
+	}
+	return ""
+}
+
+// seenSet remembers the latest forwarding ids, bounded, first in first
+// out: a resend follows its original within seconds.
+type seenSet struct {
+	mu    sync.Mutex
+	ids   map[string]struct{}
+	order []string
+	next  int
+}
+
+const seenForwards = 1 << 16
+
+// add records id and reports whether it is new.
+func (s *seenSet) add(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids == nil {
+		s.ids = make(map[string]struct{}, seenForwards)
+		s.order = make([]string, seenForwards)
+	}
+	if _, ok := s.ids[id]; ok {
+		return false
+	}
+	if old := s.order[s.next]; old != "" {
+		delete(s.ids, old)
+	}
+	s.order[s.next] = id
+	s.next = (s.next + 1) % seenForwards
+	s.ids[id] = struct{}{}
+	return true
 }

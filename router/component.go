@@ -23,7 +23,7 @@ type componentLink struct {
 }
 
 func (l *componentLink) send(el *stanza.Element) {
-	l.w.write(func(b []byte) []byte { return stanza.Append(b, el, stanza.NSClient) })
+	l.w.write(func(b []byte) []byte { return stanza.AppendExternal(b, el, stanza.NSClient) })
 }
 
 // ServeComponentConn runs the accepting side of XEP-0114 on conn, which

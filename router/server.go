@@ -99,15 +99,22 @@ type Server struct {
 	// durable collects, during one Step, the waits of the writes a
 	// sender's acknowledgement depends on (DESIGN rule 2).
 	durable []func() error
+	// replicated collects the waits of the same writes on the backup node.
+	replicated []func() error
 	// reap receives waits nobody acknowledges on, to log their failures.
 	reap chan func() error
 
-	nextID  atomic.Uint64
-	conns   sync.WaitGroup
-	closing chan struct{}
-	lnMu    sync.Mutex
-	lns     []net.Listener
-	live    map[net.Conn]struct{}
+	nextID atomic.Uint64
+	// forwardPrefix and forwardSeq make the ids of stanzas forwarded to
+	// other nodes; forwards holds the ids recently routed here.
+	forwardPrefix string
+	forwardSeq    atomic.Uint64
+	forwards      seenSet
+	conns         sync.WaitGroup
+	closing       chan struct{}
+	lnMu          sync.Mutex
+	lns           []net.Listener
+	live          map[net.Conn]struct{}
 }
 
 // New returns a Server around machine. It serves nothing until Serve.
@@ -151,20 +158,21 @@ func New(cfg Config, machine *jsm.Machine, stores Stores) (*Server, error) {
 		return nil, fmt.Errorf("router: domain %q is not a domain JID", cfg.Domain)
 	}
 	s := &Server{
-		reap:       make(chan func() error, 4096),
-		cfg:        cfg,
-		log:        cfg.Logger,
-		accounts:   stores.Accounts,
-		queue:      stores.Queue,
-		rosters:    stores.Rosters,
-		pushRegs:   stores.PushRegistrations,
-		domain:     domain,
-		machine:    machine,
-		streams:    make(map[jsm.StreamID]*stream),
-		resumable:  make(map[string]*stream),
-		components: make(map[string]*componentLink),
-		closing:    make(chan struct{}),
-		live:       make(map[net.Conn]struct{}),
+		reap:          make(chan func() error, 4096),
+		forwardPrefix: randomID(6) + "-",
+		cfg:           cfg,
+		log:           cfg.Logger,
+		accounts:      stores.Accounts,
+		queue:         stores.Queue,
+		rosters:       stores.Rosters,
+		pushRegs:      stores.PushRegistrations,
+		domain:        domain,
+		machine:       machine,
+		streams:       make(map[jsm.StreamID]*stream),
+		resumable:     make(map[string]*stream),
+		components:    make(map[string]*componentLink),
+		closing:       make(chan struct{}),
+		live:          make(map[net.Conn]struct{}),
 	}
 	go s.reaper()
 	return s, nil
@@ -349,12 +357,19 @@ func (s *Server) Step(ev jsm.Event) {
 // step feeds one event and returns the waits of the writes that must be
 // durable before the stanza behind ev is acknowledged.
 func (s *Server) step(ev jsm.Event) []func() error {
+	local, replicated := s.stepWaits(ev)
+	return append(local, replicated...)
+}
+
+// stepWaits is step with the waits for local durability apart from those
+// for the backup's.
+func (s *Server) stepWaits(ev jsm.Event) (local, replicated []func() error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stepLocked(ev)
-	w := s.durable
-	s.durable = nil
-	return w
+	local, replicated = s.durable, s.replicated
+	s.durable, s.replicated = nil, nil
+	return local, replicated
 }
 
 func (s *Server) stepLocked(ev jsm.Event) {
@@ -377,7 +392,7 @@ func (s *Server) execute(a jsm.Action) {
 	case jsm.Enqueue:
 		s.durable = append(s.durable, s.queue.AppendAsync(a.Device, a.Entries))
 		if c := s.cfg.Cluster; c != nil {
-			s.durable = append(s.durable, c.Enqueue(a.Device, a.Entries))
+			s.replicated = append(s.replicated, c.Enqueue(a.Device, a.Entries))
 		}
 	case jsm.Flush:
 		st := s.streams[a.Stream]
@@ -489,3 +504,6 @@ func (s *Server) Devices(user jid.JID) []jsm.DeviceInfo {
 	defer s.mu.Unlock()
 	return s.machine.Devices(user)
 }
+
+// Redact returns the log token of a personal value (BEHAVIOUR S3).
+func (s *Server) Redact(v string) string { return s.cfg.Redact.Token(v) }

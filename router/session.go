@@ -17,6 +17,10 @@ func (c *c2s) serveStream(st *stream) {
 	st.mu.Lock()
 	w := st.w
 	st.mu.Unlock()
+	if w == nil {
+		// jsm refused the stream as it was bound or resumed (closed it).
+		return
+	}
 	err := c.readStanzas(st)
 	se := readError(err)
 	clean := err == nil
@@ -29,7 +33,9 @@ func (c *c2s) serveStream(st *stream) {
 	if !mine {
 		// The stream moved to another connection (resumed) or jsm closed
 		// it; this connection has nothing more to say.
-		w.abandon()
+		if w != nil {
+			w.abandon()
+		}
 		return
 	}
 	switch {
@@ -58,7 +64,9 @@ func (c *c2s) serveStream(st *stream) {
 		}
 		s.stepLocked(jsm.Closed{Stream: st.id, Clean: clean, Unacked: st.detach()})
 	}
-	<-w.done
+	if w != nil {
+		<-w.done
+	}
 }
 
 // forget drops a stream from the routing tables; s.mu is held.

@@ -58,7 +58,7 @@ func (st *stream) deliver(e jsm.Entry) {
 		st.sinceReq = 0
 	}
 	st.w.write(func(b []byte) []byte {
-		b = stanza.Append(b, e.Stanza, stanza.NSClient)
+		b = stanza.AppendExternal(b, e.Stanza, stanza.NSClient)
 		if askAck {
 			b = append(b, `<r xmlns="urn:xmpp:sm:3"/>`...)
 		}

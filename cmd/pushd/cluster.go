@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"mellium.im/xmpp/jid"
@@ -111,6 +113,8 @@ type clusterNode struct {
 	// by device.
 	mu       sync.Mutex
 	replicas map[string]cluster.SessionRecord
+	// adopting is set while a lost node's devices are being taken over.
+	adopting atomic.Bool
 }
 
 func newClusterNode(n *node) *clusterNode {
@@ -153,7 +157,7 @@ func (cn *clusterNode) Home(user string) (bool, string, string) {
 }
 
 func (cn *clusterNode) Forward(node string, st *stanza.Element) func() error {
-	w := cn.c.Send(context.Background(), node, cluster.StanzaRecord{Stanza: stanza.Marshal(st, stanza.NSClient)})
+	w := cn.c.Forward(context.Background(), node, cluster.StanzaRecord{Stanza: stanza.Marshal(st, stanza.NSClient)})
 	return func() error {
 		if err := w(); err != nil {
 			return fmt.Errorf("forward to %s: %w", node, err)
@@ -328,12 +332,45 @@ func (cn *clusterNode) ApplyAccount(_ string, r cluster.AccountRecord) error {
 	return nil
 }
 
-func (cn *clusterNode) ApplyStanza(_ string, r cluster.StanzaRecord) error {
+func (cn *clusterNode) ApplyStanza(from string, r cluster.StanzaRecord) error {
+	w, err := cn.ApplyStanzaAsync(from, r)
+	if err != nil {
+		return err
+	}
+	return w()
+}
+
+// ApplyStanzaAsync routes a forwarded stanza at once; its sender's node is
+// acknowledged when the wait returns (cluster.AsyncStanzaApplier).
+func (cn *clusterNode) ApplyStanzaAsync(_ string, r cluster.StanzaRecord) (func() error, error) {
 	el, err := parseStanza(r.Stanza)
 	if err != nil {
-		return nil // a stanza we cannot read is dropped, not retried forever
+		// A stanza we cannot read is dropped, not retried forever.
+		return func() error { return nil }, nil
 	}
-	return cn.n.router.StepForwarded(el, len(r.Stanza))
+	cn.awaitHome(el)
+	return cn.n.router.StepForwardedAsync(el, len(r.Stanza)), nil
+}
+
+// awaitHome holds a forwarded stanza whose recipient this node does not
+// yet consider its own: the sender's node noticed a failure first, and
+// routing it before this node has adopted the recipient's devices would
+// miss them. The wait is bounded by failure detection (2–3 s).
+func (cn *clusterNode) awaitHome(el *stanza.Element) {
+	to, err := jid.Parse(el.Get("to"))
+	if err != nil {
+		return
+	}
+	user := to.Bare().String()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if here, _, _ := cn.Home(user); here && !cn.adopting.Load() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	here, node, _ := cn.Home(user)
+	cn.log.Warn("cluster: forwarded stanza for a user this node does not hold", "user", cn.n.router.Redact(user), "here", here, "home", node)
 }
 
 // --- cluster.MembershipListener ---
@@ -344,9 +381,16 @@ func (cn *clusterNode) NodeJoined(m cluster.Member) {
 	go cn.sendAccounts(m.Name)
 }
 
-func (cn *clusterNode) NodeLeft(m cluster.Member)   { go cn.adopt(m.Name) }
-func (cn *clusterNode) NodeFailed(m cluster.Member) { go cn.adopt(m.Name) }
-func (cn *clusterNode) NodeUpdated(cluster.Member)  {}
+func (cn *clusterNode) NodeLeft(m cluster.Member)   { cn.startAdopt(m.Name) }
+func (cn *clusterNode) NodeFailed(m cluster.Member) { cn.startAdopt(m.Name) }
+
+// startAdopt marks the takeover as under way before returning, so that
+// forwarded stanzas wait for it (awaitHome), then runs it.
+func (cn *clusterNode) startAdopt(lost string) {
+	cn.adopting.Store(true)
+	go cn.adopt(lost)
+}
+func (cn *clusterNode) NodeUpdated(cluster.Member) {}
 
 func (cn *clusterNode) sendAccounts(to string) {
 	users, err := cn.n.db.Accounts().List()
@@ -404,10 +448,14 @@ func (cn *clusterNode) adopt(lost string) {
 			queues[d.Device] = jsm.QueueInfo{First: d.First, Last: d.Last, Count: d.Count, Bytes: d.Bytes}
 		}
 	}
+	if len(sessions) > 0 {
+		cn.n.router.Adopt(sessions, queues)
+	}
+	// Forwarded stanzas may flow again; re-replication can take its time.
+	cn.adopting.Store(false)
 	if len(sessions) == 0 {
 		return
 	}
-	cn.n.router.Adopt(sessions, queues)
 	cn.log.Warn("cluster: took over the sessions of a lost node", "node", lost, "sessions", len(sessions))
 	for _, ss := range sessions {
 		cn.reReplicate(ss, queues[ss.Device])
