@@ -33,20 +33,20 @@ type Delegates struct {
 // membership and failure detection, the current Placement, and the
 // Replicator. Safe for concurrent use.
 type Cluster struct {
-	cfg  Config
-	log  *slog.Logger
-	m    *Metrics
-	ml   *memberlist.Memberlist
-	rep  *Replicator
-	tcp  *TCPTransport // nil with Config.Transport
+	cfg Config
+	log *slog.Logger
+	m   *Metrics
+	ml  *memberlist.Memberlist
+	rep *Replicator
+	tcp *TCPTransport // nil with Config.Transport
 	// fwd carries stanzas forwarded to the node where their recipient
 	// lives, on its own streams: a forward is acknowledged only once
 	// durable, replication records at once, and sharing one in-order
 	// stream would let two nodes wait on each other's acknowledgements.
 	fwd    *Replicator
 	fwdTCP *TCPTransport
-	lis  MembershipListener
-	self string
+	lis    MembershipListener
+	self   string
 
 	placement atomic.Pointer[Placement]
 

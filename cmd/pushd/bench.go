@@ -24,8 +24,9 @@ import (
 
 const benchUsage = `usage: pushd bench c2s [flags]
 Measures messages/s and latency between client pairs, and memory per
-connected and per hibernated session. Without --addr it starts its own
-pushd node (this binary) for each measurement.`
+connected and per hibernated session, and per hibernated session with
+--queued stanzas in its queue. Without --addr it starts its own pushd node
+(this binary) for each measurement.`
 
 // c2sTarget is a server under measurement.
 type c2sTarget struct {
@@ -48,9 +49,15 @@ type c2sBenchOptions struct {
 	Duration time.Duration
 	Window   int
 	Sessions int // idle sessions for the memory figures; 0 skips them
+	// Queued is the number of messages put in each hibernated session's
+	// queue for the last memory figure (issue 3); 0 skips it.
+	Queued int
 }
 
 func cmdBench(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "push" {
+		return cmdBenchPush(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "c2s" {
 		fmt.Fprintln(stderr, benchUsage)
 		return flag.ErrHelp
@@ -61,6 +68,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	duration := fs.Duration("duration", 10*time.Second, "how long each run sends")
 	window := fs.Int("window", 32, "messages in flight per pair")
 	sessions := fs.Int("sessions", 2000, "idle sessions for memory per session (0 = skip)")
+	queued := fs.Int("queued", 10, "messages queued per hibernated session for its memory figure (0 = skip)")
 	addr := fs.String("addr", "", "measure a running server at host:port instead of starting pushd")
 	domain := fs.String("domain", "localhost", "with --addr: the server's domain")
 	pid := fs.Int("pid", 0, "with --addr: the server's process id (CPU and memory figures)")
@@ -69,7 +77,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	opts := c2sBenchOptions{Duration: *duration, Window: *window, Sessions: *sessions}
+	opts := c2sBenchOptions{Duration: *duration, Window: *window, Sessions: *sessions, Queued: *queued}
 	for _, p := range strings.Split(*pairs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
 		if err != nil || n <= 0 {
@@ -123,33 +131,62 @@ func runC2SBench(ctx context.Context, start c2sStarter, opts c2sBenchOptions, ou
 		return nil
 	}
 	for _, hibernate := range []bool{false, true} {
-		m, err := measureSessions(ctx, start, opts.Sessions, hibernate)
+		queued := 0
+		if hibernate {
+			queued = opts.Queued
+		}
+		m, err := measureSessions(ctx, start, opts.Sessions, hibernate, queued)
 		if err != nil {
 			return err
 		}
-		kind := "connected (XEP-0198 on)"
+		kind := "connected session (XEP-0198 on)"
 		if hibernate {
-			kind = "hibernated"
+			kind = "hibernated session"
 		}
-		fmt.Fprintf(out, "%-8s memory per %s session: RSS %.1f KiB", t.Name, kind, m.rss/1024)
-		if m.live > 0 {
-			fmt.Fprintf(out, ", live heap+stacks %.1f KiB", m.live/1024)
+		printSessionMemory(out, t.Name, kind, m.rss, m.live, opts.Sessions)
+		if queued > 0 {
+			printSessionMemory(out, t.Name, fmt.Sprintf("hibernated session with %d queued messages", queued), m.rssQueued, m.liveQueued, opts.Sessions)
+			fmt.Fprintf(out, "%-8s   queueing %d messages of %d bytes took %v (%.0f acked msgs/s, %d bounced)\n",
+				t.Name, m.fill.Sent, queuedBodyBytes, m.fill.Elapsed.Round(time.Millisecond),
+				float64(m.fill.Sent)/m.fill.Elapsed.Seconds(), m.fill.Bounced)
 		}
-		fmt.Fprintf(out, " (%d sessions)\n", opts.Sessions)
 	}
 	return nil
 }
 
-type sessionMemory struct{ rss, live float64 }
+func printSessionMemory(out io.Writer, name, kind string, rss, live float64, n int) {
+	fmt.Fprintf(out, "%-8s memory per %s: RSS %.1f KiB", name, kind, rss/1024)
+	if live > 0 {
+		fmt.Fprintf(out, ", live heap+stacks %.1f KiB", live/1024)
+	}
+	fmt.Fprintf(out, " (%d sessions)\n", n)
+}
 
-func measureSessions(ctx context.Context, start c2sStarter, n int, hibernate bool) (sessionMemory, error) {
+// queuedBodyBytes is the body of each queued message: a short chat line.
+const queuedBodyBytes = 100
+
+// sessionMemory is memory per session, in bytes: connected or hibernated,
+// and (rssQueued, liveQueued) hibernated with messages queued.
+type sessionMemory struct {
+	rss, live             float64
+	rssQueued, liveQueued float64
+	fill                  bench.FillResult
+}
+
+// measureSessions opens n idle sessions with XEP-0198 on a fresh server
+// (dropping them when hibernate) and measures the server's growth per
+// session; with queued > 0 it then sends each hibernated session queued
+// messages from one more session, waits until all are acknowledged
+// (durable, in pushd), and measures again.
+func measureSessions(ctx context.Context, start c2sStarter, n int, hibernate bool, queued int) (sessionMemory, error) {
 	var m sessionMemory
-	t, stop, err := start(ctx, n+1)
+	t, stop, err := start(ctx, n+2)
 	if err != nil {
 		return m, err
 	}
 	defer stop()
 	barrier := bench.Credentials{User: fmt.Sprintf(t.Pattern, n), Password: t.Password}
+	sender := bench.Credentials{User: fmt.Sprintf(t.Pattern, n+1), Password: t.Password}
 	sample := func() (rss, live int64, err error) {
 		if err := bench.Barrier(ctx, t.Addr, t.Domain, barrier, true); err != nil {
 			return 0, 0, err
@@ -181,6 +218,24 @@ func measureSessions(ctx context.Context, start c2sStarter, n int, hibernate boo
 	m.rss = float64(rss1-rss0) / float64(n)
 	if t.Live != nil {
 		m.live = float64(live1-live0) / float64(n)
+	}
+	if !hibernate || queued <= 0 {
+		return m, nil
+	}
+	m.fill, err = bench.Fill(ctx, bench.FillConfig{
+		Addr: t.Addr, Domain: t.Domain, Sender: sender, InsecureTLS: true,
+		To: idle.JIDs(), PerRecipient: queued, BodyBytes: queuedBodyBytes,
+	})
+	if err != nil {
+		return m, err
+	}
+	rss2, live2, err := sample()
+	if err != nil {
+		return m, err
+	}
+	m.rssQueued = float64(rss2-rss0) / float64(n)
+	if t.Live != nil {
+		m.liveQueued = float64(live2-live0) / float64(n)
 	}
 	return m, nil
 }

@@ -192,6 +192,14 @@ type pushOptions struct {
 // startPush builds the push stack on db. At least one provider must be
 // configured ([apns] topic or [fcm] project_id).
 func startPush(cfg pushFileConfig, db *store.DB, opts pushOptions) (*pushStack, error) {
+	return startPushWith(cfg, db, opts, nil, nil)
+}
+
+// startPushWith is startPush with the dispatcher's config changed by tune
+// and each provider wrapped by wrap (either may be nil): `pushd bench push`
+// uses them to time the answers.
+func startPushWith(cfg pushFileConfig, db *store.DB, opts pushOptions, tune func(*dispatch.Config),
+	wrap func(dispatch.Provider) dispatch.Provider) (*pushStack, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -203,6 +211,9 @@ func startPush(cfg pushFileConfig, db *store.DB, opts pushOptions) (*pushStack, 
 	}
 	s.closers = closers
 	for name, p := range providers {
+		if wrap != nil {
+			p = wrap(p)
+		}
 		providers[name] = s.recorder.Wrap(p)
 	}
 	s.registry, err = component.OpenRegistry(db.Badger(), nil)
@@ -219,6 +230,9 @@ func startPush(cfg pushFileConfig, db *store.DB, opts pushOptions) (*pushStack, 
 	}
 	dcfg := dispatch.DefaultConfig()
 	dcfg.Logger = log
+	if tune != nil {
+		tune(&dcfg)
+	}
 	s.dispatcher, err = dispatch.New(dcfg, dispatch.Deps{DB: db.Badger(), Providers: providers, DeadToken: s.registry, Metrics: dm})
 	if err != nil {
 		s.close()
@@ -363,7 +377,8 @@ func runComponent(ctx context.Context, cfg componentFileConfig, log *slog.Logger
 			return err
 		}
 		srv, err := admin.Listen(admin.Config{Listen: cfg.Admin.Listen, Token: token, Gatherer: reg, Logger: log,
-			Ready: func() bool { return ready.Load() && s.component.Connected() }})
+			Devices: pushAdminDevices(s),
+			Ready:   func() bool { return ready.Load() && s.component.Connected() }})
 		if err != nil {
 			return err
 		}

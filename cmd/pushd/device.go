@@ -14,17 +14,46 @@ import (
 	"time"
 
 	"pushd/component"
+	"pushd/internal/admin"
 	"pushd/internal/store"
 )
 
 const deviceUsage = `usage: pushd device list [--config FILE] [JID]
        pushd device del [--config FILE] NODE|JID
 list prints the push registrations (of one account with JID); del removes
-one registration by node, or every registration of an account.`
+one registration by node, or every registration of an account. While a
+node runs they go through its admin API; otherwise the data directory is
+opened directly.`
 
 const pushUsage = `usage: pushd push test [--config FILE] [--timeout 30s] JID
 Sends a test push to every device of JID through the registry, the
-dispatcher and the provider, and prints the provider's answers.`
+dispatcher and the provider, and prints the provider's answers (through
+the running node's admin API when a node runs).`
+
+// pushAdmin returns the running node's admin API when one answers, else
+// the data directory opened directly (with a push stack for test pushes
+// when cfg has a provider). done releases what it opened.
+func pushAdmin(cfg componentFileConfig, log *slog.Logger) (admin.Devices, func(), error) {
+	if cfg.Admin.Listen != "" {
+		if tok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin.token")); err == nil {
+			c := &admin.Client{Addr: cfg.Admin.Listen, Token: strings.TrimSpace(string(tok))}
+			_, err := c.ListDevices("")
+			switch {
+			case err == nil:
+				return c, func() {}, nil
+			case errors.Is(err, admin.ErrNoPush):
+				return nil, nil, err
+			case !errors.Is(err, admin.ErrNoNode):
+				return nil, nil, err
+			}
+		}
+	}
+	db, reg, err := openRegistry(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &localDevices{cfg: cfg.pushFileConfig, db: db, reg: reg, log: log}, func() { _ = db.Close() }, nil
+}
 
 // openRegistry opens the data directory of a node that is not running.
 func openRegistry(cfg componentFileConfig) (*store.DB, *component.Registry, error) {
@@ -34,7 +63,7 @@ func openRegistry(cfg componentFileConfig) (*store.DB, *component.Registry, erro
 	db, err := store.Open(store.Config{Dir: filepath.Join(cfg.DataDir, "db"), Domain: cfg.Domain,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
-		return nil, nil, fmt.Errorf("open data dir (stop the node first: it holds the database): %w", err)
+		return nil, nil, fmt.Errorf("open data dir (a node holds it, but its admin API at [admin] listen did not answer): %w", err)
 	}
 	reg, err := component.OpenRegistry(db.Badger(), nil)
 	if err != nil {
@@ -66,35 +95,44 @@ func cmdDevice(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	db, reg, err := openRegistry(cfg)
+	devs, done, err := pushAdmin(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		return err
 	}
-	defer db.Close()
+	defer done()
 	if verb == "del" {
-		return deleteDevices(reg, fs.Arg(0), stdout)
+		n, err := devs.DeleteDevices(strings.ToLower(fs.Arg(0)))
+		switch {
+		case errors.Is(err, admin.ErrNotFound) && strings.Contains(fs.Arg(0), "@"):
+			return errors.New("no registration for that account")
+		case errors.Is(err, admin.ErrNotFound):
+			return fmt.Errorf("no registration with node %q", fs.Arg(0))
+		case err != nil:
+			return err
+		}
+		if n == 1 {
+			fmt.Fprintln(stdout, "removed 1 registration")
+		} else {
+			fmt.Fprintf(stdout, "removed %d registration(s)\n", n)
+		}
+		return nil
 	}
-	var devs []component.Device
-	if fs.NArg() == 1 {
-		devs, err = reg.ByAccount(strings.ToLower(fs.Arg(0)))
-	} else {
-		devs, err = reg.List()
-	}
+	list, err := devs.ListDevices(strings.ToLower(fs.Arg(0)))
 	if err != nil {
 		return err
 	}
-	printDevices(stdout, devs)
+	printDevices(stdout, list)
 	return nil
 }
 
 // printDevices writes one line per registration. Accounts are shown as a
 // tag of their keyed hash: the store has no JID to show (S3).
-func printDevices(w io.Writer, devs []component.Device) {
+func printDevices(w io.Writer, devs []admin.Device) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tPROVIDER\tACCOUNT\tKIND\tREGION\tKEY\tVOIP\tUPDATED")
 	for _, d := range devs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%t\t%t\t%s\n", d.Node, d.Provider, component.AccountTag(d.Account),
-			orDash(d.Kind), orDash(d.Region), len(d.Key) > 0, d.VoIPToken != "", d.Updated.UTC().Format(time.RFC3339))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%t\t%t\t%s\n", d.Node, d.Provider, d.AccountTag,
+			orDash(d.Kind), orDash(d.Region), d.Key, d.VoIP, d.Updated.UTC().Format(time.RFC3339))
 	}
 	_ = tw.Flush()
 }
@@ -104,33 +142,6 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func deleteDevices(reg *component.Registry, what string, stdout io.Writer) error {
-	if !strings.Contains(what, "@") {
-		if err := reg.Remove(what); err != nil {
-			if errors.Is(err, component.ErrNotFound) {
-				return fmt.Errorf("no registration with node %q", what)
-			}
-			return err
-		}
-		fmt.Fprintln(stdout, "removed 1 registration")
-		return nil
-	}
-	devs, err := reg.ByAccount(strings.ToLower(what))
-	if err != nil {
-		return err
-	}
-	if len(devs) == 0 {
-		return errors.New("no registration for that account")
-	}
-	for _, d := range devs {
-		if err := reg.Remove(d.Node); err != nil && !errors.Is(err, component.ErrNotFound) {
-			return err
-		}
-	}
-	fmt.Fprintf(stdout, "removed %d registration(s)\n", len(devs))
-	return nil
 }
 
 func cmdPush(args []string, stdout, stderr io.Writer) error {
@@ -157,35 +168,23 @@ func cmdPush(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	db, _, err := openRegistry(cfg)
+	devs, done, err := pushAdmin(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
+	defer done()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	return pushTest(ctx, cfg.pushFileConfig, db, fs.Arg(0), stdout, log)
+	res, err := devs.TestPush(ctx, strings.ToLower(fs.Arg(0)))
+	if err != nil {
+		return err
+	}
+	return printTestPush(stdout, res)
 }
 
-// pushTest sends the test push through a push stack on db and prints
-// the answers. The stack has no router link: only the dispatcher runs.
-func pushTest(ctx context.Context, cfg pushFileConfig, db *store.DB, account string, stdout io.Writer, log *slog.Logger) error {
-	domain := cfg.Push.Domain
-	if domain == "" {
-		domain = "push.localhost"
-	}
-	s, err := startPush(cfg, db, pushOptions{Domain: domain, Secret: "unused", Router: "unused:0", Logger: log})
-	if err != nil {
-		return err
-	}
-	defer s.close()
-	res, err := component.TestPush(ctx, s.registry, s.dispatcher, s.recorder, strings.ToLower(account))
-	if errors.Is(err, component.ErrNotFound) {
-		return errors.New("no registration for that account")
-	}
-	if err != nil {
-		return err
-	}
+// printTestPush prints the answers of a test push; an error when one was
+// not delivered.
+func printTestPush(stdout io.Writer, res []admin.PushResult) error {
 	failed := false
 	for _, r := range res {
 		fmt.Fprintf(stdout, "node %s provider %s tid %s\n", r.Node, r.Provider, r.TrackingID)
@@ -194,20 +193,151 @@ func pushTest(ctx context.Context, cfg pushFileConfig, db *store.DB, account str
 			if o.Reason != "" {
 				line += " reason " + o.Reason
 			}
-			if o.Err != nil {
-				line += " error " + o.Err.Error()
+			if o.Error != "" {
+				line += " error " + o.Error
 			}
 			fmt.Fprintln(stdout, line)
 		}
-		if r.Err != nil {
-			fmt.Fprintf(stdout, "  error: %v\n", r.Err)
-			failed = true
-		} else if n := len(r.Attempts); n == 0 || r.Attempts[n-1].Result.String() != "delivered" {
-			failed = true
+		if r.Error != "" {
+			fmt.Fprintf(stdout, "  error: %s\n", r.Error)
 		}
+		failed = failed || !r.Delivered()
 	}
 	if failed {
 		return errors.New("test push not delivered")
 	}
 	return nil
+}
+
+// pushTest sends the test push through a push stack on db and prints
+// the answers. The stack has no router link: only the dispatcher runs.
+func pushTest(ctx context.Context, cfg pushFileConfig, db *store.DB, account string, stdout io.Writer, log *slog.Logger) error {
+	reg, err := component.OpenRegistry(db.Badger(), nil)
+	if err != nil {
+		return err
+	}
+	res, err := (&localDevices{cfg: cfg, db: db, reg: reg, log: log}).TestPush(ctx, account)
+	if err != nil {
+		return err
+	}
+	return printTestPush(stdout, res)
+}
+
+// localDevices is admin.Devices on a data directory no node is using.
+type localDevices struct {
+	cfg pushFileConfig
+	db  *store.DB
+	reg *component.Registry
+	log *slog.Logger
+}
+
+func (l *localDevices) ListDevices(account string) ([]admin.Device, error) {
+	return listDevices(l.reg, account)
+}
+
+func (l *localDevices) DeleteDevices(what string) (int, error) { return deleteDevices(l.reg, what) }
+
+func (l *localDevices) TestPush(ctx context.Context, account string) ([]admin.PushResult, error) {
+	domain := l.cfg.Push.Domain
+	if domain == "" {
+		domain = "push.localhost"
+	}
+	s, err := startPush(l.cfg, l.db, pushOptions{Domain: domain, Secret: "unused", Router: "unused:0", Logger: l.log})
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	return (stackDevices{s}).TestPush(ctx, account)
+}
+
+// stackDevices is admin.Devices on a running push stack: what the node
+// and `pushd component` serve on their admin API.
+type stackDevices struct{ s *pushStack }
+
+// pushAdminDevices is the admin API's view of a node's push stack; nil
+// (no /api/devices) when the node runs no push provider.
+func pushAdminDevices(s *pushStack) admin.Devices {
+	if s == nil {
+		return nil
+	}
+	return stackDevices{s}
+}
+
+func (d stackDevices) ListDevices(account string) ([]admin.Device, error) {
+	return listDevices(d.s.registry, account)
+}
+
+func (d stackDevices) DeleteDevices(what string) (int, error) {
+	return deleteDevices(d.s.registry, what)
+}
+
+func (d stackDevices) TestPush(ctx context.Context, account string) ([]admin.PushResult, error) {
+	res, err := component.TestPush(ctx, d.s.registry, d.s.dispatcher, d.s.recorder, strings.ToLower(account))
+	if errors.Is(err, component.ErrNotFound) {
+		return nil, fmt.Errorf("%w: no registration for that account", admin.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]admin.PushResult, len(res))
+	for i, r := range res {
+		out[i] = admin.PushResult{Node: r.Node, Provider: string(r.Provider), TrackingID: r.TrackingID}
+		for _, o := range r.Attempts {
+			a := admin.PushAttempt{Result: o.Result.String(), Status: o.Status, Reason: o.Reason}
+			if o.Err != nil {
+				a.Error = o.Err.Error()
+			}
+			out[i].Attempts = append(out[i].Attempts, a)
+		}
+		if r.Err != nil {
+			out[i].Error = r.Err.Error()
+		}
+	}
+	return out, nil
+}
+
+func listDevices(reg *component.Registry, account string) ([]admin.Device, error) {
+	var devs []component.Device
+	var err error
+	if account != "" {
+		devs, err = reg.ByAccount(strings.ToLower(account))
+	} else {
+		devs, err = reg.List()
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]admin.Device, len(devs))
+	for i, d := range devs {
+		out[i] = admin.Device{Node: d.Node, Provider: string(d.Provider), AccountTag: component.AccountTag(d.Account),
+			Kind: d.Kind, Region: d.Region, Key: len(d.Key) > 0, VoIP: d.VoIPToken != "", Updated: d.Updated}
+	}
+	return out, nil
+}
+
+// deleteDevices removes one registration by node, or every registration
+// of an account (what contains "@").
+func deleteDevices(reg *component.Registry, what string) (int, error) {
+	if !strings.Contains(what, "@") {
+		if err := reg.Remove(what); err != nil {
+			if errors.Is(err, component.ErrNotFound) {
+				return 0, fmt.Errorf("%w: no registration with node %q", admin.ErrNotFound, what)
+			}
+			return 0, err
+		}
+		return 1, nil
+	}
+	devs, err := reg.ByAccount(strings.ToLower(what))
+	if err != nil {
+		return 0, err
+	}
+	if len(devs) == 0 {
+		return 0, fmt.Errorf("%w: no registration for that account", admin.ErrNotFound)
+	}
+	for _, d := range devs {
+		if err := reg.Remove(d.Node); err != nil && !errors.Is(err, component.ErrNotFound) {
+			return 0, err
+		}
+	}
+	return len(devs), nil
 }

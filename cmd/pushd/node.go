@@ -172,7 +172,8 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	if cfg.Admin.Listen != "" {
 		n.admin, err = admin.Listen(admin.Config{
 			Listen: cfg.Admin.Listen, Token: token, Ready: n.ready.Load,
-			Gatherer: reg, Users: nodeUsers{n}, Sessions: nodeUsers{n}, Cluster: n.clusterAdmin(), Logger: log,
+			Gatherer: reg, Users: nodeUsers{n}, Sessions: nodeUsers{n}, Cluster: n.clusterAdmin(),
+			Devices: pushAdminDevices(n.push), Logger: log,
 		})
 		if err != nil {
 			n.close()

@@ -53,7 +53,10 @@ type Config struct {
 	Sessions Sessions
 	// Cluster, when set, answers /api/cluster/status and /where.
 	Cluster Cluster
-	Logger   *slog.Logger
+	// Devices, when set, serves /api/devices and /api/push/test (501
+	// without: the node runs no push provider).
+	Devices Devices
+	Logger  *slog.Logger
 }
 
 // Cluster reports the node's cluster for operators.
@@ -144,6 +147,7 @@ func Listen(cfg Config) (*Server, error) {
 			_ = json.NewEncoder(w).Encode(list)
 		}))
 	}
+	s.devicesRoutes(mux)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }

@@ -24,6 +24,9 @@ type Client struct {
 // running, and the caller may open the data directory itself.
 var ErrNoNode = errors.New("admin: no node running at the admin address")
 
+// errNotImplemented: the node serves no such part of the API (501).
+var errNotImplemented = errors.New("admin: not served by this node")
+
 func (c *Client) do(ctx context.Context, method, path string, body any, out any) error {
 	hc := c.HTTP
 	if hc == nil {
@@ -57,7 +60,9 @@ func (c *Client) do(ctx context.Context, method, path string, body any, out any)
 	case http.StatusConflict:
 		return ErrExists
 	case http.StatusNotFound:
-		return ErrNotFound
+		return fmt.Errorf("%w: %s", ErrNotFound, strings.TrimSpace(string(msg)))
+	case http.StatusNotImplemented:
+		return fmt.Errorf("%w: %s", errNotImplemented, strings.TrimSpace(string(msg)))
 	}
 	return fmt.Errorf("admin: %s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(msg)))
 }

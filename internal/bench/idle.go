@@ -69,6 +69,15 @@ func ConnectIdle(ctx context.Context, cfg IdleConfig) (*IdleSessions, error) {
 	return s, nil
 }
 
+// JIDs returns the full JID each session bound, in login order.
+func (s *IdleSessions) JIDs() []string {
+	out := make([]string, len(s.conns))
+	for i, c := range s.conns {
+		out[i] = c.jid
+	}
+	return out
+}
+
 // Close ends every session that is still open (politely).
 func (s *IdleSessions) Close() {
 	for _, c := range s.conns {

@@ -10,6 +10,28 @@ func Append(dst []byte, e *Element, parentNS string) []byte {
 	return appendElement(dst, e, parentNS)
 }
 
+// NSInternal marks children pushd adds for its own nodes (the cluster's
+// forwarding id); AppendExternal leaves them out.
+const NSInternal = "urn:pushd:internal:0"
+
+// AppendExternal is Append for what leaves pushd (clients, components):
+// direct children in NSInternal are left out.
+func AppendExternal(dst []byte, e *Element, parentNS string) []byte {
+	for _, n := range e.Children {
+		if c, ok := n.(*Element); ok && c.Name.Space == NSInternal {
+			stripped := *e
+			stripped.Children = make([]Node, 0, len(e.Children)-1)
+			for _, n := range e.Children {
+				if c, ok := n.(*Element); !ok || c.Name.Space != NSInternal {
+					stripped.Children = append(stripped.Children, n)
+				}
+			}
+			return appendElement(dst, &stripped, parentNS)
+		}
+	}
+	return appendElement(dst, e, parentNS)
+}
+
 // Marshal is Append to a fresh slice.
 func Marshal(e *Element, parentNS string) []byte {
 	return appendElement(make([]byte, 0, 256), e, parentNS)

@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sideshow/apns2"
+	"github.com/sideshow/apns2/token"
+
+	"pushd/component"
+	"pushd/component/dispatch"
+	"pushd/component/payload"
+	"pushd/internal/apnstest"
+	"pushd/internal/stanza"
+	"pushd/internal/store"
+)
+
+const benchPushUsage = `usage: pushd bench push [--pushes N] [--concurrency C]
+Publishes/s end to end — an XEP-0357 publish handed to the push component
+(registry check, dispatcher: seal, persist, worker, apns2) until the
+in-tree APNS test server's answer is recorded — against the raw rate of an
+apns2 client to the same server, in the same run, plus p50/p99
+publish→answer latency. Everything runs in this process on loopback.`
+
+// benchPushResult is one measured path.
+type benchPushResult struct {
+	Name     string
+	Pushes   int
+	Elapsed  time.Duration
+	P50, P99 time.Duration
+}
+
+func (r benchPushResult) rate() float64 { return float64(r.Pushes) / r.Elapsed.Seconds() }
+
+// cmdBenchPush is `pushd bench push`.
+func cmdBenchPush(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench push", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pushes := fs.Int("pushes", 20000, "pushes per path")
+	conc := fs.Int("concurrency", 16, "concurrent publishers (and raw senders)")
+	rounds := fs.Int("rounds", 3, "alternating raw / end-to-end rounds")
+	fs.Usage = func() { fmt.Fprintln(stderr, benchPushUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *pushes <= 0 || *conc <= 0 || *rounds <= 0 {
+		return errors.New("bench push: --pushes, --concurrency and --rounds must be positive")
+	}
+	res, err := benchPush(context.Background(), *pushes, *conc, *rounds)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%-28s %8s %10s %10s %10s\n", "path", "pushes", "pushes/s", "p50", "p99")
+	for _, r := range res {
+		fmt.Fprintf(stdout, "%-28s %8d %10.0f %10s %10s\n", r.Name, r.Pushes, r.rate(),
+			r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond))
+	}
+	var raw, e2e []float64
+	for _, r := range res {
+		if r.Name == "apns2 raw" {
+			raw = append(raw, r.rate())
+		} else {
+			e2e = append(e2e, r.rate())
+		}
+	}
+	for i := range min(len(raw), len(e2e)) {
+		fmt.Fprintf(stdout, "round %d: end to end / raw = %.2f\n", i+1, e2e[i]/raw[i])
+	}
+	return nil
+}
+
+// benchPush runs rounds of (raw, end to end) against one APNS test server.
+func benchPush(ctx context.Context, pushes, conc, rounds int) ([]benchPushResult, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	srv := apnstest.NewServer(apnstest.Options{TokenKey: &key.PublicKey})
+	defer srv.Close()
+	dir, err := os.MkdirTemp("", "pushd-bench-push-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	keyFile, caFile := filepath.Join(dir, "AuthKey.p8"), filepath.Join(dir, "apns-ca.pem")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		return nil, err
+	}
+	cfg := defaultPushFileConfig()
+	cfg.APNS.Endpoint, cfg.APNS.CAFile, cfg.APNS.KeyFile = srv.URL, caFile, keyFile
+	cfg.APNS.KeyID, cfg.APNS.TeamID, cfg.APNS.Topic = "KEY1234567", "TEAM123456", "com.example.pushd"
+
+	e, err := newBenchPushEnv(cfg, filepath.Join(dir, "db"), pushes, conc)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	raw := apns2.NewTokenClient(&token.Token{AuthKey: key, KeyID: cfg.APNS.KeyID, TeamID: cfg.APNS.TeamID})
+	raw.Host, raw.HTTPClient = srv.URL, srv.Client()
+	// Warm both paths (TLS handshakes, JWT, badger memtables).
+	if _, err := benchRaw(ctx, raw, cfg.APNS.Topic, min(pushes, 500), conc); err != nil {
+		return nil, err
+	}
+	if _, err := e.run(ctx, min(pushes, 500)); err != nil {
+		return nil, err
+	}
+	var out []benchPushResult
+	for range rounds {
+		r, err := benchRaw(ctx, raw, cfg.APNS.Topic, pushes, conc)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+		r, err = e.run(ctx, pushes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// benchRaw is the ceiling: the request the dispatcher sends (same topic,
+// priority, encrypted body of the same size), sent by apns2 directly.
+func benchRaw(ctx context.Context, c *apns2.Client, topic string, pushes, conc int) (benchPushResult, error) {
+	var k [payload.KeySize]byte
+	sealed, err := payload.Prepare(&k, payload.Payload{Type: payload.TypeMessage, From: "bench@localhost", Body: "bench message", Count: 1}, "")
+	if err != nil {
+		return benchPushResult{}, err
+	}
+	body, err := payload.APNSBody(payload.ChannelMessage, dispatch.NewTrackingID(), sealed)
+	if err != nil {
+		return benchPushResult{}, err
+	}
+	lat := make([]time.Duration, pushes)
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= pushes {
+					return
+				}
+				t0 := time.Now()
+				n := &apns2.Notification{DeviceToken: benchToken(i), Topic: topic, Payload: body, Priority: 10,
+					PushType: apns2.PushTypeAlert, ApnsID: dispatch.NewTrackingID()}
+				resp, err := c.PushWithContext(ctx, n)
+				if err == nil && resp.StatusCode != 200 {
+					err = fmt.Errorf("apns %d %s", resp.StatusCode, resp.Reason)
+				}
+				if err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+				lat[i] = time.Since(t0)
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return benchPushResult{}, fmt.Errorf("bench push raw: %w", firstErr)
+	}
+	return summarise("apns2 raw", lat, time.Since(start)), nil
+}
+
+// benchPushEnv is the push stack of `pushd serve` on a fresh badger
+// directory, with one registered device per push so that coalescing and
+// the per-device rate limit (which exist to hold pushes back) stay out of
+// the throughput figure.
+type benchPushEnv struct {
+	db   *store.DB
+	s    *pushStack
+	comp *component.Component
+	devs []component.Device
+	conc int
+	used int
+
+	mu    sync.Mutex
+	start map[string]benchWait // token → publish time and waiter
+	lat   []time.Duration
+}
+
+type benchWait struct {
+	t0   time.Time
+	done chan struct{}
+}
+
+func newBenchPushEnv(cfg pushFileConfig, dir string, pushes, conc int) (*benchPushEnv, error) {
+	db, err := store.Open(store.Config{Dir: dir, Domain: "localhost", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		return nil, err
+	}
+	e := &benchPushEnv{db: db, conc: conc, start: map[string]benchWait{}}
+	// The node's log at its default level (info: one line per publish and
+	// per attempt), formatted and discarded.
+	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	e.s, err = startPushWith(cfg, db, pushOptions{Domain: "push.localhost", Secret: "bench", Router: "unused:0", Logger: log},
+		func(c *dispatch.Config) { c.CoalesceWindow, c.DeviceBurst = 0, 1<<30 }, e.watch)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	e.comp = e.s.component
+	var k [payload.KeySize]byte
+	_, _ = rand.Read(k[:])
+	total := 4*pushes + 500 // warm-up and rounds
+	e.devs = make([]component.Device, 0, total)
+	for i := range total {
+		d, _, err := e.s.registry.Register(component.RegisterRequest{Account: fmt.Sprintf("bench%d@localhost", i), DeviceID: "phone",
+			Provider: dispatch.APNS, Token: benchToken(1_000_000 + i), Key: &k, Kind: "mobile", Command: "p2"})
+		if err != nil {
+			e.close()
+			return nil, err
+		}
+		e.devs = append(e.devs, d)
+	}
+	return e, nil
+}
+
+// watch is the provider wrapper: it records when each push's answer came.
+func (e *benchPushEnv) watch(p dispatch.Provider) dispatch.Provider { return benchProvider{p, e} }
+
+type benchProvider struct {
+	dispatch.Provider
+	e *benchPushEnv
+}
+
+func (p benchProvider) Send(ctx context.Context, push dispatch.Push) dispatch.Outcome {
+	out := p.Provider.Send(ctx, push)
+	now := time.Now()
+	e := p.e
+	e.mu.Lock()
+	if w, ok := e.start[push.Registration.Token]; ok && out.Result == dispatch.Delivered {
+		delete(e.start, push.Registration.Token)
+		e.lat = append(e.lat, now.Sub(w.t0))
+		close(w.done)
+	}
+	e.mu.Unlock()
+	return out
+}
+
+// run publishes n pushes from conc publishers, each waiting for its push's
+// answer before the next publish: conc pushes in flight, as many as the raw
+// path has, so rates and latencies compare.
+func (e *benchPushEnv) run(ctx context.Context, n int) (benchPushResult, error) {
+	if e.used+n > len(e.devs) {
+		return benchPushResult{}, errors.New("bench push: out of devices")
+	}
+	devs := e.devs[e.used : e.used+n]
+	e.used += n
+	e.mu.Lock()
+	e.lat = make([]time.Duration, 0, n)
+	e.mu.Unlock()
+	var next atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < e.conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				d := devs[i]
+				iq := benchPublish(fmt.Sprintf("b%d", i), d.Node, d.Secret)
+				w := benchWait{t0: time.Now(), done: make(chan struct{})}
+				e.mu.Lock()
+				e.start[d.Token] = w
+				e.mu.Unlock()
+				if r := e.comp.Handle(ctx, iq); r == nil || r.Get("type") != "result" {
+					failed.Store(fmt.Sprint(r))
+					return
+				}
+				select {
+				case <-w.done:
+				case <-time.After(time.Minute):
+					failed.Store("no answer within a minute")
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f != nil {
+		return benchPushResult{}, fmt.Errorf("bench push: publish refused: %v", f)
+	}
+	elapsed := time.Since(start)
+	e.mu.Lock()
+	lat := e.lat
+	e.mu.Unlock()
+	return summarise("publish→apns (end to end)", lat, elapsed), nil
+}
+
+func (e *benchPushEnv) close() {
+	if e.s != nil {
+		e.s.close()
+	}
+	_ = e.db.Close()
+}
+
+// benchPublish is the publish a router sends: XEP-0357 with the summary
+// form and the secret in publish-options, as pushd's own router does.
+func benchPublish(id, node, secret string) *stanza.Element {
+	const nsData, nsPubsub = "jabber:x:data", "http://jabber.org/protocol/pubsub"
+	field := func(v, val string) *stanza.Element {
+		return stanza.New(nsData, "field", "var", v).Add(stanza.New(nsData, "value").AddText(val))
+	}
+	sum := stanza.New(nsData, "x", "type", "submit").Add(field("FORM_TYPE", "urn:xmpp:push:summary"),
+		field("message-count", "1"), field("last-message-sender", "bench@localhost/desk"), field("last-message-body", "bench message"))
+	ps := stanza.New(nsPubsub, "pubsub").Add(
+		stanza.New(nsPubsub, "publish", "node", node).Add(
+			stanza.New(nsPubsub, "item").Add(stanza.New(stanza.NSPush, "notification").Add(sum))),
+		stanza.New(nsPubsub, "publish-options").Add(stanza.New(nsData, "x", "type", "submit").Add(
+			field("FORM_TYPE", "http://jabber.org/protocol/pubsub#publish-options"), field("secret", secret))))
+	return stanza.New(stanza.NSClient, "iq", "type", "set", "id", id, "from", "localhost", "to", "push.localhost").Add(ps)
+}
+
+func benchToken(i int) string { return fmt.Sprintf("%064x", i) }
+
+func summarise(name string, lat []time.Duration, elapsed time.Duration) benchPushResult {
+	slices.Sort(lat)
+	r := benchPushResult{Name: name, Pushes: len(lat), Elapsed: elapsed}
+	if len(lat) > 0 {
+		r.P50, r.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+	}
+	return r
+}
