@@ -62,6 +62,7 @@ type Deps struct {
 type Dispatcher struct {
 	cfg   Config
 	db    *badger.DB
+	store *committer
 	hook  DeadTokenHook
 	m     *Metrics
 	log   *slog.Logger
@@ -116,6 +117,7 @@ func New(cfg Config, deps Deps) (*Dispatcher, error) {
 		cancel()
 		return nil, err
 	}
+	d.store = newCommitter(deps.DB, &d.cfg)
 	capacity := max(cfg.MaxPending, len(stored))
 	for name, p := range deps.Providers {
 		d.lanes[name] = &lane{name: name, prov: p, queue: make(chan *Push, capacity)}
@@ -171,6 +173,7 @@ func (d *Dispatcher) Close() error {
 	d.mu.Unlock()
 	d.cancel()
 	d.wg.Wait()
+	d.store.close()
 	return nil
 }
 
@@ -253,27 +256,14 @@ func (d *Dispatcher) accept(tid string, job Job) (*Push, *lane, error) {
 }
 
 // persistNew stores a new push unless its tracking id was seen before.
+// It returns once the push is committed, in a transaction shared with the
+// other writes waiting at that moment.
 func (d *Dispatcher) persistNew(p *Push) error {
 	val, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("dispatch: encode: %w", err)
 	}
-	err = d.db.Update(func(txn *badger.Txn) error {
-		for _, k := range []string{prefixJob, prefixDone} {
-			_, err := txn.Get([]byte(k + p.TrackingID))
-			if err == nil {
-				return ErrDuplicate
-			}
-			if !errors.Is(err, badger.ErrKeyNotFound) {
-				return err
-			}
-		}
-		return txn.Set([]byte(prefixJob+p.TrackingID), val)
-	})
-	if err != nil && !errors.Is(err, ErrDuplicate) {
-		return fmt.Errorf("dispatch: persist: %w", err)
-	}
-	return err
+	return d.store.do(&writeOp{kind: opNew, tid: p.TrackingID, val: val})
 }
 
 func (d *Dispatcher) refused(err error) {
@@ -488,20 +478,13 @@ func (d *Dispatcher) persist(p *Push) error {
 	if err != nil {
 		return err
 	}
-	return d.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(prefixJob+p.TrackingID), val) })
+	return d.store.do(&writeOp{kind: opUpdate, tid: p.TrackingID, val: val})
 }
 
 // finish ends a push: removes it from the store, remembers its tracking id
 // for DoneTTL, and records the final outcome.
 func (d *Dispatcher) finish(l *lane, p *Push, outcome string) {
-	err := d.db.Update(func(txn *badger.Txn) error {
-		if err := txn.Delete([]byte(prefixJob + p.TrackingID)); err != nil {
-			return err
-		}
-		e := badger.NewEntry([]byte(prefixDone+p.TrackingID), []byte(outcome)).WithTTL(d.cfg.DoneTTL)
-		return txn.SetEntry(e)
-	})
-	if err != nil {
+	if err := d.store.do(&writeOp{kind: opFinish, tid: p.TrackingID, val: []byte(outcome)}); err != nil {
 		// The provider answered; only a resend after restart can follow.
 		d.log.Error("dispatch: record answer", "tid", p.TrackingID, "err", err)
 	}
@@ -521,7 +504,7 @@ func (d *Dispatcher) finish(l *lane, p *Push, outcome string) {
 
 // forget drops a stored push that cannot be sent.
 func (d *Dispatcher) forget(p *Push) error {
-	return d.db.Update(func(txn *badger.Txn) error { return txn.Delete([]byte(prefixJob + p.TrackingID)) })
+	return d.store.do(&writeOp{kind: opForget, tid: p.TrackingID})
 }
 
 func (d *Dispatcher) setPending() {

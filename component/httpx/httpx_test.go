@@ -1,18 +1,12 @@
 package httpx_test
 
 import (
-	"bufio"
 	"context"
-	"crypto/md5"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,104 +14,8 @@ import (
 
 	"pushd/component/httpx"
 	"pushd/internal/apnstest"
+	"pushd/internal/proxytest"
 )
-
-// proxy is a small CONNECT proxy requiring Digest (or Basic) auth.
-type proxy struct {
-	ln              net.Listener
-	user, pass      string
-	basic           bool
-	closeAfter407   bool
-	connects, authd atomic.Int32
-	wg              sync.WaitGroup
-}
-
-const realm, nonce, opaque = "pushd-test", "dcd98b7102dd2f0e8b11d0f600bfb0c093", "5ccc069c403ebaf9f0171e9517f40e41"
-
-func newProxy(t *testing.T, user, pass string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, user: user, pass: pass}
-	go p.accept()
-	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
-	return p
-}
-
-func (p *proxy) url() string { return "http://" + p.ln.Addr().String() }
-
-func (p *proxy) accept() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.wg.Add(1)
-		go func() { defer p.wg.Done(); p.handle(c) }()
-	}
-}
-
-func md5hex(s string) string { h := md5.Sum([]byte(s)); return hex.EncodeToString(h[:]) }
-
-func (p *proxy) ok(req *http.Request) bool {
-	auth := req.Header.Get("Proxy-Authorization")
-	if p.basic {
-		return auth == "Basic "+base64.StdEncoding.EncodeToString([]byte(p.user+":"+p.pass))
-	}
-	rest, ok := strings.CutPrefix(auth, "Digest ")
-	if !ok {
-		return false
-	}
-	f := map[string]string{}
-	for _, kv := range strings.Split(rest, ", ") {
-		k, v, _ := strings.Cut(kv, "=")
-		f[k] = strings.Trim(v, `"`)
-	}
-	if f["username"] != p.user || f["nonce"] != nonce || f["opaque"] != opaque || f["uri"] != req.Host {
-		return false
-	}
-	ha1 := md5hex(p.user + ":" + realm + ":" + p.pass)
-	ha2 := md5hex("CONNECT:" + f["uri"])
-	return f["response"] == md5hex(ha1+":"+nonce+":"+f["nc"]+":"+f["cnonce"]+":auth:"+ha2)
-}
-
-func (p *proxy) handle(c net.Conn) {
-	defer c.Close()
-	br := bufio.NewReader(c)
-	for {
-		req, err := http.ReadRequest(br)
-		if err != nil || req.Method != http.MethodConnect {
-			return
-		}
-		p.connects.Add(1)
-		if !p.ok(req) {
-			hdr := "Proxy-Authenticate: Basic realm=\"" + realm + "\"\r\n"
-			if !p.basic {
-				hdr = `Proxy-Authenticate: Digest realm="` + realm + `", qop="auth", nonce="` + nonce + `", opaque="` + opaque + `", algorithm=MD5` + "\r\n"
-			}
-			conn := ""
-			if p.closeAfter407 {
-				conn = "Connection: close\r\n"
-			}
-			io.WriteString(c, "HTTP/1.1 407 Proxy Authentication Required\r\n"+hdr+conn+"Content-Length: 0\r\n\r\n")
-			if p.closeAfter407 {
-				return
-			}
-			continue
-		}
-		p.authd.Add(1)
-		up, err := net.Dial("tcp", req.Host)
-		if err != nil {
-			io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-			return
-		}
-		io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
-		go func() { io.Copy(up, br); up.Close() }()
-		io.Copy(c, up)
-		return
-	}
-}
 
 func pushThrough(t *testing.T, srv *apnstest.Server, cfg httpx.Config) (*apns2.Response, error) {
 	t.Helper()
@@ -140,19 +38,19 @@ func TestProxyDigest(t *testing.T) {
 	for _, closeAfter := range []bool{false, true} {
 		srv := apnstest.NewServer(apnstest.Options{})
 		defer srv.Close()
-		p := newProxy(t, "alice", "s3cret")
-		p.closeAfter407 = closeAfter
+		p := proxytest.Start(t, "alice", "s3cret", false)
+		p.CloseAfter407 = closeAfter
 		// No provider auth here: the server answers 403, which proves the
 		// request went through the tunnel.
-		resp, err := pushThrough(t, srv, httpx.Config{Proxy: &httpx.Proxy{URL: p.url(), Auth: "digest", User: "alice", Password: "s3cret"}})
+		resp, err := pushThrough(t, srv, httpx.Config{Proxy: &httpx.Proxy{URL: p.URL(), Auth: "digest", User: "alice", Password: "s3cret"}})
 		if err != nil {
 			t.Fatalf("closeAfter407=%v: push through digest proxy: %v", closeAfter, err)
 		}
 		if len(srv.Requests()) != 1 || resp.StatusCode == 0 {
 			t.Fatalf("server saw %d requests, status %d", len(srv.Requests()), resp.StatusCode)
 		}
-		if p.connects.Load() != 2 || p.authd.Load() != 1 {
-			t.Fatalf("connects=%d authenticated=%d, want 2 and 1", p.connects.Load(), p.authd.Load())
+		if p.Connects.Load() != 2 || p.Authorised.Load() != 1 {
+			t.Fatalf("connects=%d authenticated=%d, want 2 and 1", p.Connects.Load(), p.Authorised.Load())
 		}
 	}
 }
@@ -160,9 +58,9 @@ func TestProxyDigest(t *testing.T) {
 func TestProxyWrongCredentials(t *testing.T) {
 	srv := apnstest.NewServer(apnstest.Options{})
 	defer srv.Close()
-	p := newProxy(t, "alice", "s3cret")
+	p := proxytest.Start(t, "alice", "s3cret", false)
 	for _, auth := range []string{"digest", "basic", ""} {
-		_, err := pushThrough(t, srv, httpx.Config{Proxy: &httpx.Proxy{URL: p.url(), Auth: auth, User: "alice", Password: "wrong"}})
+		_, err := pushThrough(t, srv, httpx.Config{Proxy: &httpx.Proxy{URL: p.URL(), Auth: auth, User: "alice", Password: "wrong"}})
 		if !errors.Is(err, httpx.ErrProxyAuth) {
 			t.Fatalf("auth %q: err = %v, want ErrProxyAuth", auth, err)
 		}
@@ -178,13 +76,12 @@ func TestProxyWrongCredentials(t *testing.T) {
 func TestProxyBasic(t *testing.T) {
 	srv := apnstest.NewServer(apnstest.Options{})
 	defer srv.Close()
-	p := newProxy(t, "bob", "pw")
-	p.basic = true
-	if _, err := pushThrough(t, srv, httpx.Config{Proxy: &httpx.Proxy{URL: p.url(), Auth: "basic", User: "bob", Password: "pw"}}); err != nil {
+	p := proxytest.Start(t, "bob", "pw", true)
+	if _, err := pushThrough(t, srv, httpx.Config{Proxy: &httpx.Proxy{URL: p.URL(), Auth: "basic", User: "bob", Password: "pw"}}); err != nil {
 		t.Fatal(err)
 	}
-	if p.authd.Load() != 1 || len(srv.Requests()) != 1 {
-		t.Fatalf("authd=%d requests=%d", p.authd.Load(), len(srv.Requests()))
+	if p.Authorised.Load() != 1 || len(srv.Requests()) != 1 {
+		t.Fatalf("authd=%d requests=%d", p.Authorised.Load(), len(srv.Requests()))
 	}
 }
 

@@ -31,6 +31,9 @@ type Proxy struct {
 	ln         net.Listener
 	user, pass string
 	basic      bool
+	// CloseAfter407 makes the proxy close the connection after asking for
+	// credentials, as some proxies do; set it before the first request.
+	CloseAfter407 bool
 	// Connects counts CONNECT requests; Authorised those let through.
 	Connects, Authorised atomic.Int32
 	wg                   sync.WaitGroup
@@ -101,6 +104,10 @@ func (p *Proxy) handle(c net.Conn) {
 			hdr := "Proxy-Authenticate: Basic realm=\"" + Realm + "\"\r\n"
 			if !p.basic {
 				hdr = `Proxy-Authenticate: Digest realm="` + Realm + `", qop="auth", nonce="` + Nonce + `", opaque="` + Opaque + `", algorithm=MD5` + "\r\n"
+			}
+			if p.CloseAfter407 {
+				_, _ = io.WriteString(c, "HTTP/1.1 407 Proxy Authentication Required\r\n"+hdr+"Connection: close\r\nContent-Length: 0\r\n\r\n")
+				return
 			}
 			_, _ = io.WriteString(c, "HTTP/1.1 407 Proxy Authentication Required\r\n"+hdr+"Content-Length: 0\r\n\r\n")
 			continue
