@@ -572,7 +572,17 @@ func (m *Machine) restore(st State) {
 // recovery does, and ties those with a replicated XEP-0198 session to
 // their stream so the client can resume here.
 func (m *Machine) stepAdopt(e Adopt) {
-	m.restore(State{Queues: e.Queues, Registrations: e.Registrations})
+	queues := maps.Clone(e.Queues)
+	if queues == nil {
+		queues = map[string]QueueInfo{}
+	}
+	for k := range e.Streams {
+		if _, ok := queues[k]; !ok {
+			// A resumable session with nothing queued still comes back.
+			queues[k] = QueueInfo{}
+		}
+	}
+	m.restore(State{Queues: queues, Registrations: e.Registrations})
 	for _, d := range m.restoring {
 		if id := e.Streams[d.key]; id != 0 && m.streams[id] == nil {
 			d.stream = id
