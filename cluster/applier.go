@@ -59,12 +59,13 @@ func apply(a Applier, from string, r Record) error {
 	return errUnknownRecord
 }
 
-// AsyncStanzaApplier is an Applier that applies a forwarded stanza at once
-// (in order) but makes what it caused durable later: the record is
-// acknowledged to the sender only when wait returns. Applying it inline
-// instead would hold this peer's stream while the stanza's own
-// replication waits for an acknowledgement, and two nodes forwarding to
-// each other while each is the other's backup would wait on each other.
-type AsyncStanzaApplier interface {
-	ApplyStanzaAsync(from string, r StanzaRecord) (wait func() error, err error)
+// AsyncApplier is an Applier that applies records at once, in order, but
+// makes them durable later: the Replicator goes on with the next record
+// and acknowledges a frame to its sender only when the waits of its
+// records returned. A queue that commits in groups then takes one fsync
+// for many records instead of one each; and a forwarded stanza, whose
+// durability includes its own replication, holds no stream while it waits
+// (two nodes forwarding to each other would otherwise wait on each other).
+type AsyncApplier interface {
+	ApplyAsync(from string, r Record) (wait func() error, err error)
 }

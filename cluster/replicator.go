@@ -836,8 +836,8 @@ func (r *Replicator) serve(s Stream) error {
 		}
 	}
 
-	// Frames whose stanzas are not yet durable are acknowledged in order by
-	// durableAcks once their waits return (AsyncStanzaApplier).
+	// Frames whose records are not yet durable are acknowledged in order by
+	// durableAcks once their waits return (AsyncApplier).
 	type pendingAck struct {
 		seq   uint64
 		waits []func() error
@@ -851,13 +851,13 @@ func (r *Replicator) serve(s Stream) error {
 			for _, w := range p.waits {
 				if err := w(); err != nil {
 					r.m.applyErrors.Inc()
-					r.log.Error("cluster: forwarded stanza not durable", "peer", from, "err", err)
+					r.log.Error("cluster: replicated record not durable", "peer", from, "err", err)
 				}
 			}
 			ack(p.seq)
 		}
 	}()
-	async, _ := r.app.(AsyncStanzaApplier)
+	async, _ := r.app.(AsyncApplier)
 
 	for {
 		p, err := s.ReadFrame()
@@ -885,8 +885,8 @@ func (r *Replicator) serve(s Stream) error {
 			if err != nil {
 				return err
 			}
-			if sr, ok := rec.(StanzaRecord); ok && async != nil {
-				w, err := async.ApplyStanzaAsync(from, sr)
+			if async != nil {
+				w, err := async.ApplyAsync(from, rec)
 				if err != nil {
 					r.m.applyErrors.Inc()
 					return fmt.Errorf("cluster: replication: apply %s from %s: %w", rec.Type(), from, err)

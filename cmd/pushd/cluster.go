@@ -333,23 +333,47 @@ func (cn *clusterNode) ApplyAccount(_ string, r cluster.AccountRecord) error {
 }
 
 func (cn *clusterNode) ApplyStanza(from string, r cluster.StanzaRecord) error {
-	w, err := cn.ApplyStanzaAsync(from, r)
+	w, err := cn.ApplyAsync(from, r)
 	if err != nil {
 		return err
 	}
 	return w()
 }
 
-// ApplyStanzaAsync routes a forwarded stanza at once; its sender's node is
-// acknowledged when the wait returns (cluster.AsyncStanzaApplier).
-func (cn *clusterNode) ApplyStanzaAsync(_ string, r cluster.StanzaRecord) (func() error, error) {
-	el, err := parseStanza(r.Stanza)
-	if err != nil {
-		// A stanza we cannot read is dropped, not retried forever.
-		return func() error { return nil }, nil
+// ApplyAsync applies a peer's record at once and returns a wait for its
+// durability (cluster.AsyncApplier): queue writes go to the group
+// committer, a forwarded stanza is routed now.
+func (cn *clusterNode) ApplyAsync(from string, rec cluster.Record) (func() error, error) {
+	done := func() error { return nil }
+	switch r := rec.(type) {
+	case cluster.QueueAppend:
+		entries, err := decodeEntries(r.Entries)
+		if err != nil {
+			return nil, err
+		}
+		return cn.n.queue.AppendAsync(r.Device, entries), nil
+	case cluster.QueueTrim:
+		return cn.n.queue.TrimAsync(r.Device, r.Through), nil
+	case cluster.QueueRemove:
+		return cn.n.queue.RemoveAsync(r.Device, r.Seqs), nil
+	case cluster.QueueDrop:
+		return cn.n.queue.DropAsync(r.Device), nil
+	case cluster.StanzaRecord:
+		el, err := parseStanza(r.Stanza)
+		if err != nil {
+			// A stanza we cannot read is dropped, not retried forever.
+			return done, nil
+		}
+		cn.awaitHome(el)
+		return cn.n.router.StepForwardedAsync(el, len(r.Stanza)), nil
+	case cluster.SessionRecord:
+		return done, cn.ApplySession(from, r)
+	case cluster.SessionGone:
+		return done, cn.ApplySessionGone(from, r)
+	case cluster.AccountRecord:
+		return done, cn.ApplyAccount(from, r)
 	}
-	cn.awaitHome(el)
-	return cn.n.router.StepForwardedAsync(el, len(r.Stanza)), nil
+	return nil, fmt.Errorf("cluster: unknown record %T", rec)
 }
 
 // awaitHome holds a forwarded stanza whose recipient this node does not

@@ -15,7 +15,7 @@ import (
 
 // clusterOf starts n nodes in this process, joined into one cluster on
 // 127.0.0.1, each with its own c2s and component listeners.
-func clusterOf(t *testing.T, count int, mutate func(i int, c *fileConfig)) []*testNode {
+func clusterOf(t testing.TB, count int, mutate func(i int, c *fileConfig)) []*testNode {
 	t.Helper()
 	ports := peertest.FreePorts(t, 2*count)
 	var nodes []*testNode
