@@ -34,6 +34,8 @@ type Applier interface {
 	// ApplyStanza routes a forwarded stanza; it returns once what the
 	// stanza caused is as durable as a local stanza's would be.
 	ApplyStanza(from string, r StanzaRecord) error
+	// ApplyRegistry stores or removes a push device registration.
+	ApplyRegistry(from string, r RegistryRecord) error
 }
 
 // apply dispatches r to the matching Applier method.
@@ -55,6 +57,8 @@ func apply(a Applier, from string, r Record) error {
 		return a.ApplyAccount(from, r)
 	case StanzaRecord:
 		return a.ApplyStanza(from, r)
+	case RegistryRecord:
+		return a.ApplyRegistry(from, r)
 	}
 	return errUnknownRecord
 }

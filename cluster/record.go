@@ -33,6 +33,7 @@ const (
 	TypeSessionGone RecordType = 6
 	TypeAccount     RecordType = 7
 	TypeStanza      RecordType = 8
+	TypeRegistry    RecordType = 9
 )
 
 func (t RecordType) String() string {
@@ -53,6 +54,8 @@ func (t RecordType) String() string {
 		return "account"
 	case TypeStanza:
 		return "stanza"
+	case TypeRegistry:
+		return "registry"
 	}
 	return fmt.Sprintf("record(%d)", uint8(t))
 }
@@ -124,14 +127,29 @@ type AccountRecord struct {
 	Data    []byte
 }
 
-func (QueueAppend) Type() RecordType   { return TypeQueueAppend }
-func (QueueTrim) Type() RecordType     { return TypeQueueTrim }
-func (QueueRemove) Type() RecordType   { return TypeQueueRemove }
-func (QueueDrop) Type() RecordType     { return TypeQueueDrop }
-func (SessionRecord) Type() RecordType { return TypeSession }
-func (SessionGone) Type() RecordType   { return TypeSessionGone }
-func (AccountRecord) Type() RecordType { return TypeAccount }
-func (StanzaRecord) Type() RecordType  { return TypeStanza }
+func (QueueAppend) Type() RecordType    { return TypeQueueAppend }
+func (QueueTrim) Type() RecordType      { return TypeQueueTrim }
+func (QueueRemove) Type() RecordType    { return TypeQueueRemove }
+func (QueueDrop) Type() RecordType      { return TypeQueueDrop }
+func (SessionRecord) Type() RecordType  { return TypeSession }
+func (SessionGone) Type() RecordType    { return TypeSessionGone }
+func (AccountRecord) Type() RecordType  { return TypeAccount }
+func (StanzaRecord) Type() RecordType   { return TypeStanza }
+func (RegistryRecord) Type() RecordType { return TypeRegistry }
+
+// RegistryRecord is one push-component device registration (by its
+// node), replicated to every node like accounts so that any node's
+// component can serve the device's pushes; Data nil removes it. The data
+// is the component's own encoding, opaque here.
+type RegistryRecord struct {
+	Node string
+	Data []byte
+}
+
+func (r RegistryRecord) appendBody(b []byte) []byte {
+	b = appendString(b, r.Node)
+	return appendBytes(b, r.Data)
+}
 
 // StanzaRecord carries a stanza to the node where its recipient's
 // sessions live (routing across nodes): the sender's node stamped 'from'.
@@ -257,6 +275,12 @@ func DecodeRecord(b []byte) (Record, []byte, error) {
 		r = a
 	case TypeStanza:
 		r = StanzaRecord{Stanza: d.bytes()}
+	case TypeRegistry:
+		rr := RegistryRecord{Node: d.string()}
+		if data := d.bytes(); len(data) > 0 {
+			rr.Data = data
+		}
+		r = rr
 	default:
 		return nil, nil, fmt.Errorf("%w %d", errUnknownRecord, t)
 	}

@@ -99,6 +99,8 @@ func (a *memApplier) ApplyStanza(_ string, r StanzaRecord) error {
 	return nil
 }
 
+func (a *memApplier) ApplyRegistry(string, RegistryRecord) error { return nil }
+
 func (a *memApplier) snapshot() (order []string, applied int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -130,6 +130,80 @@ type Registry struct {
 	key []byte
 	now func() time.Time
 	mu  sync.Mutex // serialises register/unregister of one registry
+	// onChange hears of every registration created, changed or removed,
+	// so that a cluster can copy it to the other nodes.
+	onChange func(node string)
+}
+
+// SetRegistryKey makes key the registry's hash key in db, before
+// OpenRegistry. Nodes of a cluster share one (derived from the cluster's
+// secret) so that the hashed account and device ids they store agree.
+// Registrations hashed under another key are no longer found.
+func SetRegistryKey(db *badger.DB, key []byte) error {
+	k := sha256.Sum256(append([]byte("pushd registry key\x00"), key...))
+	return db.Update(func(txn *badger.Txn) error { return txn.Set(keyHMAC, k[:]) })
+}
+
+// OnChange registers fn to hear of every registration created, changed
+// or removed (by node). fn must not call back into the registry's writes.
+func (r *Registry) OnChange(fn func(node string)) {
+	r.mu.Lock()
+	r.onChange = fn
+	r.mu.Unlock()
+}
+
+func (r *Registry) changed(node string) {
+	if r.onChange != nil {
+		r.onChange(node)
+	}
+}
+
+// Export returns node's stored registration record, for another node of
+// the cluster (ErrNotFound when there is none).
+func (r *Registry) Export(node string) ([]byte, error) {
+	var v []byte
+	err := r.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(nodeKey(node))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		v, err = item.ValueCopy(nil)
+		return err
+	})
+	return v, err
+}
+
+// Import stores a record another node exported, with its indexes, or
+// removes node's registration when data is nil. Replaying it is harmless.
+func (r *Registry) Import(node string, data []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.db.Update(func(txn *badger.Txn) error {
+		if data == nil {
+			d, err := getDevice(txn, node)
+			if errors.Is(err, ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			return deleteDevice(txn, d)
+		}
+		var d Device
+		if err := json.Unmarshal(data, &d); err != nil || d.Node != node {
+			return fmt.Errorf("component: registry: bad replicated record")
+		}
+		if err := txn.Set(nodeKey(node), data); err != nil {
+			return err
+		}
+		if err := txn.Set(deviceKey(d.DeviceID), []byte(node)); err != nil {
+			return err
+		}
+		return txn.Set(accountKey(d.Account, node), nil)
+	})
 }
 
 // OpenRegistry opens the registry in db, creating its hash key on first use.
@@ -253,6 +327,7 @@ func (r *Registry) Register(req RegisterRequest) (Device, bool, error) {
 	if err != nil {
 		return Device{}, false, fmt.Errorf("component: register: %w", err)
 	}
+	r.changed(d.Node)
 	return d, created, nil
 }
 
@@ -331,13 +406,17 @@ func (r *Registry) Check(node, secret, from string) (Device, error) {
 func (r *Registry) Remove(node string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.db.Update(func(txn *badger.Txn) error {
+	err := r.db.Update(func(txn *badger.Txn) error {
 		d, err := getDevice(txn, node)
 		if err != nil {
 			return err
 		}
 		return deleteDevice(txn, d)
 	})
+	if err == nil {
+		r.changed(node)
+	}
+	return err
 }
 
 func deleteDevice(txn *badger.Txn, d Device) error {
@@ -403,7 +482,8 @@ func (r *Registry) List() ([]Device, error) {
 func (r *Registry) DeadToken(_ context.Context, reg dispatch.Registration) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.db.Update(func(txn *badger.Txn) error {
+	removed := false
+	err := r.db.Update(func(txn *badger.Txn) error {
 		d, err := getDevice(txn, reg.ID)
 		if errors.Is(err, ErrNotFound) {
 			return nil
@@ -414,8 +494,13 @@ func (r *Registry) DeadToken(_ context.Context, reg dispatch.Registration) error
 		if d.Token != reg.Token {
 			return nil // renewed since; the new token is not known dead
 		}
+		removed = true
 		return deleteDevice(txn, d)
 	})
+	if err == nil && removed {
+		r.changed(reg.ID)
+	}
+	return err
 }
 
 func getString(txn *badger.Txn, key []byte) (string, error) {

@@ -257,6 +257,21 @@ func (cn *clusterNode) broadcastAccount(user jid.JID, deleted bool) error {
 	return nil
 }
 
+// registrationChanged copies a push registration, as it now is, to every
+// other node (nil data: removed).
+func (cn *clusterNode) registrationChanged(node string) {
+	data, err := cn.n.push.registry.Export(node)
+	if err != nil {
+		data = nil
+	}
+	w := cn.c.Broadcast(context.Background(), cluster.RegistryRecord{Node: node, Data: data})
+	go func() {
+		if err := w(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
+			cn.log.Warn("cluster: push registration not replicated", "err", err)
+		}
+	}()
+}
+
 // --- cluster.Applier: what peers replicate here ---
 
 func decodeEntries(es []cluster.Entry) ([]jsm.Entry, error) {
@@ -332,6 +347,13 @@ func (cn *clusterNode) ApplyAccount(_ string, r cluster.AccountRecord) error {
 	return nil
 }
 
+func (cn *clusterNode) ApplyRegistry(_ string, r cluster.RegistryRecord) error {
+	if cn.n.push == nil {
+		return nil // no push component here: nothing to serve
+	}
+	return cn.n.push.registry.Import(r.Node, r.Data)
+}
+
 func (cn *clusterNode) ApplyStanza(from string, r cluster.StanzaRecord) error {
 	w, err := cn.ApplyAsync(from, r)
 	if err != nil {
@@ -372,6 +394,8 @@ func (cn *clusterNode) ApplyAsync(from string, rec cluster.Record) (func() error
 		return done, cn.ApplySessionGone(from, r)
 	case cluster.AccountRecord:
 		return done, cn.ApplyAccount(from, r)
+	case cluster.RegistryRecord:
+		return done, cn.ApplyRegistry(from, r)
 	}
 	return nil, fmt.Errorf("cluster: unknown record %T", rec)
 }
@@ -430,11 +454,19 @@ func (cn *clusterNode) sendAccounts(to string) {
 		}
 		recs = append(recs, cluster.AccountRecord{User: u.String(), Data: data})
 	}
+	if cn.n.push != nil {
+		devs, _ := cn.n.push.registry.List()
+		for _, d := range devs {
+			if data, err := cn.n.push.registry.Export(d.Node); err == nil {
+				recs = append(recs, cluster.RegistryRecord{Node: d.Node, Data: data})
+			}
+		}
+	}
 	if len(recs) == 0 {
 		return
 	}
 	if err := cn.c.Send(context.Background(), to, recs...)(); err != nil {
-		cn.log.Warn("cluster: accounts not sent to a new member", "node", to, "err", err)
+		cn.log.Warn("cluster: accounts and push registrations not sent to a new member", "node", to, "err", err)
 	}
 }
 

@@ -180,3 +180,55 @@ func TestFailoverToBackup(t *testing.T) {
 func plainAuth(user, pw string) string {
 	return base64Std("\x00" + user + "\x00" + pw)
 }
+
+// H3 with pushd's own push component: a phone registered and hibernated
+// on its primary is still pushed, through APNS, by the backup's component
+// after the primary crashes (registrations are replicated to every node).
+func TestFailoverOwnPush(t *testing.T) {
+	peertest.RequirePeer(t, peertest.PeerSlixmpp)
+	apns, withAPNS := apnsTestServer(t)
+	nodes := clusterOf(t, 3, func(_ int, c *fileConfig) { withAPNS(c) })
+	first := nodes[0]
+	alice := first.addUser("alice", alicePW)
+	primary, backup := first.cluster.c.Placement().PrimaryBackup(alice)
+	var bob string
+	for i := 0; bob == ""; i++ {
+		name := "bob" + strconv.Itoa(i)
+		if first.cluster.c.Placement().Primary(name+"@localhost") != primary {
+			bob = first.addUser(name, bobPW)
+		}
+	}
+	P, B := byName(nodes, primary), byName(nodes, backup)
+	bobHome := byName(nodes, first.cluster.c.Placement().Primary(bob))
+	for _, n := range nodes {
+		waitFor(t, "push component and accounts on "+n.cluster.c.Name(), 20*time.Second, func() bool {
+			_, err := n.db.Accounts().Credentials(mustJID(t, bob))
+			return err == nil && n.push != nil && n.push.component.Connected()
+		})
+	}
+	args := func(n *testNode, user, pw string, extra ...string) []string {
+		return append(append(peertest.ServerArgs(t, n.c2s(), "localhost"),
+			"--user", user, "--password", pw, "--component", "push.localhost"), extra...)
+	}
+	reg := peertest.Slixmpp(t, "register.py", args(P, alice, alicePW, "--token", tokAlice, "--device-id", "phone-1")...)
+	if reg.String("status") != "completed" || !reg.Bool("enabled") || !reg.Bool("hibernated") {
+		t.Fatalf("registration: %v", reg)
+	}
+	waitFor(t, "alice hibernating and her registration on the backup", 10*time.Second, func() bool {
+		d := P.devices(t, alice)
+		devs, _ := B.push.registry.List()
+		return len(d) == 1 && d[0].Detached && len(devs) == 1
+	})
+
+	check(t, P.cluster.c.Shutdown())
+	P.stopAbruptly()
+	waitFor(t, "the backup to take alice over", 30*time.Second, func() bool {
+		d := B.devices(t, alice)
+		return len(d) == 1 && d[0].Detached
+	})
+	peertest.Slixmpp(t, "register.py", args(bobHome, bob, bobPW, "--mode", "send", "--to", alice, "--body", "after the crash")...)
+	reqs := apns.WaitRequests(1, 20*time.Second)
+	if len(reqs) != 1 || reqs[0].Token != tokAlice || reqs[0].Status != 200 {
+		t.Fatalf("APNS after failover: %+v", reqs)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"mellium.im/xmpp/jid"
 
+	"pushd/component"
 	"pushd/internal/admin"
 	"pushd/internal/stanza"
 	"pushd/internal/store"
@@ -140,6 +141,18 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		n.close()
 		return nil, err
 	}
+	if pushOn && n.cluster != nil {
+		// Every node's component serves every device (H3): one hash key
+		// for the registry across the cluster.
+		key := []byte(cfg.Domain)
+		if cfg.Cluster.SecretKey != "" {
+			key = []byte(cfg.Cluster.SecretKey)
+		}
+		if err := component.SetRegistryKey(n.db.Badger(), key); err != nil {
+			n.close()
+			return nil, err
+		}
+	}
 	if pushOn {
 		n.push, n.pushRun, err = startInProcessPush(cfg.pushFileConfig, n.db, pushDomain, pushSecret,
 			n.router.ServeComponentConn, reg, log)
@@ -152,6 +165,9 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		cc, err := clusterConfig(cfg, cfg.Admin.Listen, log, reg)
 		if err == nil {
 			err = n.cluster.join(cc)
+		}
+		if err == nil && n.push != nil {
+			n.push.registry.OnChange(n.cluster.registrationChanged)
 		}
 		if err != nil {
 			n.cluster = nil

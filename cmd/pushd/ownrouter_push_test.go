@@ -19,11 +19,10 @@ import (
 	"pushd/internal/peertest"
 )
 
-// startPushNode runs a node whose in-process push component talks to an
-// APNS test server, as `pushd serve` does with [apns] configured.
-func startPushNode(t *testing.T) (*testNode, *apnstest.Server, *syncBuffer) {
+// apnsTestServer starts an APNS test server and returns it with the
+// config change that points a node's push component at it.
+func apnsTestServer(t *testing.T) (*apnstest.Server, func(*fileConfig)) {
 	t.Helper()
-	peertest.RequirePeer(t, peertest.PeerSlixmpp)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -35,11 +34,20 @@ func startPushNode(t *testing.T) (*testNode, *apnstest.Server, *syncBuffer) {
 	keyFile, caFile := filepath.Join(dir, "AuthKey.p8"), filepath.Join(dir, "apns-ca.pem")
 	_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 	_ = os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
-	logs := &syncBuffer{}
-	n := startTestNodeLogging(t, logs, func(c *fileConfig) {
+	return srv, func(c *fileConfig) {
 		c.APNS.Endpoint, c.APNS.CAFile, c.APNS.KeyFile = srv.URL, caFile, keyFile
 		c.APNS.KeyID, c.APNS.TeamID, c.APNS.Topic = "KEY1234567", "TEAM123456", pushTopic
-	})
+	}
+}
+
+// startPushNode runs a node whose in-process push component talks to an
+// APNS test server, as `pushd serve` does with [apns] configured.
+func startPushNode(t *testing.T) (*testNode, *apnstest.Server, *syncBuffer) {
+	t.Helper()
+	peertest.RequirePeer(t, peertest.PeerSlixmpp)
+	srv, withAPNS := apnsTestServer(t)
+	logs := &syncBuffer{}
+	n := startTestNodeLogging(t, logs, withAPNS)
 	waitFor(t, "push component linked", 20*time.Second, func() bool { return n.push != nil && n.push.component.Connected() })
 	return n, srv, logs
 }
