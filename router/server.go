@@ -181,21 +181,42 @@ func New(cfg Config, machine *jsm.Machine, stores Stores) (*Server, error) {
 // reaper waits for writes nobody acknowledges on and logs their failures.
 // They complete in submission order, so one goroutine suffices.
 func (s *Server) reaper() {
-	for w := range s.reap {
-		if err := w(); err != nil {
-			s.log.Error("storage write failed", "err", err)
+	for {
+		select {
+		case w := <-s.reap:
+			s.reapOne(w)
+		case <-s.closing:
+			for {
+				select {
+				case w := <-s.reap:
+					s.reapOne(w)
+				default:
+					return
+				}
+			}
 		}
+	}
+}
+
+func (s *Server) reapOne(w func() error) {
+	if err := w(); err != nil {
+		s.log.Error("storage write failed", "err", err)
 	}
 }
 
 func (s *Server) background(w func() error) {
 	select {
+	case <-s.closing:
+		// Shutting down: the reaper may be gone.
+		s.reapOne(w)
+		return
+	default:
+	}
+	select {
 	case s.reap <- w:
 	default:
 		// The reaper is behind: wait here rather than grow without bound.
-		if err := w(); err != nil {
-			s.log.Error("storage write failed", "err", err)
-		}
+		s.reapOne(w)
 	}
 }
 
