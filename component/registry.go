@@ -133,7 +133,17 @@ type Registry struct {
 	// onChange hears of every registration created, changed or removed,
 	// so that a cluster can copy it to the other nodes.
 	onChange func(node string)
+
+	// Every publish looks its device up and hashes its sender: both are
+	// cached in memory (the registry is small), the devices invalidated
+	// by every write.
+	cacheMu sync.RWMutex
+	devices map[string]Device
+	hashes  map[string][]byte
 }
+
+// cacheLimit bounds each cache; past it the cache starts afresh.
+const cacheLimit = 1 << 16
 
 // SetRegistryKey makes key the registry's hash key in db, before
 // OpenRegistry. Nodes of a cluster share one (derived from the cluster's
@@ -153,6 +163,7 @@ func (r *Registry) OnChange(fn func(node string)) {
 }
 
 func (r *Registry) changed(node string) {
+	r.forget(node)
 	if r.onChange != nil {
 		r.onChange(node)
 	}
@@ -181,6 +192,7 @@ func (r *Registry) Export(node string) ([]byte, error) {
 func (r *Registry) Import(node string, data []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.forget(node)
 	return r.db.Update(func(txn *badger.Txn) error {
 		if data == nil {
 			d, err := getDevice(txn, node)
@@ -236,12 +248,33 @@ func OpenRegistry(db *badger.DB, now func() time.Time) (*Registry, error) {
 }
 
 func (r *Registry) hash(parts ...string) []byte {
+	key := strings.ToLower(strings.Join(parts, "\x00"))
+	r.cacheMu.RLock()
+	h, ok := r.hashes[key]
+	r.cacheMu.RUnlock()
+	if ok {
+		return h
+	}
 	m := hmac.New(sha256.New, r.key)
 	for _, p := range parts {
 		m.Write([]byte(strings.ToLower(p)))
 		m.Write([]byte{0})
 	}
-	return m.Sum(nil)
+	h = m.Sum(nil)
+	r.cacheMu.Lock()
+	if r.hashes == nil || len(r.hashes) >= cacheLimit {
+		r.hashes = make(map[string][]byte)
+	}
+	r.hashes[key] = h
+	r.cacheMu.Unlock()
+	return h
+}
+
+// forget drops node from the device cache after a write.
+func (r *Registry) forget(node string) {
+	r.cacheMu.Lock()
+	delete(r.devices, node)
+	r.cacheMu.Unlock()
 }
 
 func (r *Registry) accountHash(bare string) []byte { return r.hash("account", bare) }
@@ -365,12 +398,25 @@ func (r *Registry) Unregister(account, deviceID, token string, provider dispatch
 
 // Get returns the registration of node.
 func (r *Registry) Get(node string) (Device, error) {
-	var d Device
+	r.cacheMu.RLock()
+	d, ok := r.devices[node]
+	r.cacheMu.RUnlock()
+	if ok {
+		return d, nil
+	}
 	err := r.db.View(func(txn *badger.Txn) error {
 		var err error
 		d, err = getDevice(txn, node)
 		return err
 	})
+	if err == nil {
+		r.cacheMu.Lock()
+		if r.devices == nil || len(r.devices) >= cacheLimit {
+			r.devices = make(map[string]Device)
+		}
+		r.devices[node] = d
+		r.cacheMu.Unlock()
+	}
 	return d, err
 }
 
