@@ -36,6 +36,8 @@ type Applier interface {
 	ApplyStanza(from string, r StanzaRecord) error
 	// ApplyRegistry stores or removes a push device registration.
 	ApplyRegistry(from string, r RegistryRecord) error
+	// ApplyHandoverEnd: from has handed over what this node now serves.
+	ApplyHandoverEnd(from string) error
 }
 
 // apply dispatches r to the matching Applier method.
@@ -59,6 +61,8 @@ func apply(a Applier, from string, r Record) error {
 		return a.ApplyStanza(from, r)
 	case RegistryRecord:
 		return a.ApplyRegistry(from, r)
+	case HandoverEnd:
+		return a.ApplyHandoverEnd(from)
 	}
 	return errUnknownRecord
 }

@@ -34,6 +34,7 @@ const (
 	TypeAccount     RecordType = 7
 	TypeStanza      RecordType = 8
 	TypeRegistry    RecordType = 9
+	TypeHandoverEnd RecordType = 10
 )
 
 func (t RecordType) String() string {
@@ -56,6 +57,8 @@ func (t RecordType) String() string {
 		return "stanza"
 	case TypeRegistry:
 		return "registry"
+	case TypeHandoverEnd:
+		return "handover-end"
 	}
 	return fmt.Sprintf("record(%d)", uint8(t))
 }
@@ -136,6 +139,14 @@ func (SessionGone) Type() RecordType    { return TypeSessionGone }
 func (AccountRecord) Type() RecordType  { return TypeAccount }
 func (StanzaRecord) Type() RecordType   { return TypeStanza }
 func (RegistryRecord) Type() RecordType { return TypeRegistry }
+func (HandoverEnd) Type() RecordType    { return TypeHandoverEnd }
+
+// HandoverEnd tells a node that joined (or came back) that the sender has
+// sent it every device of the users it now serves (fallback, H4): once
+// every member has, it may serve them.
+type HandoverEnd struct{}
+
+func (HandoverEnd) appendBody(b []byte) []byte { return b }
 
 // RegistryRecord is one push-component device registration (by its
 // node), replicated to every node like accounts so that any node's
@@ -275,6 +286,8 @@ func DecodeRecord(b []byte) (Record, []byte, error) {
 		r = a
 	case TypeStanza:
 		r = StanzaRecord{Stanza: d.bytes()}
+	case TypeHandoverEnd:
+		r = HandoverEnd{}
 	case TypeRegistry:
 		rr := RegistryRecord{Node: d.string()}
 		if data := d.bytes(); len(data) > 0 {

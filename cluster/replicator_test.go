@@ -100,6 +100,7 @@ func (a *memApplier) ApplyStanza(_ string, r StanzaRecord) error {
 }
 
 func (a *memApplier) ApplyRegistry(string, RegistryRecord) error { return nil }
+func (a *memApplier) ApplyHandoverEnd(string) error              { return nil }
 
 func (a *memApplier) snapshot() (order []string, applied int) {
 	a.mu.Lock()

@@ -167,6 +167,12 @@ type Adopt struct {
 	Streams       map[string]StreamID
 }
 
+// Release: another node serves these devices now (their user's primary
+// came back, H4 fallback); jsm forgets them without a trace — no
+// presence, no offline move, no pushes. Their queues are the caller's to
+// hand over.
+type Release struct{ Devices []string }
+
 // Tick advances timers (hibernation expiry, idle thresholds, coalescing).
 type Tick struct{}
 
@@ -190,6 +196,7 @@ func (InCall) event()        {}
 func (Tick) event()          {}
 func (Adopt) event()         {}
 func (Forwarded) event()     {}
+func (Release) event()       {}
 func (UserAdded) event()     {}
 func (UserDeleted) event()   {}
 

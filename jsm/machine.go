@@ -154,6 +154,8 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 	case Forwarded:
 		m.inStanza, m.inSize = e.Stanza, e.Size
 		m.stepForwarded(e)
+	case Release:
+		m.stepRelease(e)
 	case Bound:
 		m.stepBound(e)
 	case StanzaIn:

@@ -592,6 +592,38 @@ func (m *Machine) stepAdopt(e Adopt) {
 	m.startRestored()
 }
 
+// stepRelease forgets devices another node now serves.
+func (m *Machine) stepRelease(e Release) {
+	for _, key := range e.Devices {
+		j, err := jid.Parse(key)
+		if err != nil {
+			continue
+		}
+		u := m.user(j)
+		if u == nil {
+			continue
+		}
+		d := u.device(j.Resourcepart())
+		if d == nil {
+			continue
+		}
+		if d.stream != 0 {
+			delete(m.streams, d.stream)
+		}
+		delete(m.hib, d.key)
+		u.removeDevice(d)
+		if ps := u.push[key]; ps != nil {
+			ps.pending, ps.regs = false, nil
+			delete(u.push, key)
+		}
+		for id, p := range m.pubs {
+			if p.ps != nil && p.ps.key == key {
+				delete(m.pubs, id)
+			}
+		}
+	}
+}
+
 // startRestored starts the hibernation of restored devices at the first
 // Step's time.
 func (m *Machine) startRestored() {

@@ -166,10 +166,15 @@ func (s *Server) StepForwardedAsync(el *stanza.Element, size int) (wait func() e
 // back suspended with its queue (already in this node's queue store,
 // replicated) and its registrations, so pushes go on from here; a session
 // with a resumption id can be resumed here with its counters (H4).
-func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInfo) {
+// registrations adds push registrations of devices without a session (a
+// node's own store at start).
+func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInfo, registrations map[string][]jsm.Registration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ev := jsm.Adopt{Queues: queues, Registrations: map[string][]jsm.Registration{}, Streams: map[string]jsm.StreamID{}}
+	for dev, regs := range registrations {
+		ev.Registrations[dev] = regs
+	}
 	for _, ss := range sessions {
 		full, err := jid.Parse(ss.Device)
 		if err != nil || full.Resourcepart() == "" {
@@ -239,4 +244,52 @@ func (s *seenSet) add(id string) bool {
 	s.next = (s.next + 1) % seenForwards
 	s.ids[id] = struct{}{}
 	return true
+}
+
+// Handover is a device this node gives to the node that now serves its
+// user (a returning primary): its session and what its queue holds.
+type Handover struct {
+	Session SessionState
+	Entries []jsm.Entry
+}
+
+// Release gives up the devices whose full JID mine selects (H4
+// fallback): a live stream is detached as if dropped and its client sent
+// to redirect (see-other-host); each device's session and queue are
+// returned for the caller to send to their new node, and forgotten here.
+func (s *Server) Release(mine func(device string) bool, redirect string) []Handover {
+	s.mu.Lock()
+	var out []Handover
+	var devices []string
+	for _, st := range s.streams {
+		if !mine(st.from) {
+			continue
+		}
+		st.mu.Lock()
+		w := st.w
+		st.mu.Unlock()
+		if w != nil {
+			s.cfg.Metrics.detached.Inc()
+			s.stepLocked(jsm.Detached{Stream: st.id, Unacked: st.detach()})
+			w.close(appendStreamError(nil, &StreamError{Condition: "see-other-host", Content: redirect}))
+		}
+		if st.resumeID != "" {
+			out = append(out, Handover{Session: s.sessionState(st)})
+		}
+		devices = append(devices, st.from)
+		s.forget(st)
+	}
+	if len(devices) > 0 {
+		s.stepLocked(jsm.Release{Devices: devices})
+	}
+	s.mu.Unlock()
+	for i := range out {
+		dev := out[i].Session.Device
+		_ = s.queue.Read(dev, 0, func(e jsm.Entry) error {
+			out[i].Entries = append(out[i].Entries, e)
+			return nil
+		})
+		s.background(s.queue.DropAsync(dev))
+	}
+	return out
 }

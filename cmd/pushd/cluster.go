@@ -115,10 +115,78 @@ type clusterNode struct {
 	replicas map[string]cluster.SessionRecord
 	// adopting is set while a lost node's devices are being taken over.
 	adopting atomic.Bool
+
+	// disk is what this node's own store held at start. In a cluster it is
+	// served only once the other members handed over what they hold for
+	// this node's users (they may have taken them over while it was
+	// gone, and what it has is then stale): syncing until then.
+	disk     jsm.State
+	syncing  atomic.Bool
+	syncDone chan struct{}
+	syncOnce sync.Once
+	ended    map[string]bool // members whose HandoverEnd arrived
+	// joined closes once c is set: membership events may come from
+	// inside cluster.New.
+	joined chan struct{}
 }
 
-func newClusterNode(n *node) *clusterNode {
-	return &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord)}
+func newClusterNode(n *node, disk jsm.State) *clusterNode {
+	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord),
+		disk: disk, syncDone: make(chan struct{}), ended: make(map[string]bool), joined: make(chan struct{})}
+	cn.syncing.Store(true)
+	return cn
+}
+
+// syncWait bounds how long a (re)joining node waits for the others'
+// handovers before it serves what it has.
+const syncWait = 5 * time.Second
+
+// sync waits, in the background, for every live member's HandoverEnd (or
+// syncWait), then takes over this node's users: the sessions handed to it
+// and, for devices nobody handed over, its own store's.
+func (cn *clusterNode) sync(joining bool) {
+	go func() {
+		deadline := time.Now().Add(syncWait)
+		if joining {
+			// Give membership a moment to learn the others.
+			for len(cn.c.Members()) < 2 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		for time.Now().Before(deadline) {
+			if cn.allEnded() {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		cn.finishSync()
+	}()
+}
+
+func (cn *clusterNode) allEnded() bool {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	for _, m := range cn.c.Members() {
+		if m.Name != cn.c.Name() && m.State.Live() && !cn.ended[m.Name] {
+			return false
+		}
+	}
+	return true
+}
+
+func (cn *clusterNode) finishSync() {
+	cn.syncOnce.Do(func() {
+		cn.adoptOwned(true)
+		cn.syncing.Store(false)
+		close(cn.syncDone)
+	})
+}
+
+func (cn *clusterNode) ApplyHandoverEnd(from string) error {
+	cn.mu.Lock()
+	cn.ended[from] = true
+	cn.mu.Unlock()
+	return nil
 }
 
 // join starts membership and replication; the router must exist (peers
@@ -130,6 +198,7 @@ func (cn *clusterNode) join(cc cluster.Config) error {
 		return err
 	}
 	cn.c = c
+	close(cn.joined)
 	return nil
 }
 
@@ -150,6 +219,14 @@ func userOf(device string) string {
 func (cn *clusterNode) Home(user string) (bool, string, string) {
 	primary := cn.c.Placement().Primary(user)
 	if primary == "" || primary == cn.c.Name() {
+		if cn.syncing.Load() {
+			// This node's users wait until what others held for them is
+			// here (bounded by syncWait).
+			select {
+			case <-cn.syncDone:
+			case <-time.After(2 * syncWait):
+			}
+		}
 		return true, "", ""
 	}
 	m, _ := cn.c.Member(primary)
@@ -181,11 +258,15 @@ func (cn *clusterNode) toBackup(device string, recs ...cluster.Record) func() er
 }
 
 func (cn *clusterNode) Enqueue(device string, entries []jsm.Entry) func() error {
+	return cn.toBackup(device, appendRecord(device, entries))
+}
+
+func appendRecord(device string, entries []jsm.Entry) cluster.QueueAppend {
 	rec := cluster.QueueAppend{Device: device, Entries: make([]cluster.Entry, len(entries))}
 	for i, e := range entries {
 		rec.Entries[i] = cluster.Entry{Seq: e.Seq, Stanza: stanza.Marshal(e.Stanza, stanza.NSClient)}
 	}
-	return cn.toBackup(device, rec)
+	return rec
 }
 
 func (cn *clusterNode) Trim(device string, through uint64) func() error {
@@ -216,6 +297,10 @@ type registrationJSON struct {
 }
 
 func (cn *clusterNode) Session(s router.SessionState) func() error {
+	return cn.toBackup(s.Device, sessionRecord(s))
+}
+
+func sessionRecord(s router.SessionState) cluster.SessionRecord {
 	extra := sessionExtra{Handed: s.Handed}
 	for _, r := range s.Registrations {
 		rj := registrationJSON{AppServer: r.AppServer.String(), Node: r.Node}
@@ -233,7 +318,7 @@ func (cn *clusterNode) Session(s router.SessionState) func() error {
 	if i := strings.IndexByte(s.Device, '/'); i >= 0 {
 		rec.Resource = s.Device[i+1:]
 	}
-	return cn.toBackup(s.Device, rec)
+	return rec
 }
 
 func (cn *clusterNode) SessionGone(device string) func() error {
@@ -396,6 +481,8 @@ func (cn *clusterNode) ApplyAsync(from string, rec cluster.Record) (func() error
 		return done, cn.ApplyAccount(from, r)
 	case cluster.RegistryRecord:
 		return done, cn.ApplyRegistry(from, r)
+	case cluster.HandoverEnd:
+		return done, cn.ApplyHandoverEnd(from)
 	}
 	return nil, fmt.Errorf("cluster: unknown record %T", rec)
 }
@@ -425,8 +512,44 @@ func (cn *clusterNode) awaitHome(el *stanza.Element) {
 
 func (cn *clusterNode) NodeJoined(m cluster.Member) {
 	// Accounts live on every node: a newcomer (or a restarted node) gets
-	// them all.
-	go cn.sendAccounts(m.Name)
+	// them all, then the devices of the users it now serves.
+	go func() {
+		<-cn.joined
+		if m.Name == cn.c.Name() {
+			return
+		}
+		cn.sendAccounts(m.Name)
+		cn.handover(m)
+	}()
+}
+
+// handover gives a member that joined (or came back) the devices of the
+// users it now serves (H4 fallback): their queue replaces whatever stale
+// copy it has, their session lets the client resume there; HandoverEnd
+// follows, after which it serves them.
+func (cn *clusterNode) handover(m cluster.Member) {
+	// A node still syncing holds no devices yet: it releases nothing and
+	// just says so, which keeps two joining nodes from waiting on each
+	// other.
+	place := cn.c.Placement()
+	hs := cn.n.router.Release(func(dev string) bool { return place.Primary(userOf(dev)) == m.Name }, m.Meta.C2SAddr)
+	var recs []cluster.Record
+	for _, h := range hs {
+		dev := h.Session.Device
+		recs = append(recs, cluster.QueueDrop{Device: dev})
+		if len(h.Entries) > 0 {
+			recs = append(recs, appendRecord(dev, h.Entries))
+		}
+		recs = append(recs, sessionRecord(h.Session))
+	}
+	recs = append(recs, cluster.HandoverEnd{})
+	if err := cn.c.Send(context.Background(), m.Name, recs...)(); err != nil {
+		cn.log.Warn("cluster: handover to a returning member failed", "node", m.Name, "devices", len(hs), "err", err)
+		return
+	}
+	if len(hs) > 0 {
+		cn.log.Info("cluster: handed devices over to their returning primary", "node", m.Name, "devices", len(hs))
+	}
 }
 
 func (cn *clusterNode) NodeLeft(m cluster.Member)   { cn.startAdopt(m.Name) }
@@ -436,7 +559,10 @@ func (cn *clusterNode) NodeFailed(m cluster.Member) { cn.startAdopt(m.Name) }
 // forwarded stanzas wait for it (awaitHome), then runs it.
 func (cn *clusterNode) startAdopt(lost string) {
 	cn.adopting.Store(true)
-	go cn.adopt(lost)
+	go func() {
+		<-cn.joined
+		cn.adopt(lost)
+	}()
 }
 func (cn *clusterNode) NodeUpdated(cluster.Member) {}
 
@@ -474,6 +600,17 @@ func (cn *clusterNode) sendAccounts(to string) {
 // and whose primary is now this node (H3), then re-replicates them to
 // their new backup.
 func (cn *clusterNode) adopt(lost string) {
+	n := cn.adoptOwned(false)
+	cn.adopting.Store(false)
+	if n > 0 {
+		cn.log.Warn("cluster: took over the sessions of a lost node", "node", lost, "sessions", n)
+	}
+}
+
+// adoptOwned serves every replicated session whose user's primary is now
+// this node and, with fromDisk, every device of its own store that no
+// session covers; it returns how many sessions it took over.
+func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 	self := cn.c.Name()
 	place := cn.c.Placement()
 	cn.mu.Lock()
@@ -498,24 +635,44 @@ func (cn *clusterNode) adopt(lost string) {
 		delete(cn.replicas, dev)
 	}
 	cn.mu.Unlock()
+	var diskRegs map[string][]jsm.Registration
+	if fromDisk {
+		diskRegs = map[string][]jsm.Registration{}
+		for dev, regs := range cn.disk.Registrations {
+			if !devices[dev] && place.Primary(userOf(dev)) == self {
+				diskRegs[dev] = regs
+			}
+		}
+		for dev := range cn.disk.Queues {
+			if !devices[dev] && place.Primary(userOf(dev)) == self {
+				devices[dev] = true
+			}
+		}
+		for dev := range diskRegs {
+			devices[dev] = true
+		}
+	}
 	queues := map[string]jsm.QueueInfo{}
+	for dev := range devices {
+		// What was replicated or handed over may still be in the group
+		// commit: a read waits for it.
+		_ = cn.n.queue.Read(dev, ^uint64(0), func(jsm.Entry) error { return nil })
+	}
 	for _, d := range cn.n.queue.Devices() {
 		if devices[d.Device] {
 			queues[d.Device] = jsm.QueueInfo{First: d.First, Last: d.Last, Count: d.Count, Bytes: d.Bytes}
 		}
 	}
-	if len(sessions) > 0 {
-		cn.n.router.Adopt(sessions, queues)
+	if len(devices) == 0 {
+		return 0
 	}
-	// Forwarded stanzas may flow again; re-replication can take its time.
-	cn.adopting.Store(false)
-	if len(sessions) == 0 {
-		return
-	}
-	cn.log.Warn("cluster: took over the sessions of a lost node", "node", lost, "sessions", len(sessions))
-	for _, ss := range sessions {
-		cn.reReplicate(ss, queues[ss.Device])
-	}
+	cn.n.router.Adopt(sessions, queues, diskRegs)
+	go func() {
+		for _, ss := range sessions {
+			cn.reReplicate(ss, queues[ss.Device])
+		}
+	}()
+	return len(sessions)
 }
 
 // reReplicate sends an adopted device's queue and session to its new

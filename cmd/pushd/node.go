@@ -99,6 +99,11 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		// only inside the device-key ciphertext (BEHAVIOUR S2).
 		jcfg.TrustedAppServers = append(jcfg.TrustedAppServers, pushDomain)
 	}
+	disk := jsm.State{Queues: state.Queues, Registrations: state.Registrations}
+	if cfg.Cluster.enabled() {
+		// Served after the other members hand over (clusterNode.sync).
+		state.Queues, state.Registrations = nil, nil
+	}
 	machine := jsm.New(jcfg, state)
 
 	reg := prometheus.NewRegistry()
@@ -131,7 +136,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		rcfg.ComponentSecrets[pushDomain] = pushSecret
 	}
 	if cfg.Cluster.enabled() {
-		n.cluster = newClusterNode(n)
+		n.cluster = newClusterNode(n, disk)
 		rcfg.Cluster = n.cluster
 	}
 	n.router, err = router.New(rcfg, machine, router.Stores{
@@ -168,6 +173,9 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		}
 		if err == nil && n.push != nil {
 			n.push.registry.OnChange(n.cluster.registrationChanged)
+		}
+		if err == nil {
+			n.cluster.sync(len(cfg.Cluster.Join) > 0)
 		}
 		if err != nil {
 			n.cluster = nil
