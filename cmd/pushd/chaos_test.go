@@ -259,6 +259,7 @@ func TestChaosFailover(t *testing.T) {
 
 	// Every device resumes where it now lives; the checker compares.
 	total := 0
+	handled := make([]int, devices) // each device's XEP-0198 count
 	for i, u := range devUsers {
 		c := xmpptest.Dial(t, proc(after.Primary(u+"@localhost")).c2s, "localhost")
 		c.StartTLS()
@@ -271,6 +272,9 @@ func TestChaosFailover(t *testing.T) {
 		}
 		var got []string
 		c.Expect("ping", func(e *stanza.Element) bool {
+			if e.IsStanza() {
+				handled[i]++
+			}
 			if e.Is(stanza.NSClient, "message") {
 				got = append(got, e.ChildText(stanza.NSClient, "body"))
 			}
@@ -281,6 +285,68 @@ func TestChaosFailover(t *testing.T) {
 		total += len(acked[u])
 	}
 	t.Logf("checked %d acknowledged messages to %d devices: each delivered once, in order per sender", total, devices)
+
+	// Fallback (H4) and restart (H6): the killed node starts again on its
+	// data, rejoins by itself, and is handed its users' devices back from
+	// the nodes that took them over; a second round of messages reaches
+	// every device once, in order, when it resumes at its first primary.
+	restarted := time.Now()
+	victim.start(t)
+	waitFor(t, "n2 back with its devices", 60*time.Second, func() bool {
+		return victim.metric("pushd_streams_detached") == float64(onVictim) &&
+			proc("n1").metric("pushd_streams_detached")+proc("n3").metric("pushd_streams_detached") == float64(devices-onVictim)
+	})
+	t.Logf("H4: n2 serves its %d devices again %v after it was started", onVictim, time.Since(restarted).Round(10*time.Millisecond))
+	acked2 := make(map[string][]string)
+	for si, su := range sendUsers {
+		c := xmpptest.Login(t, proc(all.Primary(su+"@localhost")).c2s, "localhost", su, "pw", "desk2")
+		c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+		c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+		var b strings.Builder
+		var sent []string
+		for k := 0; k < 40; k++ {
+			dev := devUsers[(k*11+si*17)%devices]
+			body := fmt.Sprintf("r%d-%d", si, k)
+			fmt.Fprintf(&b, `<message to='%s@localhost/phone' type='chat'><body>%s</body></message>`, dev, body)
+			sent = append(sent, dev+" "+body)
+		}
+		b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
+		c.Send(b.String())
+		c.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "40" })
+		for _, m := range sent {
+			dev, body, _ := strings.Cut(m, " ")
+			acked2[dev] = append(acked2[dev], body)
+		}
+		_ = c.Conn.Close()
+	}
+	total = 0
+	for i, u := range devUsers {
+		c := xmpptest.Dial(t, proc(all.Primary(u+"@localhost")).c2s, "localhost")
+		c.StartTLS()
+		if cond := c.AuthPlain(u, "pw"); cond != "" {
+			t.Fatalf("%s: %s", u, cond)
+		}
+		c.Send(`<resume xmlns='urn:xmpp:sm:3' h='` + strconv.Itoa(handled[i]) + `' previd='` + smID[i] + `'/><iq type='get' id='end2'><ping xmlns='urn:xmpp:ping'/></iq>`)
+		if el := c.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
+			t.Fatalf("%s did not resume on %s after fallback: %s", u, all.Primary(u+"@localhost"), el)
+		}
+		var got []string
+		c.Expect("ping", func(e *stanza.Element) bool {
+			if e.Is(stanza.NSClient, "message") {
+				got = append(got, e.ChildText(stanza.NSClient, "body"))
+			}
+			return e.Get("id") == "end2"
+		})
+		_ = c.Conn.Close()
+		for _, b := range got {
+			if !strings.HasPrefix(b, "r") {
+				t.Errorf("%s: %q from the first round delivered again after fallback", u, b)
+			}
+		}
+		checkDelivery(t, u, acked2[u], got)
+		total += len(acked2[u])
+	}
+	t.Logf("after fallback: checked %d acknowledged messages to %d devices: each delivered once, in order per sender", total, devices)
 }
 
 // checkDelivery: every acknowledged body arrived, none twice, and each
