@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -71,30 +69,8 @@ func BenchmarkReplicatedDelivery(b *testing.B) {
 		wg.Add(1)
 		go func(to string, s *xmpptest.Client) {
 			defer wg.Done()
-			sent := 0
-			for sent < b.N {
-				var batch strings.Builder
-				for k := 0; k < window && sent < b.N; k++ {
-					fmt.Fprintf(&batch, `<message to='%s' type='chat'><body>queued %d</body></message>`, to, sent)
-					sent++
-				}
-				batch.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
-				if err := s.TrySend(batch.String()); err != nil {
-					b.Error(err)
-					return
-				}
-				for {
-					el, err := s.Next()
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					if el.Is(stanza.NSSM, "a") {
-						if h, _ := strconv.Atoi(el.Get("h")); h >= sent {
-							break
-						}
-					}
-				}
+			if err := sendAcked(s, to, b.N, window); err != nil {
+				b.Error(err)
 			}
 		}(rcv[i]+"@localhost/phone", s)
 	}

@@ -59,31 +59,8 @@ func BenchmarkSuspendedDelivery(b *testing.B) {
 				wg.Add(1)
 				go func(i int, s *xmpptest.Client) {
 					defer wg.Done()
-					to := fmt.Sprintf("rcv%d@localhost/phone", i)
-					sent := 0
-					for sent < b.N {
-						var batch strings.Builder
-						for k := 0; k < window && sent < b.N; k++ {
-							fmt.Fprintf(&batch, `<message to='%s' type='chat'><body>queued %d</body></message>`, to, sent)
-							sent++
-						}
-						batch.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
-						if err := s.TrySend(batch.String()); err != nil {
-							b.Error(err)
-							return
-						}
-						for {
-							el, err := s.Next()
-							if err != nil {
-								b.Error(err)
-								return
-							}
-							if el.Is(stanza.NSSM, "a") {
-								if h, _ := strconv.Atoi(el.Get("h")); h >= sent {
-									break
-								}
-							}
-						}
+					if err := sendAcked(s, fmt.Sprintf("rcv%d@localhost/phone", i), b.N, window); err != nil {
+						b.Error(err)
 					}
 				}(i, s)
 			}
@@ -91,4 +68,33 @@ func BenchmarkSuspendedDelivery(b *testing.B) {
 			b.ReportMetric(float64(pairs*b.N)/time.Since(start).Seconds(), "acked-msgs/s")
 		})
 	}
+}
+
+// sendAcked sends n chat messages to to, window at a time, each window
+// closed by <r/>, and returns once the server acknowledged all n.
+func sendAcked(s *xmpptest.Client, to string, n, window int) error {
+	sent := 0
+	for sent < n {
+		var batch strings.Builder
+		for k := 0; k < window && sent < n; k++ {
+			fmt.Fprintf(&batch, `<message to='%s' type='chat'><body>queued %d</body></message>`, to, sent)
+			sent++
+		}
+		batch.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
+		if err := s.TrySend(batch.String()); err != nil {
+			return err
+		}
+		for {
+			el, err := s.Next()
+			if err != nil {
+				return err
+			}
+			if el.Is(stanza.NSSM, "a") {
+				if h, _ := strconv.Atoi(el.Get("h")); h >= sent {
+					break
+				}
+			}
+		}
+	}
+	return nil
 }
