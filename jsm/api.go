@@ -171,7 +171,11 @@ type Adopt struct {
 // came back, H4 fallback); jsm forgets them without a trace — no
 // presence, no offline move, no pushes. Their queues are the caller's to
 // hand over.
-type Release struct{ Devices []string }
+type Release struct {
+	Devices []string
+	// Match, when set, also selects devices by full JID.
+	Match func(device string) bool
+}
 
 // Tick advances timers (hibernation expiry, idle thresholds, coalescing).
 type Tick struct{}

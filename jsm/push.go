@@ -594,7 +594,17 @@ func (m *Machine) stepAdopt(e Adopt) {
 
 // stepRelease forgets devices another node now serves.
 func (m *Machine) stepRelease(e Release) {
-	for _, key := range e.Devices {
+	keys := e.Devices
+	if e.Match != nil {
+		for _, u := range m.users {
+			for _, d := range u.devices {
+				if e.Match(d.key) {
+					keys = append(keys, d.key)
+				}
+			}
+		}
+	}
+	for _, key := range keys {
 		j, err := jid.Parse(key)
 		if err != nil {
 			continue

@@ -253,6 +253,27 @@ type Handover struct {
 	Entries []jsm.Entry
 }
 
+// Forget drops the devices whose full JID mine selects, stale because
+// another node took them over while this one was cut off: live clients
+// are sent to redirect, and nothing is kept or handed on (the queues are
+// replaced by the handover that follows). It returns how many went.
+func (s *Server) Forget(mine func(device string) bool, redirect string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var devices []string
+	for _, st := range s.streams {
+		if !mine(st.from) {
+			continue
+		}
+		s.forget(st)
+		st.close(&StreamError{Condition: "see-other-host", Content: redirect})
+		devices = append(devices, st.from)
+	}
+	// Devices without a stream (restored, adopted) go too.
+	s.stepLocked(jsm.Release{Devices: devices, Match: mine})
+	return len(devices)
+}
+
 // Release gives up the devices whose full JID mine selects (H4
 // fallback): a live stream is detached as if dropped and its client sent
 // to redirect (see-other-host); each device's session and queue are

@@ -332,6 +332,9 @@ func TestChaosFailover(t *testing.T) {
 		}
 		var got []string
 		c.Expect("ping", func(e *stanza.Element) bool {
+			if e.IsStanza() {
+				handled[i]++
+			}
 			if e.Is(stanza.NSClient, "message") {
 				got = append(got, e.ChildText(stanza.NSClient, "body"))
 			}
@@ -347,6 +350,83 @@ func TestChaosFailover(t *testing.T) {
 		total += len(acked2[u])
 	}
 	t.Logf("after fallback: checked %d acknowledged messages to %d devices: each delivered once, in order per sender", total, devices)
+
+	// A pause: n3 is stopped (SIGSTOP) past failure detection, the others
+	// take its users over, then it continues (SIGCONT), learns it was
+	// declared dead, and gets them back; a third round reaches every
+	// device once, in order.
+	pausedNode := proc("n3")
+	onPaused := 0
+	for _, u := range devUsers {
+		if all.Primary(u+"@localhost") == "n3" {
+			onPaused++
+		}
+	}
+	check(t, syscall.Kill(pausedNode.proc.PID(), syscall.SIGSTOP))
+	stopped := time.Now()
+	waitFor(t, "n1 to declare n3 dead", 30*time.Second, func() bool {
+		raw, err := proc("n1").admin(t).ClusterStatus()
+		return err == nil && strings.Count(string(raw), `"alive"`) == 2
+	})
+	waitFor(t, "n1 and n2 to take n3's devices over", 30*time.Second, func() bool {
+		return proc("n1").metric("pushd_streams_detached")+proc("n2").metric("pushd_streams_detached") == float64(devices)
+	})
+	// The scenario is a 10 s pause (issue 5): the node stays stopped that
+	// long, whatever the others did meanwhile.
+	if d := 10*time.Second - time.Since(stopped); d > 0 {
+		time.Sleep(d)
+	}
+	check(t, syscall.Kill(pausedNode.proc.PID(), syscall.SIGCONT))
+	waitFor(t, "the cluster to converge after the pause", 60*time.Second, func() bool {
+		raw, err := proc("n1").admin(t).ClusterStatus()
+		return err == nil && strings.Count(string(raw), `"alive"`) == 3 &&
+			pausedNode.metric("pushd_streams_detached") == float64(onPaused) &&
+			proc("n1").metric("pushd_streams_detached")+proc("n2").metric("pushd_streams_detached") == float64(devices-onPaused)
+	})
+	t.Logf("pause: n3 serves its %d devices again", onPaused)
+	acked3 := make(map[string][]string)
+	for si, su := range sendUsers {
+		c := xmpptest.Login(t, proc(all.Primary(su+"@localhost")).c2s, "localhost", su, "pw", "desk3")
+		c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+		c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+		var b strings.Builder
+		for k := 0; k < 40; k++ {
+			dev := devUsers[(k*13+si*19)%devices]
+			body := fmt.Sprintf("p%d-%d", si, k)
+			fmt.Fprintf(&b, `<message to='%s@localhost/phone' type='chat'><body>%s</body></message>`, dev, body)
+			acked3[dev] = append(acked3[dev], body)
+		}
+		b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
+		c.Send(b.String())
+		c.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "40" })
+		_ = c.Conn.Close()
+	}
+	for i, u := range devUsers {
+		c := xmpptest.Dial(t, proc(all.Primary(u+"@localhost")).c2s, "localhost")
+		c.StartTLS()
+		if cond := c.AuthPlain(u, "pw"); cond != "" {
+			t.Fatalf("%s: %s", u, cond)
+		}
+		c.Send(`<resume xmlns='urn:xmpp:sm:3' h='` + strconv.Itoa(handled[i]) + `' previd='` + smID[i] + `'/><iq type='get' id='end3'><ping xmlns='urn:xmpp:ping'/></iq>`)
+		if el := c.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
+			t.Fatalf("%s did not resume on %s after the pause: %s", u, all.Primary(u+"@localhost"), el)
+		}
+		var got []string
+		c.Expect("ping", func(e *stanza.Element) bool {
+			if e.Is(stanza.NSClient, "message") {
+				got = append(got, e.ChildText(stanza.NSClient, "body"))
+			}
+			return e.Get("id") == "end3"
+		})
+		_ = c.Conn.Close()
+		for _, b := range got {
+			if !strings.HasPrefix(b, "p") {
+				t.Errorf("%s: %q from an earlier round delivered again after the pause", u, b)
+			}
+		}
+		checkDelivery(t, u, acked3[u], got)
+	}
+	t.Logf("after the pause: every acknowledged message delivered once, in order per sender")
 }
 
 // checkDelivery: every acknowledged body arrived, none twice, and each

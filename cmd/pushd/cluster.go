@@ -120,11 +120,10 @@ type clusterNode struct {
 	// served only once the other members handed over what they hold for
 	// this node's users (they may have taken them over while it was
 	// gone, and what it has is then stale): syncing until then.
-	disk     jsm.State
-	syncing  atomic.Bool
-	syncDone chan struct{}
-	syncOnce sync.Once
-	ended    map[string]bool // members whose HandoverEnd arrived
+	disk    jsm.State
+	syncing atomic.Bool
+	round   atomic.Pointer[syncRound]
+	ended   map[string]bool // members whose HandoverEnd arrived
 	// joined closes once c is set: membership events may come from
 	// inside cluster.New.
 	joined chan struct{}
@@ -132,9 +131,18 @@ type clusterNode struct {
 
 func newClusterNode(n *node, disk jsm.State) *clusterNode {
 	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord),
-		disk: disk, syncDone: make(chan struct{}), ended: make(map[string]bool), joined: make(chan struct{})}
+		disk: disk, ended: make(map[string]bool), joined: make(chan struct{})}
 	cn.syncing.Store(true)
+	cn.round.Store(&syncRound{done: make(chan struct{}), fromDisk: true})
 	return cn
+}
+
+// syncRound is one wait for the others' handovers: at start, and again
+// after the others declared this node dead.
+type syncRound struct {
+	done     chan struct{}
+	once     sync.Once
+	fromDisk bool // serve the own store's devices nobody handed over
 }
 
 // syncWait bounds how long a (re)joining node waits for the others'
@@ -175,11 +183,35 @@ func (cn *clusterNode) allEnded() bool {
 }
 
 func (cn *clusterNode) finishSync() {
-	cn.syncOnce.Do(func() {
-		cn.adoptOwned(true)
+	r := cn.round.Load()
+	r.once.Do(func() {
+		cn.adoptOwned(r.fromDisk)
 		cn.syncing.Store(false)
-		close(cn.syncDone)
+		close(r.done)
 	})
+}
+
+// DeclaredDead: the others took this node's users over while it was
+// paused or cut off (cluster.DeathListener). What it holds for them is
+// stale: it forgets it, sends their live clients back to itself (they
+// resume on the session handed over), and waits for the handovers that
+// follow its return, as at start.
+func (cn *clusterNode) DeclaredDead() {
+	<-cn.joined
+	if cn.syncing.Load() {
+		return
+	}
+	cn.mu.Lock()
+	cn.ended = make(map[string]bool)
+	cn.mu.Unlock()
+	cn.round.Store(&syncRound{done: make(chan struct{})})
+	cn.syncing.Store(true)
+	self := cn.c.Name()
+	place := cn.c.Placement()
+	m, _ := cn.c.Member(self)
+	n := cn.n.router.Forget(func(dev string) bool { return place.Primary(userOf(dev)) == self }, m.Meta.C2SAddr)
+	cn.log.Warn("cluster: this node was declared dead; its users were taken over: resynchronising", "devices", n)
+	cn.sync(false)
 }
 
 func (cn *clusterNode) ApplyHandoverEnd(from string) error {
@@ -223,7 +255,7 @@ func (cn *clusterNode) Home(user string) (bool, string, string) {
 			// This node's users wait until what others held for them is
 			// here (bounded by syncWait).
 			select {
-			case <-cn.syncDone:
+			case <-cn.round.Load().done:
 			case <-time.After(2 * syncWait):
 			}
 		}
