@@ -258,32 +258,66 @@ func TestChaosFailover(t *testing.T) {
 	t.Logf("the load ended %v after SIGKILL", time.Since(killed).Round(10*time.Millisecond))
 
 	// Every device resumes where it now lives; the checker compares.
-	total := 0
 	handled := make([]int, devices) // each device's XEP-0198 count
-	for i, u := range devUsers {
-		c := xmpptest.Dial(t, proc(after.Primary(u+"@localhost")).c2s, "localhost")
-		c.StartTLS()
-		if cond := c.AuthPlain(u, "pw"); cond != "" {
-			t.Fatalf("%s: %s", u, cond)
-		}
-		c.Send(`<resume xmlns='urn:xmpp:sm:3' h='0' previd='` + smID[i] + `'/><iq type='get' id='end'><ping xmlns='urn:xmpp:ping'/></iq>`)
-		if el := c.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
-			t.Fatalf("%s did not resume on %s: %s", u, after.Primary(u+"@localhost"), el)
-		}
-		var got []string
-		c.Expect("ping", func(e *stanza.Element) bool {
-			if e.IsStanza() {
-				handled[i]++
+	checkRound := func(place *cluster.Placement, round string, acked map[string][]string) int {
+		t.Helper()
+		total := 0
+		for i, u := range devUsers {
+			home := place.Primary(u + "@localhost")
+			c := xmpptest.Dial(t, proc(home).c2s, "localhost")
+			c.StartTLS()
+			if cond := c.AuthPlain(u, "pw"); cond != "" {
+				t.Fatalf("%s: %s", u, cond)
 			}
-			if e.Is(stanza.NSClient, "message") {
-				got = append(got, e.ChildText(stanza.NSClient, "body"))
+			c.Send(`<resume xmlns='urn:xmpp:sm:3' h='` + strconv.Itoa(handled[i]) + `' previd='` + smID[i] + `'/><iq type='get' id='end'><ping xmlns='urn:xmpp:ping'/></iq>`)
+			if el := c.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
+				t.Fatalf("%s did not resume on %s: %s", u, home, el)
 			}
-			return e.Get("id") == "end"
-		})
-		_ = c.Conn.Close()
-		checkDelivery(t, u, acked[u], got)
-		total += len(acked[u])
+			var got []string
+			c.Expect("ping", func(e *stanza.Element) bool {
+				if e.IsStanza() {
+					handled[i]++
+				}
+				if e.Is(stanza.NSClient, "message") {
+					got = append(got, e.ChildText(stanza.NSClient, "body"))
+				}
+				return e.Get("id") == "end"
+			})
+			_ = c.Conn.Close()
+			for _, b := range got {
+				if !strings.HasPrefix(b, round) {
+					t.Errorf("%s: %q from an earlier round delivered again", u, b)
+				}
+			}
+			checkDelivery(t, u, acked[u], got)
+			total += len(acked[u])
+		}
+		return total
 	}
+	// sendRound has every sender write 40 messages, one window,
+	// acknowledged as a whole.
+	sendRound := func(round string, mul int) map[string][]string {
+		t.Helper()
+		acked := make(map[string][]string)
+		for si, su := range sendUsers {
+			c := xmpptest.Login(t, proc(all.Primary(su+"@localhost")).c2s, "localhost", su, "pw", "desk-"+round)
+			c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+			c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+			var b strings.Builder
+			for k := 0; k < 40; k++ {
+				dev := devUsers[(k*mul+si*(mul+6))%devices]
+				body := fmt.Sprintf("%s%d-%d", round, si, k)
+				fmt.Fprintf(&b, `<message to='%s@localhost/phone' type='chat'><body>%s</body></message>`, dev, body)
+				acked[dev] = append(acked[dev], body)
+			}
+			b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
+			c.Send(b.String())
+			c.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "40" })
+			_ = c.Conn.Close()
+		}
+		return acked
+	}
+	total := checkRound(after, "s", acked)
 	t.Logf("checked %d acknowledged messages to %d devices: each delivered once, in order per sender", total, devices)
 
 	// Fallback (H4) and restart (H6): the killed node starts again on its
@@ -297,58 +331,7 @@ func TestChaosFailover(t *testing.T) {
 			proc("n1").metric("pushd_streams_detached")+proc("n3").metric("pushd_streams_detached") == float64(devices-onVictim)
 	})
 	t.Logf("H4: n2 serves its %d devices again %v after it was started", onVictim, time.Since(restarted).Round(10*time.Millisecond))
-	acked2 := make(map[string][]string)
-	for si, su := range sendUsers {
-		c := xmpptest.Login(t, proc(all.Primary(su+"@localhost")).c2s, "localhost", su, "pw", "desk2")
-		c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
-		c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
-		var b strings.Builder
-		var sent []string
-		for k := 0; k < 40; k++ {
-			dev := devUsers[(k*11+si*17)%devices]
-			body := fmt.Sprintf("r%d-%d", si, k)
-			fmt.Fprintf(&b, `<message to='%s@localhost/phone' type='chat'><body>%s</body></message>`, dev, body)
-			sent = append(sent, dev+" "+body)
-		}
-		b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
-		c.Send(b.String())
-		c.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "40" })
-		for _, m := range sent {
-			dev, body, _ := strings.Cut(m, " ")
-			acked2[dev] = append(acked2[dev], body)
-		}
-		_ = c.Conn.Close()
-	}
-	total = 0
-	for i, u := range devUsers {
-		c := xmpptest.Dial(t, proc(all.Primary(u+"@localhost")).c2s, "localhost")
-		c.StartTLS()
-		if cond := c.AuthPlain(u, "pw"); cond != "" {
-			t.Fatalf("%s: %s", u, cond)
-		}
-		c.Send(`<resume xmlns='urn:xmpp:sm:3' h='` + strconv.Itoa(handled[i]) + `' previd='` + smID[i] + `'/><iq type='get' id='end2'><ping xmlns='urn:xmpp:ping'/></iq>`)
-		if el := c.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
-			t.Fatalf("%s did not resume on %s after fallback: %s", u, all.Primary(u+"@localhost"), el)
-		}
-		var got []string
-		c.Expect("ping", func(e *stanza.Element) bool {
-			if e.IsStanza() {
-				handled[i]++
-			}
-			if e.Is(stanza.NSClient, "message") {
-				got = append(got, e.ChildText(stanza.NSClient, "body"))
-			}
-			return e.Get("id") == "end2"
-		})
-		_ = c.Conn.Close()
-		for _, b := range got {
-			if !strings.HasPrefix(b, "r") {
-				t.Errorf("%s: %q from the first round delivered again after fallback", u, b)
-			}
-		}
-		checkDelivery(t, u, acked2[u], got)
-		total += len(acked2[u])
-	}
+	total = checkRound(all, "r", sendRound("r", 11))
 	t.Logf("after fallback: checked %d acknowledged messages to %d devices: each delivered once, in order per sender", total, devices)
 
 	// A pause: n3 is stopped (SIGSTOP) past failure detection, the others
@@ -384,49 +367,8 @@ func TestChaosFailover(t *testing.T) {
 			proc("n1").metric("pushd_streams_detached")+proc("n2").metric("pushd_streams_detached") == float64(devices-onPaused)
 	})
 	t.Logf("pause: n3 serves its %d devices again", onPaused)
-	acked3 := make(map[string][]string)
-	for si, su := range sendUsers {
-		c := xmpptest.Login(t, proc(all.Primary(su+"@localhost")).c2s, "localhost", su, "pw", "desk3")
-		c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
-		c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
-		var b strings.Builder
-		for k := 0; k < 40; k++ {
-			dev := devUsers[(k*13+si*19)%devices]
-			body := fmt.Sprintf("p%d-%d", si, k)
-			fmt.Fprintf(&b, `<message to='%s@localhost/phone' type='chat'><body>%s</body></message>`, dev, body)
-			acked3[dev] = append(acked3[dev], body)
-		}
-		b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
-		c.Send(b.String())
-		c.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "40" })
-		_ = c.Conn.Close()
-	}
-	for i, u := range devUsers {
-		c := xmpptest.Dial(t, proc(all.Primary(u+"@localhost")).c2s, "localhost")
-		c.StartTLS()
-		if cond := c.AuthPlain(u, "pw"); cond != "" {
-			t.Fatalf("%s: %s", u, cond)
-		}
-		c.Send(`<resume xmlns='urn:xmpp:sm:3' h='` + strconv.Itoa(handled[i]) + `' previd='` + smID[i] + `'/><iq type='get' id='end3'><ping xmlns='urn:xmpp:ping'/></iq>`)
-		if el := c.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
-			t.Fatalf("%s did not resume on %s after the pause: %s", u, all.Primary(u+"@localhost"), el)
-		}
-		var got []string
-		c.Expect("ping", func(e *stanza.Element) bool {
-			if e.Is(stanza.NSClient, "message") {
-				got = append(got, e.ChildText(stanza.NSClient, "body"))
-			}
-			return e.Get("id") == "end3"
-		})
-		_ = c.Conn.Close()
-		for _, b := range got {
-			if !strings.HasPrefix(b, "p") {
-				t.Errorf("%s: %q from an earlier round delivered again after the pause", u, b)
-			}
-		}
-		checkDelivery(t, u, acked3[u], got)
-	}
-	t.Logf("after the pause: every acknowledged message delivered once, in order per sender")
+	total = checkRound(all, "p", sendRound("p", 13))
+	t.Logf("after the pause: checked %d acknowledged messages: each delivered once, in order per sender", total)
 }
 
 // checkDelivery: every acknowledged body arrived, none twice, and each
