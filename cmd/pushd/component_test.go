@@ -177,15 +177,32 @@ func (e *pushEnv) send(t *testing.T, bodies ...string) {
 	peertest.Slixmpp(t, "register.py", args...)
 }
 
+// waitFor polls cond until it holds, failing the test after timeout.
 func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	if !poll(timeout, cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// never asserts that cond stays false for d: proving an absence takes the
+// whole d, but the test fails the moment cond holds.
+func never(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	if poll(d, cond) {
+		t.Fatalf("%s happened", what)
+	}
+}
+
+func poll(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return true
 }
 
 const (
@@ -211,8 +228,9 @@ func TestPushEndToEndProsody(t *testing.T) {
 	if len(reqs) == 0 {
 		t.Fatal("no APNS request")
 	}
-	time.Sleep(3 * time.Second) // past the coalescing window: nothing else follows
-	reqs = e.apns.Requests()
+	// Nothing follows: a second request past the coalescing window would
+	// end this wait at once.
+	reqs = e.apns.WaitRequests(2, 3*time.Second)
 	if len(reqs) != 1 {
 		t.Fatalf("%d APNS requests, want 1", len(reqs))
 	}
@@ -281,7 +299,10 @@ func TestPushDeadTokenProsody(t *testing.T) {
 	waitFor(t, "item-not-found", 10*time.Second, func() bool { return c.Publishes("item_not_found") == 1 })
 
 	e.send(t, "third")
-	time.Sleep(2 * time.Second)
+	// Prosody must not publish again: a publish would end this wait early.
+	never(t, "a publish for a disabled device", 2*time.Second, func() bool {
+		return c.Publishes("item_not_found")+c.Publishes("accepted") > 2
+	})
 	if got := c.Publishes("item_not_found") + c.Publishes("accepted"); got != 2 {
 		t.Fatalf("%d publishes after push was disabled, want 2 in all", got)
 	}
@@ -311,9 +332,9 @@ func TestPushRetryAndMultiStepProsody(t *testing.T) {
 	e.apns.Script(tokRetry, apnstest.ServiceUnavailable, apnstest.OK)
 	e.register(t, tokRetry)
 	e.send(t, "retry me")
-	reqs := e.apns.WaitRequests(2, 20*time.Second)
-	time.Sleep(3 * time.Second)
-	reqs = e.apns.Requests()
+	e.apns.WaitRequests(2, 20*time.Second)
+	// A third request (a duplicate) would end this wait early.
+	reqs := e.apns.WaitRequests(3, 3*time.Second)
 	var delivered, unavailable int
 	for _, r := range reqs {
 		if r.Token != tokRetry {
