@@ -2,11 +2,19 @@ package main
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,7 +23,9 @@ import (
 	"time"
 
 	"pushd/cluster"
+	"pushd/component/payload"
 	"pushd/internal/admin"
+	"pushd/internal/apnstest"
 	"pushd/internal/peertest"
 	"pushd/internal/stanza"
 	"pushd/internal/xmpptest"
@@ -27,7 +37,9 @@ type clusterProc struct {
 	proc                               *peertest.Process
 }
 
-func startClusterProcs(t *testing.T, names ...string) []*clusterProc {
+// startClusterProcs starts one pushd process per name, joined into one
+// cluster; extra is TOML appended to each node's config.
+func startClusterProcs(t *testing.T, extra string, names ...string) []*clusterProc {
 	t.Helper()
 	ports := peertest.FreePorts(t, 5*len(names))
 	var out []*clusterProc
@@ -55,7 +67,7 @@ bind = %q
 replication = %q
 join = [%s]
 secret_key = "MDEyMzQ1Njc4OWFiY2RlZg=="
-`, cp.c2s, peertest.Loopback(p[2]), cp.adminAddr, name, peertest.Loopback(p[3]), peertest.Loopback(p[4]), join)
+%s`, cp.c2s, peertest.Loopback(p[2]), cp.adminAddr, name, peertest.Loopback(p[3]), peertest.Loopback(p[4]), join, extra)
 		cp.cfgFile = filepath.Join(cp.dir, "pushd.toml")
 		if err := os.WriteFile(cp.cfgFile, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -116,7 +128,13 @@ func TestChaosFailover(t *testing.T) {
 		devices = v
 	}
 	const senders, perSender, window = 6, 150, 10
-	procs := startClusterProcs(t, "n1", "n2", "n3")
+	// Every node's push component talks to one APNS test server, so the
+	// test sees which pushes go out, and when, whichever node sends them.
+	providerKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	check(t, err)
+	apns := apnstest.NewServer(apnstest.Options{TokenKey: &providerKey.PublicKey})
+	t.Cleanup(apns.Close)
+	procs := startClusterProcs(t, writeAPNSFiles(t, t.TempDir(), apns, providerKey), "n1", "n2", "n3")
 	all := cluster.NewPlacement([]string{"n1", "n2", "n3"})
 	after := cluster.NewPlacement([]string{"n1", "n3"})
 	proc := func(name string) *clusterProc {
@@ -160,8 +178,10 @@ func TestChaosFailover(t *testing.T) {
 		})
 	}
 
-	// Every device logs in at its primary, enables resumption and drops.
+	// Every device logs in at its primary, enables resumption, registers
+	// with the push component and enables push, and drops.
 	smID := make([]string, devices)
+	pushes := newPushLog(apns)
 	onVictim := 0
 	for i, u := range devUsers {
 		home := all.Primary(u + "@localhost")
@@ -171,6 +191,7 @@ func TestChaosFailover(t *testing.T) {
 		c := xmpptest.Login(t, proc(home).c2s, "localhost", u, "pw", "phone")
 		c.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
 		smID[i] = c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") }).Get("id")
+		pushes.register(t, c, u)
 		_ = c.Conn.Close()
 	}
 	waitFor(t, "every device hibernating", 60*time.Second, func() bool {
@@ -185,7 +206,8 @@ func TestChaosFailover(t *testing.T) {
 	// The load: each sender writes to devices in turn; what its server
 	// acknowledges is what must arrive.
 	var mu sync.Mutex
-	acked := make(map[string][]string) // device user → bodies acknowledged to their senders
+	acked := make(map[string][]string)   // device user → bodies acknowledged to their senders
+	sentAt := make(map[string]time.Time) // body → no later than it was sent
 	var wg sync.WaitGroup
 	halfway := make(chan struct{}, senders)
 	for si, su := range sendUsers {
@@ -203,6 +225,7 @@ func TestChaosFailover(t *testing.T) {
 			handled := 0
 			for k := 0; k < perSender; {
 				var b strings.Builder
+				batch := len(pending)
 				for w := 0; w < window && k < perSender; w, k = w+1, k+1 {
 					dev := devUsers[(k*7+si*13)%devices]
 					body := fmt.Sprintf("s%d-%d", si, k)
@@ -210,6 +233,14 @@ func TestChaosFailover(t *testing.T) {
 					pending = append(pending, sentMsg{dev, body})
 				}
 				b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
+				now := time.Now()
+				mu.Lock()
+				for _, m := range pending[batch:] {
+					if _, ok := sentAt[m.body]; !ok {
+						sentAt[m.body] = now
+					}
+				}
+				mu.Unlock()
 				if err := c.TrySend(b.String()); err != nil {
 					t.Logf("sender %d stopped at %d: %v", si, k, err)
 					return
@@ -245,7 +276,18 @@ func TestChaosFailover(t *testing.T) {
 		<-halfway
 	}
 	victim := proc("n2")
+	// A message sent after the kill can only be pushed by the node that
+	// took its device over: the first such push is H3's figure.
+	sentAfter := func(since time.Time) func(body string) bool {
+		return func(body string) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			at, ok := sentAt[body]
+			return ok && !at.Before(since)
+		}
+	}
 	killed := time.Now()
+	firstPush := pushes.first(killed, func(dev string) bool { return all.Primary(dev+"@localhost") == "n2" }, sentAfter(killed))
 	if err := victim.proc.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -254,8 +296,25 @@ func TestChaosFailover(t *testing.T) {
 		return proc("n1").metric("pushd_streams_detached")+proc("n3").metric("pushd_streams_detached") == float64(devices)
 	})
 	t.Logf("H3: %d devices adopted %v after SIGKILL", onVictim, time.Since(killed).Round(10*time.Millisecond))
+	select {
+	case at := <-firstPush:
+		t.Logf("H3: first push from n2's successors %v after SIGKILL", at.Sub(killed).Round(10*time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatal("H3: no push from n2's successors within 30 s of the kill")
+	}
 	wg.Wait()
 	t.Logf("the load ended %v after SIGKILL", time.Since(killed).Round(10*time.Millisecond))
+	// Pushes resumed for all of n2's devices: each one that was sent a
+	// message after the kill was pushed for one of them.
+	mu.Lock()
+	var wantPush []string
+	for dev, bodies := range acked {
+		if all.Primary(dev+"@localhost") == "n2" && slices.ContainsFunc(bodies, func(b string) bool { return !sentAt[b].Before(killed) }) {
+			wantPush = append(wantPush, dev)
+		}
+	}
+	mu.Unlock()
+	pushes.waitEach(t, "after the kill", 0, wantPush, sentAfter(killed))
 
 	// Every device resumes where it now lives; the checker compares.
 	handled := make([]int, devices) // each device's XEP-0198 count
@@ -317,6 +376,16 @@ func TestChaosFailover(t *testing.T) {
 		}
 		return acked
 	}
+	// pushedRound is sendRound, then a wait until every device the round
+	// wrote to was pushed for one of its messages.
+	pushedRound := func(round string, mul int) map[string][]string {
+		t.Helper()
+		from := pushes.len()
+		acked := sendRound(round, mul)
+		pushes.waitEach(t, "round "+round, from, slices.Collect(maps.Keys(acked)),
+			func(body string) bool { return strings.HasPrefix(body, round) })
+		return acked
+	}
 	total := checkRound(after, "s", acked)
 	t.Logf("checked %d acknowledged messages to %d devices: each delivered once, in order per sender", total, devices)
 
@@ -331,7 +400,7 @@ func TestChaosFailover(t *testing.T) {
 			proc("n1").metric("pushd_streams_detached")+proc("n3").metric("pushd_streams_detached") == float64(devices-onVictim)
 	})
 	t.Logf("H4: n2 serves its %d devices again %v after it was started", onVictim, time.Since(restarted).Round(10*time.Millisecond))
-	total = checkRound(all, "r", sendRound("r", 11))
+	total = checkRound(all, "r", pushedRound("r", 11))
 	t.Logf("after fallback: checked %d acknowledged messages to %d devices: each delivered once, in order per sender", total, devices)
 
 	// A pause: n3 is stopped (SIGSTOP) past failure detection, the others
@@ -367,7 +436,7 @@ func TestChaosFailover(t *testing.T) {
 			proc("n1").metric("pushd_streams_detached")+proc("n2").metric("pushd_streams_detached") == float64(devices-onPaused)
 	})
 	t.Logf("pause: n3 serves its %d devices again", onPaused)
-	total = checkRound(all, "p", sendRound("p", 13))
+	total = checkRound(all, "p", pushedRound("p", 13))
 	t.Logf("after the pause: checked %d acknowledged messages: each delivered once, in order per sender", total)
 }
 
@@ -397,4 +466,117 @@ func checkDelivery(t *testing.T, dev string, acked, got []string) {
 		last[s] = n
 	}
 
+}
+
+// pushLog is the checker's view of pushes: each device's token and key,
+// and what the APNS test server received, decrypted.
+type pushLog struct {
+	apns *apnstest.Server
+	mu   sync.Mutex
+	dev  map[string]string                // token → device user
+	key  map[string][payload.KeySize]byte // device user → key
+}
+
+func newPushLog(apns *apnstest.Server) *pushLog {
+	return &pushLog{apns: apns, dev: map[string]string{}, key: map[string][payload.KeySize]byte{}}
+}
+
+// register has a logged-in device register with the node's push component
+// (one XEP-0050 execute, p2's register-push-apns) and enable push with the
+// node and secret it answers (XEP-0357).
+func (l *pushLog) register(t *testing.T, c *xmpptest.Client, user string) {
+	t.Helper()
+	sum := sha256.Sum256([]byte("token " + user))
+	tok := fmt.Sprintf("%x", sum)
+	key := sha256.Sum256([]byte("key " + user))
+	c.Send(`<iq type='set' to='push.localhost' id='reg'><command xmlns='http://jabber.org/protocol/commands' node='register-push-apns' action='execute'>` +
+		`<x xmlns='jabber:x:data' type='submit'><field var='token'><value>` + tok + `</value></field>` +
+		`<field var='device-id'><value>phone</value></field>` +
+		`<field var='key'><value>` + base64.StdEncoding.EncodeToString(key[:]) + `</value></field></x></command></iq>`)
+	res := c.Expect("registration", func(e *stanza.Element) bool { return e.Get("id") == "reg" })
+	form := map[string]string{}
+	if cmd := res.Child("http://jabber.org/protocol/commands", "command"); cmd != nil {
+		if x := cmd.Child("jabber:x:data", "x"); x != nil {
+			for _, f := range x.Elements() {
+				form[f.Get("var")] = f.ChildText("jabber:x:data", "value")
+			}
+		}
+	}
+	if res.Get("type") != "result" || form["node"] == "" {
+		t.Fatalf("%s: push registration: %s", user, res)
+	}
+	c.Send(`<iq type='set' id='push'><enable xmlns='urn:xmpp:push:0' jid='` + form["jid"] + `' node='` + form["node"] + `'>` +
+		`<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>` +
+		`<field var='secret'><value>` + form["secret"] + `</value></field></x></enable></iq>`)
+	if r := c.Expect("push enabled", func(e *stanza.Element) bool { return e.Get("id") == "push" }); r.Get("type") != "result" {
+		t.Fatalf("%s: enabling push: %s", user, r)
+	}
+	l.mu.Lock()
+	l.dev[tok], l.key[user] = user, key
+	l.mu.Unlock()
+}
+
+func (l *pushLog) len() int { return len(l.apns.Requests()) }
+
+// body opens a recorded push: its device and the message body it carries.
+func (l *pushLog) body(r apnstest.Request) (dev, body string, ok bool) {
+	l.mu.Lock()
+	dev, known := l.dev[r.Token]
+	key := l.key[dev]
+	l.mu.Unlock()
+	var b struct{ Enc string }
+	if !known || r.Status != 200 || json.Unmarshal(r.Body, &b) != nil {
+		return "", "", false
+	}
+	p, err := payload.Open(key, b.Enc)
+	if err != nil {
+		return "", "", false
+	}
+	return dev, p.Body, true
+}
+
+// first watches, from now on, for the first push to one of devs carrying a
+// body that match accepts, and sends the time it saw it (within 5 ms).
+func (l *pushLog) first(since time.Time, devs func(string) bool, match func(string) bool) <-chan time.Time {
+	found := make(chan time.Time, 1)
+	go func() {
+		seen := 0
+		for time.Since(since) < time.Minute {
+			reqs := l.apns.Requests()
+			for _, r := range reqs[seen:] {
+				if dev, body, ok := l.body(r); ok && devs(dev) && match(body) {
+					found <- time.Now()
+					return
+				}
+			}
+			seen = len(reqs)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return found
+}
+
+// waitEach waits until each of devs got a push, among the requests from
+// index from on, carrying a body that match accepts.
+func (l *pushLog) waitEach(t *testing.T, what string, from int, devs []string, match func(string) bool) {
+	t.Helper()
+	missing := map[string]bool{}
+	for _, d := range devs {
+		missing[d] = true
+	}
+	seen := from
+	ok := poll(30*time.Second, func() bool {
+		reqs := l.apns.Requests()
+		for _, r := range reqs[seen:] {
+			if dev, body, ok := l.body(r); ok && match(body) {
+				delete(missing, dev)
+			}
+		}
+		seen = len(reqs)
+		return len(missing) == 0
+	})
+	if !ok {
+		t.Fatalf("pushes %s: %d of %d devices never pushed for their messages", what, len(missing), len(devs))
+	}
+	t.Logf("pushes %s: each of %d devices pushed", what, len(devs))
 }
