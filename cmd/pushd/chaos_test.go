@@ -46,28 +46,7 @@ func startClusterProcs(t *testing.T, extra string, names ...string) []*clusterPr
 	for i, name := range names {
 		p := ports[5*i:]
 		cp := &clusterProc{name: name, dir: t.TempDir(), c2s: peertest.Loopback(p[0]), adminAddr: peertest.Loopback(p[1])}
-		join := ""
-		if i > 0 {
-			join = fmt.Sprintf("%q", peertest.Loopback(ports[3]))
-		}
-		cfg := fmt.Sprintf(`domain = "localhost"
-data_dir = "data"
-[c2s]
-listen = %q
-rate_limit = 0
-[component]
-listen = %q
-[admin]
-listen = %q
-[log]
-level = "warn"
-[cluster]
-node_name = %q
-bind = %q
-replication = %q
-join = [%s]
-secret_key = "MDEyMzQ1Njc4OWFiY2RlZg=="
-%s`, cp.c2s, peertest.Loopback(p[2]), cp.adminAddr, name, peertest.Loopback(p[3]), peertest.Loopback(p[4]), join, extra)
+		cfg := loopbackNodeConfig(name, i, ports, extra)
 		cp.cfgFile = filepath.Join(cp.dir, "pushd.toml")
 		if err := os.WriteFile(cp.cfgFile, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)

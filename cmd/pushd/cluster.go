@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -113,8 +114,12 @@ type clusterNode struct {
 	// by device.
 	mu       sync.Mutex
 	replicas map[string]cluster.SessionRecord
-	// adopting is set while a lost node's devices are being taken over.
-	adopting atomic.Bool
+	// settled is the placement under which this node holds every device
+	// of the users it is primary for; a user whose primary it became
+	// since (a member failed) waits in Home until the takeover is done.
+	settled   atomic.Pointer[cluster.Placement]
+	settledMu sync.Mutex
+	settledCh chan struct{} // closed and replaced when settled changes
 
 	// disk is what this node's own store held at start. In a cluster it is
 	// served only once the other members handed over what they hold for
@@ -131,7 +136,7 @@ type clusterNode struct {
 
 func newClusterNode(n *node, disk jsm.State) *clusterNode {
 	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord),
-		disk: disk, ended: make(map[string]bool), joined: make(chan struct{})}
+		disk: disk, ended: make(map[string]bool), joined: make(chan struct{}), settledCh: make(chan struct{})}
 	cn.syncing.Store(true)
 	cn.round.Store(&syncRound{done: make(chan struct{}), fromDisk: true})
 	return cn
@@ -259,10 +264,49 @@ func (cn *clusterNode) Home(user string) (bool, string, string) {
 			case <-time.After(2 * syncWait):
 			}
 		}
+		cn.awaitTakeover(user)
 		return true, "", ""
 	}
 	m, _ := cn.c.Member(primary)
 	return false, primary, m.Meta.C2SAddr
+}
+
+// awaitTakeover holds a stanza for a user whose primary this node became
+// when a member failed, until it has taken that member's devices over:
+// membership publishes the new placement before the takeover starts, and
+// a stanza routed in between would find no device and go to the offline
+// store instead of the device's queue, without a push. Bounded by
+// adoptWait.
+func (cn *clusterNode) awaitTakeover(user string) {
+	self := cn.c.Name()
+	deadline := time.After(adoptWait)
+	for {
+		cn.settledMu.Lock()
+		s, changed := cn.settled.Load(), cn.settledCh
+		cn.settledMu.Unlock()
+		if s == nil || s.Primary(user) == self || s.Primary(user) == "" {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			cn.log.Warn("cluster: takeover not done in time; routing anyway", "user", cn.n.router.Redact(user))
+			return
+		}
+	}
+}
+
+// adoptWait bounds how long a stanza waits for a takeover.
+const adoptWait = 10 * time.Second
+
+// settle records the placement under which this node now holds every
+// device of its users, computed from the one recorded before.
+func (cn *clusterNode) settle(next func(*cluster.Placement) *cluster.Placement) {
+	cn.settledMu.Lock()
+	defer cn.settledMu.Unlock()
+	cn.settled.Store(next(cn.settled.Load()))
+	close(cn.settledCh)
+	cn.settledCh = make(chan struct{})
 }
 
 func (cn *clusterNode) Forward(node string, st *stanza.Element) func() error {
@@ -457,6 +501,11 @@ func (cn *clusterNode) ApplyAccount(_ string, r cluster.AccountRecord) error {
 		cn.n.router.Step(jsm.UserDeleted{User: j})
 		return nil
 	}
+	// Every member sends every account to a node that joins: most of them
+	// it holds already, and a read is far cheaper than a durable write.
+	if cur, err := cn.n.db.Accounts().Credentials(j); err == nil && bytes.Equal(cur, r.Data) {
+		return nil
+	}
 	if err := cn.n.db.Accounts().PutCredentials(j, r.Data); err != nil {
 		return err
 	}
@@ -529,9 +578,9 @@ func (cn *clusterNode) awaitHome(el *stanza.Element) {
 		return
 	}
 	user := to.Bare().String()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(adoptWait)
 	for time.Now().Before(deadline) {
-		if here, _, _ := cn.Home(user); here && !cn.adopting.Load() {
+		if here, _, _ := cn.Home(user); here {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -565,6 +614,15 @@ func (cn *clusterNode) handover(m cluster.Member) {
 	// other.
 	place := cn.c.Placement()
 	hs := cn.n.router.Release(func(dev string) bool { return place.Primary(userOf(dev)) == m.Name }, m.Meta.C2SAddr)
+	// A member that joins only takes users away (rendezvous hashing), so
+	// what this node holds still covers the settled placement plus it;
+	// should it fail again, its users wait here for their takeover.
+	cn.settle(func(s *cluster.Placement) *cluster.Placement {
+		if s == nil || s.Has(m.Name) {
+			return s
+		}
+		return cluster.NewPlacement(append(s.Nodes(), m.Name))
+	})
 	var recs []cluster.Record
 	for _, h := range hs {
 		dev := h.Session.Device
@@ -587,10 +645,9 @@ func (cn *clusterNode) handover(m cluster.Member) {
 func (cn *clusterNode) NodeLeft(m cluster.Member)   { cn.startAdopt(m.Name) }
 func (cn *clusterNode) NodeFailed(m cluster.Member) { cn.startAdopt(m.Name) }
 
-// startAdopt marks the takeover as under way before returning, so that
-// forwarded stanzas wait for it (awaitHome), then runs it.
+// startAdopt runs the takeover; stanzas for the users it concerns wait
+// for it in Home.
 func (cn *clusterNode) startAdopt(lost string) {
-	cn.adopting.Store(true)
 	go func() {
 		<-cn.joined
 		cn.adopt(lost)
@@ -633,7 +690,6 @@ func (cn *clusterNode) sendAccounts(to string) {
 // their new backup.
 func (cn *clusterNode) adopt(lost string) {
 	n := cn.adoptOwned(false)
-	cn.adopting.Store(false)
 	if n > 0 {
 		cn.log.Warn("cluster: took over the sessions of a lost node", "node", lost, "sessions", n)
 	}
@@ -695,10 +751,13 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 			queues[d.Device] = jsm.QueueInfo{First: d.First, Last: d.Last, Count: d.Count, Bytes: d.Bytes}
 		}
 	}
+	settled := func(*cluster.Placement) *cluster.Placement { return place }
 	if len(devices) == 0 {
+		cn.settle(settled)
 		return 0
 	}
 	cn.n.router.Adopt(sessions, queues, diskRegs)
+	cn.settle(settled)
 	go func() {
 		for _, ss := range sessions {
 			cn.reReplicate(ss, queues[ss.Device])

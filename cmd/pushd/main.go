@@ -23,7 +23,7 @@ commands:
   device    list or delete push registrations (device list|del)
   push      send a test push to a user's devices (push test JID)
   cluster   cluster status, or where a user lives (cluster status|where)
-  bench     measure throughput, latency and memory (bench c2s|push)
+  bench     measure throughput, latency, memory and failover (bench c2s|push|cluster)
   version   print the version
 `
 

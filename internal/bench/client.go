@@ -28,6 +28,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -63,6 +64,7 @@ type dialConfig struct {
 	insecure     bool
 	sm           bool // enable XEP-0198 with resume
 	presence     bool
+	push         *PushConfig
 }
 
 var errProto = errors.New("bench: protocol error")
@@ -162,18 +164,77 @@ func (c *conn) login(dc dialConfig) error {
 			return err
 		}
 	}
+	if dc.push != nil {
+		return c.registerPush(dec, dc.push, dc.cred)
+	}
 	return nil
+}
+
+// registerPush registers the device with a push component in one XEP-0050
+// execute (p2's register-push-apns, as Conversations sends it) and enables
+// XEP-0357 push on the server with the node and secret it answers.
+func (c *conn) registerPush(dec *xml.Decoder, p *PushConfig, cred Credentials) error {
+	field := func(v, val string) string { return "<field var='" + v + "'><value>" + val + "</value></field>" }
+	if err := c.send("<iq type='set' id='push-reg' to='" + p.Component + "'><command xmlns='http://jabber.org/protocol/commands' node='register-push-apns' action='execute'>" +
+		"<x xmlns='jabber:x:data' type='submit'>" + field("token", p.Token(cred)) + field("device-id", "bench") + field("key", p.Key) +
+		"</x></command></iq>"); err != nil {
+		return err
+	}
+	res, err := nextID(dec, "push-reg")
+	if err != nil {
+		return err
+	}
+	form := map[string]string{}
+	if res.Command != nil {
+		for _, f := range res.Command.Fields {
+			form[f.Var] = strings.TrimSpace(f.Value)
+		}
+	}
+	if res.Type != "result" || form["node"] == "" {
+		return fmt.Errorf("%w: push registration answered type=%s", errProto, res.Type)
+	}
+	if err := c.send("<iq type='set' id='push-on'><enable xmlns='urn:xmpp:push:0' jid='" + form["jid"] + "' node='" + form["node"] + "'>" +
+		"<x xmlns='jabber:x:data' type='submit'>" + field("FORM_TYPE", "http://jabber.org/protocol/pubsub#publish-options") + field("secret", form["secret"]) +
+		"</x></enable></iq>"); err != nil {
+		return err
+	}
+	res, err = nextID(dec, "push-on")
+	if err != nil {
+		return err
+	}
+	if res.Type != "result" {
+		return fmt.Errorf("%w: push enable answered type=%s", errProto, res.Type)
+	}
+	return nil
+}
+
+// nextID skips what the server sends (presence, for one) up to the
+// element with this id.
+func nextID(dec *xml.Decoder, id string) (*element, error) {
+	for {
+		el, err := next(dec)
+		if err != nil || el.ID == id {
+			return el, err
+		}
+	}
 }
 
 // element is the little of each negotiation element we look at.
 type element struct {
 	XMLName xml.Name
 	Type    string   `xml:"type,attr"`
+	ID      string   `xml:"id,attr"`
 	Text    string   `xml:",chardata"`
 	Mechs   []string `xml:"mechanisms>mechanism"`
 	Bind    *struct {
 		JID string `xml:"jid"`
 	} `xml:"bind"`
+	Command *struct {
+		Fields []struct {
+			Var   string `xml:"var,attr"`
+			Value string `xml:"value"`
+		} `xml:"x>field"`
+	} `xml:"command"`
 	Children []struct {
 		XMLName xml.Name
 	} `xml:",any"`
@@ -291,7 +352,7 @@ func (c *conn) scram(dec *xml.Decoder, cred Credentials) error {
 	if err != nil || iter <= 0 || iter > 1<<20 {
 		return fmt.Errorf("%w: sasl: bad iteration count %q", errProto, attrs["i"])
 	}
-	salted, err := pbkdf2.Key(sha256.New, cred.Password, salt, iter, sha256.Size)
+	salted, err := saltedPassword(cred.Password, salt, iter)
 	if err != nil {
 		return err
 	}
@@ -326,6 +387,23 @@ func (c *conn) scram(dec *xml.Decoder, cred Credentials) error {
 		}
 	}
 	return nil
+}
+
+// salted remembers SCRAM salted passwords, as real clients do (RFC 5802
+// §5.1 lets them cache it), so that thousands of logins with one password
+// do not measure the client's PBKDF2.
+var salted sync.Map // password, salt, iterations → []byte
+
+func saltedPassword(password string, salt []byte, iter int) ([]byte, error) {
+	k := password + "\x00" + string(salt) + "\x00" + strconv.Itoa(iter)
+	if v, ok := salted.Load(k); ok {
+		return v.([]byte), nil
+	}
+	v, err := pbkdf2.Key(sha256.New, password, salt, iter, sha256.Size)
+	if err == nil {
+		salted.Store(k, v)
+	}
+	return v, err
 }
 
 func scramAttrs(s string) map[string]string {

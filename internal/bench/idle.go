@@ -26,6 +26,16 @@ type IdleConfig struct {
 	Drop             bool
 	InsecureTLS      bool
 	LoginConcurrency int // default 16
+	// Push, when set, registers every session's device with a push
+	// component and enables XEP-0357 push before the drop.
+	Push *PushConfig
+}
+
+// PushConfig is how idle sessions register for pushes.
+type PushConfig struct {
+	Component string                   // the push component's JID, e.g. push.localhost
+	Token     func(Credentials) string // the device's APNS token
+	Key       string                   // base64 of the devices' 32-byte payload key
 }
 
 // IdleSessions holds the sessions ConnectIdle opened.
@@ -55,7 +65,7 @@ func ConnectIdle(ctx context.Context, cfg IdleConfig) (*IdleSessions, error) {
 	}
 	start := time.Now()
 	conns, err := login(ctx, cfg.Users[:cfg.Sessions], cfg.LoginConcurrency, func(cr Credentials) dialConfig {
-		return dialConfig{addr: cfg.Addr, domain: cfg.Domain, cred: cr, resource: "idle", insecure: cfg.InsecureTLS, sm: cfg.StreamManagement, presence: true}
+		return dialConfig{addr: cfg.Addr, domain: cfg.Domain, cred: cr, resource: "idle", insecure: cfg.InsecureTLS, sm: cfg.StreamManagement, presence: true, push: cfg.Push}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bench: login: %w", err)
