@@ -59,6 +59,36 @@ type pushEnv struct {
 	logs    *syncBuffer
 }
 
+// runTestComponent runs `pushd component` on cfg, logging at debug level
+// into the buffer it returns, until the test ends; it returns once the
+// component is linked to its router.
+func runTestComponent(t *testing.T, cfg componentFileConfig) (*pushStack, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan *pushStack, 1)
+	done := make(chan error, 1)
+	go func() { done <- runComponent(ctx, cfg, log, func(s *pushStack) { started <- s }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("runComponent: %v", err)
+		}
+		t.Logf("pushd log:\n%s", logs.String())
+	})
+	var stack *pushStack
+	select {
+	case stack = <-started:
+	case err := <-done:
+		t.Fatalf("runComponent: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("component did not start")
+	}
+	waitFor(t, "the component's link to its router", 20*time.Second, stack.component.Connected)
+	return stack, logs
+}
+
 func startPushEnv(t *testing.T) *pushEnv {
 	t.Helper()
 	peertest.RequirePeer(t, peertest.PeerSlixmpp)
@@ -120,33 +150,8 @@ topic = %q
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &pushEnv{prosody: ps, apns: srv, logs: &syncBuffer{}}
-	log := slog.New(slog.NewTextHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	started := make(chan *pushStack, 1)
-	done := make(chan error, 1)
-	go func() { done <- runComponent(ctx, cfg, log, func(s *pushStack) { started <- s }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("runComponent: %v", err)
-		}
-		t.Logf("pushd log:\n%s", env.logs.String())
-	})
-	select {
-	case env.stack = <-started:
-	case err := <-done:
-		t.Fatalf("runComponent: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("component did not start")
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for !env.stack.component.Connected() {
-		if time.Now().After(deadline) {
-			t.Fatal("component did not link to Prosody")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	env := &pushEnv{prosody: ps, apns: srv}
+	env.stack, env.logs = runTestComponent(t, cfg)
 	return env
 }
 
@@ -211,6 +216,47 @@ const (
 	tokRetry = "5e7700d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90"
 )
 
+// onePush waits for the one APNS push of a scenario, checks it is an alert
+// to alice's token and carries none of clear outside the ciphertext, and
+// returns what alice's key opens and the push's tracking id.
+func onePush(t *testing.T, apns *apnstest.Server, key [payload.KeySize]byte, clear ...string) (payload.Payload, string) {
+	t.Helper()
+	if reqs := apns.WaitRequests(1, 20*time.Second); len(reqs) == 0 {
+		t.Fatal("no APNS request")
+	}
+	// Nothing follows: a second request past the coalescing window would
+	// end this wait at once.
+	reqs := apns.WaitRequests(2, 3*time.Second)
+	if len(reqs) != 1 {
+		t.Fatalf("%d APNS requests, want 1", len(reqs))
+	}
+	r := reqs[0]
+	if r.Token != tokAlice || r.Topic != pushTopic || r.PushType != "alert" || r.Status != 200 || r.Auth != "token" {
+		t.Fatalf("APNS request: token %s topic %q type %q status %d auth %q", r.Token, r.Topic, r.PushType, r.Status, r.Auth)
+	}
+	for _, c := range clear {
+		if bytes.Contains(r.Body, []byte(c)) {
+			t.Errorf("APNS body carries %q in clear: %s", c, r.Body)
+		}
+	}
+	var b struct {
+		V   int    `json:"v"`
+		TID string `json:"tid"`
+		Enc string `json:"enc"`
+	}
+	if err := json.Unmarshal(r.Body, &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.V != 1 || b.TID == "" || r.ApnsID != b.TID {
+		t.Errorf("clear fields: v %d tid %q apns-id %q", b.V, b.TID, r.ApnsID)
+	}
+	p, err := payload.Open(key, b.Enc)
+	if err != nil {
+		t.Fatalf("decrypt with the client's key: %v", err)
+	}
+	return p, b.TID
+}
+
 // TestPushEndToEndProsody: issue 4's main scenario (P1, P2, S2) and the log
 // scan (S3).
 func TestPushEndToEndProsody(t *testing.T) {
@@ -224,45 +270,12 @@ func TestPushEndToEndProsody(t *testing.T) {
 	const body = "Wherefore art thou, Romeo-7319?"
 	e.send(t, body)
 
-	reqs := e.apns.WaitRequests(1, 20*time.Second)
-	if len(reqs) == 0 {
-		t.Fatal("no APNS request")
-	}
-	// Nothing follows: a second request past the coalescing window would
-	// end this wait at once.
-	reqs = e.apns.WaitRequests(2, 3*time.Second)
-	if len(reqs) != 1 {
-		t.Fatalf("%d APNS requests, want 1", len(reqs))
-	}
-	r := reqs[0]
-	if r.Token != tokAlice || r.Topic != pushTopic || r.PushType != "alert" || r.Status != 200 || r.Auth != "token" {
-		t.Fatalf("APNS request: token %s topic %q type %q status %d auth %q", r.Token, r.Topic, r.PushType, r.Status, r.Auth)
-	}
-	for _, clear := range []string{"bob", "alice", "Romeo-7319", "Wherefore"} {
-		if bytes.Contains(r.Body, []byte(clear)) {
-			t.Errorf("APNS body carries %q in clear: %s", clear, r.Body)
-		}
-	}
-	var b struct {
-		V   int    `json:"v"`
-		TID string `json:"tid"`
-		Enc string `json:"enc"`
-	}
-	if err := json.Unmarshal(r.Body, &b); err != nil {
-		t.Fatal(err)
-	}
-	p, err := payload.Open(key, b.Enc)
-	if err != nil {
-		t.Fatalf("decrypt with the client's key: %v", err)
-	}
+	p, tid := onePush(t, e.apns, key, "bob", "alice", "Romeo-7319", "Wherefore")
 	if p.Type != payload.TypeMessage || p.Body != body || !strings.HasPrefix(p.From, e.prosody.JID("bob")) {
 		t.Fatalf("payload = %+v", p)
 	}
-	if b.V != 1 || b.TID == "" || r.ApnsID != b.TID {
-		t.Errorf("clear fields: v %d tid %q apns-id %q", b.V, b.TID, r.ApnsID)
-	}
-	if !strings.Contains(e.logs.String(), b.TID) {
-		t.Errorf("tracking id %s not in the log", b.TID)
+	if !strings.Contains(e.logs.String(), tid) {
+		t.Errorf("tracking id %s not in the log", tid)
 	}
 	// S3: the pushd log of the whole scenario names no user and no body.
 	logs := e.logs.String()

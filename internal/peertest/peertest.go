@@ -1,6 +1,6 @@
 // Package peertest runs real XMPP peers against an XMPP server under test:
-// a throwaway Prosody 0.12 (the reference server), slixmpp scripts and
-// @xmpp/client scripts from testdata/peers.
+// a throwaway Prosody 0.12 (the reference server) or ejabberd 23.01,
+// slixmpp scripts and @xmpp/client scripts from testdata/peers.
 //
 // It owns process lifetime and wiring only: free ports on 127.0.0.1, temp
 // configs, certificates, logs into the test log, cleanup of every process it
@@ -30,6 +30,7 @@ const (
 	PeerSlixmpp     = "slixmpp"      // python3-slixmpp importable by /usr/bin/python3
 	PeerNode        = "node"         // node and npm
 	PeerSIPp        = "sipp"         // sipp from sip-tester
+	PeerEjabberd    = "ejabberd"     // erl and ejabberd's Erlang application
 )
 
 // Python is the interpreter that can import Debian's slixmpp; the python3
@@ -104,6 +105,8 @@ func probe(name string) string {
 		return lookPath("node", "npm")
 	case PeerSIPp:
 		return lookPath("sipp")
+	case PeerEjabberd:
+		return probeEjabberd()
 	default:
 		if _, err := exec.LookPath(name); err != nil {
 			return name + " not found in PATH"
