@@ -87,7 +87,9 @@ func (s *Server) forward(node string, el *stanza.Element) func() error {
 	return func() error {
 		err := first()
 		deadline := time.Now().Add(forwardRetry)
-		for backoff := 50 * time.Millisecond; err != nil && time.Now().Before(deadline); backoff = min(2*backoff, time.Second) {
+		// Capped low: the wait ends when membership names a new home, and
+		// a retry is only a placement lookup and a dial.
+		for backoff := 50 * time.Millisecond; err != nil && time.Now().Before(deadline); backoff = min(2*backoff, 250*time.Millisecond) {
 			time.Sleep(backoff)
 			to, perr := jid.Parse(el.Get("to"))
 			if perr != nil {

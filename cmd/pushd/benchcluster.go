@@ -118,6 +118,11 @@ func runBenchCluster(ctx context.Context, exe string, o benchClusterOptions, out
 	for _, n := range names {
 		list = append(list, nodes[n])
 	}
+	// Members send each other every account when they meet: let that
+	// settle so that the rate measures the messages' replication alone.
+	if err := quiet(list, "pushd_cluster_replication_records_applied_total"); err != nil {
+		return err
+	}
 	clusterRate, applied, err := benchAckedRate(ctx, list, home, pairBase, o)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
@@ -193,6 +198,21 @@ func waitUntil(what string, limit time.Duration, cond func() (bool, error)) erro
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// quiet waits until a counter summed over the nodes stops moving for half
+// a second.
+func quiet(nodes []*benchNode, series string) error {
+	last, still := -1.0, 0
+	return waitUntil(series+" to settle", 2*time.Minute, func() (bool, error) {
+		v, err := sum(nodes, series)
+		if v == last {
+			still++
+		} else {
+			last, still = v, 0
+		}
+		return err == nil && still >= 25, err
+	})
 }
 
 // startBenchCluster starts one pushd process per name, each with the
