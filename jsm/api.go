@@ -212,6 +212,13 @@ type Deliver struct {
 	Entry  Entry
 }
 
+// Forward (added, H1): send the stanza to the node that serves its
+// recipient, a user of the domain that this node does not serve
+// (Config.Remote).
+type Forward struct {
+	Stanza *stanza.Element
+}
+
 // ToComponent: send the stanza to the component serving Domain.
 type ToComponent struct {
 	Domain string
@@ -331,6 +338,7 @@ type PushDisabled struct {
 
 func (Deliver) action()            {}
 func (ToComponent) action()        {}
+func (Forward) action()            {}
 func (Enqueue) action()            {}
 func (Flush) action()              {}
 func (Trim) action()               {}
@@ -467,6 +475,12 @@ type Config struct {
 	// (default 10 000 stanzas, 64 MiB, M9).
 	MaxQueueEntries int
 	MaxQueueBytes   int64
+	// Remote (added, H1), when set, says whether a user of the domain (a
+	// bare JID) is served by another node of a cluster: stanzas for such
+	// a user leave as Forward actions, and presence probes to them are
+	// real probes. It must be a lookup in memory, without I/O (the
+	// cluster's placement). Default nil: every user is served here.
+	Remote func(user string) bool
 }
 
 // DefaultConfig returns jsm's defaults.

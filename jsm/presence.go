@@ -133,7 +133,9 @@ func (m *Machine) probeContacts(d *device) {
 		if !hasTo(it.Subscription) {
 			continue
 		}
-		if c := m.user(it.JID); c != nil {
+		if m.remote(it.JID) {
+			m.route(stanza.New(stanza.NSClient, "presence", "type", "probe", "from", u.bareStr, "to", k), u.bare)
+		} else if c := m.user(it.JID); c != nil {
 			if ci := c.roster[u.bareStr]; ci == nil || !hasFrom(ci.Subscription) {
 				continue
 			}

@@ -92,6 +92,11 @@ func (m *Machine) route(st *stanza.Element, from jid.JID) {
 	}
 }
 
+// remote reports whether a user of the domain is served by another node.
+func (m *Machine) remote(to jid.JID) bool {
+	return m.cfg.Remote != nil && to.Localpart() != "" && m.cfg.Remote(to.Bare().String())
+}
+
 // routeLocal handles a stanza for the server itself or one of its users.
 func (m *Machine) routeLocal(st *stanza.Element, from, to jid.JID) {
 	if to.Localpart() == "" {
@@ -103,6 +108,10 @@ func (m *Machine) routeLocal(st *stanza.Element, from, to jid.JID) {
 			m.bounce(st, "cancel", "service-unavailable")
 		}
 		return // presence to the server: nothing to do with it
+	}
+	if m.remote(to) {
+		m.emit(Forward{Stanza: st})
+		return
 	}
 	u := m.users[to.Localpart()]
 	if u == nil {

@@ -18,6 +18,9 @@ type Cluster interface {
 	// Home says where user's (a bare JID's) sessions live: here, or on
 	// node, whose clients connect at c2sAddr.
 	Home(user string) (here bool, node, c2sAddr string)
+	// Serving names the node that serves user now, without waiting for a
+	// takeover or a sync as Home may ("" if none is known).
+	Serving(user string) string
 	// Forward hands a stanza to node, where its recipient lives; wait
 	// returns once the node holds what the stanza caused durably.
 	Forward(node string, st *stanza.Element) (wait func() error)

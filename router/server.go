@@ -410,6 +410,16 @@ func (s *Server) execute(a jsm.Action) {
 		if link := s.components[a.Domain]; link != nil {
 			link.send(a.Stanza)
 		}
+	case jsm.Forward:
+		// What the session manager sends a user of another node
+		// (presence to contacts, probes and their answers, bounces). A
+		// copy: forward marks it with its forwarding id.
+		if c := s.cfg.Cluster; c != nil {
+			to, err := jid.Parse(a.Stanza.Get("to"))
+			if err == nil {
+				s.replicated = append(s.replicated, s.forward(c.Serving(to.Bare().String()), a.Stanza.Copy()))
+			}
+		}
 	case jsm.Enqueue:
 		s.durable = append(s.durable, s.queue.AppendAsync(a.Device, a.Entries))
 		if c := s.cfg.Cluster; c != nil {

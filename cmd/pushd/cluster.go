@@ -309,6 +309,19 @@ func (cn *clusterNode) settle(next func(*cluster.Placement) *cluster.Placement) 
 	cn.settledCh = make(chan struct{})
 }
 
+func (cn *clusterNode) Serving(user string) string { return cn.c.Placement().Primary(user) }
+
+// remote is jsm's Config.Remote: whether another member serves user.
+func (cn *clusterNode) remote(user string) bool {
+	select {
+	case <-cn.joined:
+	default:
+		return false // not yet a member: everyone is served here
+	}
+	p := cn.c.Placement().Primary(user)
+	return p != "" && p != cn.c.Name()
+}
+
 func (cn *clusterNode) Forward(node string, st *stanza.Element) func() error {
 	w := cn.c.Forward(context.Background(), node, cluster.StanzaRecord{Stanza: stanza.Marshal(st, stanza.NSClient)})
 	return func() error {

@@ -103,6 +103,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	if cfg.Cluster.enabled() {
 		// Served after the other members hand over (clusterNode.sync).
 		state.Queues, state.Registrations = nil, nil
+		jcfg.Remote = func(user string) bool { return n.cluster != nil && n.cluster.remote(user) }
 	}
 	machine := jsm.New(jcfg, state)
 
