@@ -1,0 +1,54 @@
+package jsm
+
+import (
+	"testing"
+	"time"
+
+	"mellium.im/xmpp/jid"
+
+	"pushd/internal/stanza"
+)
+
+// H1: with Config.Remote, what jsm sends a user another node serves leaves
+// as a Forward action (a presence broadcast to a contact), and a probe of
+// such a contact is a real probe instead of an answer from local state.
+func TestRemoteContactsGetForwards(t *testing.T) {
+	alice, bob := jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost")
+	cfg := DefaultConfig()
+	cfg.Remote = func(user string) bool { return user == bob.String() }
+	m := New(cfg, State{Users: []jid.JID{alice, bob}, Rosters: map[string][]RosterItem{
+		alice.String(): {{JID: bob, Subscription: SubBoth}},
+	}})
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	phone, _ := alice.WithResource("phone")
+	m.Step(now, Bound{Stream: 1, JID: phone})
+	// The router stamps from on what a client sends.
+	acts := m.Step(now, StanzaIn{Stream: 1, Stanza: stanza.New(stanza.NSClient, "presence", "from", phone.String())})
+	var broadcast, probe bool
+	for _, a := range acts {
+		f, ok := a.(Forward)
+		if !ok || f.Stanza.Get("to") != bob.String() {
+			continue
+		}
+		switch f.Stanza.Get("type") {
+		case "":
+			broadcast = f.Stanza.Get("from") == phone.String()
+		case "probe":
+			probe = f.Stanza.Get("from") == alice.String()
+		}
+	}
+	if !broadcast || !probe {
+		t.Fatalf("initial presence: broadcast forwarded %v, probe forwarded %v; actions %v", broadcast, probe, acts)
+	}
+
+	// Without Remote, bob is local: no Forward at all.
+	m = New(DefaultConfig(), State{Users: []jid.JID{alice, bob}, Rosters: map[string][]RosterItem{
+		alice.String(): {{JID: bob, Subscription: SubBoth}},
+	}})
+	m.Step(now, Bound{Stream: 1, JID: phone})
+	for _, a := range m.Step(now, StanzaIn{Stream: 1, Stanza: stanza.New(stanza.NSClient, "presence", "from", phone.String())}) {
+		if _, ok := a.(Forward); ok {
+			t.Fatalf("Forward on a lone node: %v", a)
+		}
+	}
+}
