@@ -11,6 +11,7 @@ import (
 // gives unregistered series, so the code never checks for nil.
 type metrics struct {
 	publishes  *prometheus.CounterVec // outcome
+	accepted   prometheus.Counter     // publishes{outcome="accepted"}
 	commands   *prometheus.CounterVec // command, outcome
 	linkUp     prometheus.Gauge
 	reconnects prometheus.Counter
@@ -31,6 +32,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pushd_component_link_attempts_total", Help: "XEP-0114 connection attempts.",
 		}),
 	}
+	m.accepted = m.publishes.WithLabelValues("accepted")
 	if reg == nil {
 		return m, nil
 	}
@@ -42,7 +44,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-func (m *metrics) publish(outcome string)      { m.publishes.WithLabelValues(outcome).Inc() }
+func (m *metrics) publish(outcome string) {
+	if outcome == "accepted" {
+		m.accepted.Inc() // every push: no label look-up
+		return
+	}
+	m.publishes.WithLabelValues(outcome).Inc()
+}
 func (m *metrics) command(cmd, outcome string) { m.commands.WithLabelValues(cmd, outcome).Inc() }
 
 // Publishes returns how many publishes ended with outcome ("accepted",

@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"pushd/component/dispatch"
 	"pushd/component/payload"
+	"pushd/internal/redact"
 	"pushd/internal/stanza"
 )
 
@@ -21,51 +25,72 @@ func (c *Component) publish(ctx context.Context, iq, ps *stanza.Element) (*stanz
 	node := pub.Get("node")
 	var secret string
 	if po := ps.Child(nsPubsub, "publish-options"); po != nil {
-		secret = parseForm(po.Child(nsData, "x")).get("secret")
+		secret = formValue(po.Child(nsData, "x"), "secret")
 	}
 	from := iq.Get("from")
-	tid := dispatch.NewTrackingID()
-	log := c.log.With("tid", tid, c.red.Attr("from", bareJID(from)))
+	// The dispatcher makes up the tracking id of a push (a new id needs no
+	// look-up among the answered ones, P5); a publish refused before it
+	// gets there is given one for its log line.
+	var tid string
+	// Every line of this publish carries its tracking id and the redacted
+	// publisher; typed attributes and no per-publish logger, as this runs
+	// for every push.
+	log := func(level slog.Level, msg string, attrs ...slog.Attr) {
+		h := c.log.Handler()
+		if !h.Enabled(ctx, level) {
+			return
+		}
+		if tid == "" {
+			tid = dispatch.NewTrackingID()
+		}
+		// A record without the caller's program counter: slog would walk
+		// the stack for it, and no handler of pushd records the source.
+		r := slog.NewRecord(time.Now(), level, msg, 0)
+		r.AddAttrs(slog.String("tid", tid), slog.String("from", c.publishers.token(from)))
+		r.AddAttrs(attrs...)
+		_ = h.Handle(ctx, r)
+	}
 	dev, err := c.reg.Check(node, secret, from)
 	if errors.Is(err, ErrNotFound) {
 		c.m.publish("item_not_found")
-		log.Info("push publish refused: unknown node or wrong secret")
+		log(slog.LevelInfo, "push publish refused: unknown node or wrong secret")
 		return nil, errItemNotFound
 	}
 	if err != nil {
 		c.m.publish("error")
-		log.Error("push publish: registry", "err", err)
+		log(slog.LevelError, "push publish: registry", slog.Any("err", err))
 		return nil, &stanzaError{Type: "wait", Condition: "internal-server-error"}
 	}
 	if !dev.Wants(payload.ChannelMessage) {
 		c.m.publish("channel_off")
-		log.Info("push publish ignored: device asked for no message pushes")
+		log(slog.LevelInfo, "push publish ignored: device asked for no message pushes")
 		return iqResult(iq, c.cfg.Domain), nil
 	}
 	p, enc := summary(pub, c.cfg.Now().UnixMilli())
-	job := dispatch.Job{TrackingID: tid, Registration: dev.Registration(), Payload: p, Encrypted: enc}
-	_, err = c.dispatch.Submit(ctx, job)
+	job := dispatch.Job{Registration: dev.Registration(), Payload: p, Encrypted: enc}
+	tid, err = c.dispatch.Submit(ctx, job)
 	if errors.Is(err, payload.ErrNotCiphertext) || errors.Is(err, payload.ErrClearPersonal) || errors.Is(err, payload.ErrType) {
 		// What the router sent cannot leave as it is: wake the device
 		// without content rather than not at all.
-		log.Warn("push publish: payload unusable, sending a wake-up", "err", err)
+		log(slog.LevelWarn, "push publish: payload unusable, sending a wake-up", slog.Any("err", err))
+		job.TrackingID = tid
 		job.Payload, job.Encrypted = payload.Payload{Type: payload.TypeMessage, Count: p.Count, TS: p.TS}, ""
-		_, err = c.dispatch.Submit(ctx, job)
+		tid, err = c.dispatch.Submit(ctx, job)
 	}
 	switch {
 	case err == nil, errors.Is(err, dispatch.ErrDuplicate):
 	case errors.Is(err, dispatch.ErrBusy), errors.Is(err, dispatch.ErrClosed):
 		c.m.publish("busy")
-		log.Warn("push publish deferred: dispatcher busy", "err", err)
+		log(slog.LevelWarn, "push publish deferred: dispatcher busy", slog.Any("err", err))
 		return nil, errResourceConstraint
 	default:
 		c.m.publish("error")
-		log.Error("push publish: dispatch refused", "err", err)
+		log(slog.LevelError, "push publish: dispatch refused", slog.Any("err", err))
 		return nil, &stanzaError{Type: "wait", Condition: "internal-server-error"}
 	}
 	c.m.publish("accepted")
-	log.Info("push publish accepted", "provider", dev.Provider, "sealed", enc != "" || len(dev.Key) > 0,
-		"router_encrypted", enc != "")
+	log(slog.LevelInfo, "push publish accepted", slog.String("provider", string(dev.Provider)),
+		slog.Bool("sealed", enc != "" || len(dev.Key) > 0), slog.Bool("router_encrypted", enc != ""))
 	return iqResult(iq, c.cfg.Domain), nil
 }
 
@@ -83,24 +108,55 @@ func summary(pub *stanza.Element, now int64) (payload.Payload, string) {
 	if n == nil {
 		return p, ""
 	}
-	for _, x := range n.Elements() {
-		if !x.Is(nsData, "x") {
+	for _, c := range n.Children {
+		x, ok := c.(*stanza.Element)
+		if !ok || !x.Is(nsData, "x") {
 			continue
 		}
-		f := parseForm(x)
-		if ft := f.get("FORM_TYPE"); ft != "" && ft != nsPushSummary {
+		var f summaryForm
+		f.read(x)
+		if f.formType != "" && f.formType != nsPushSummary {
 			continue
 		}
-		if cnt, err := strconv.Atoi(f.get("message-count")); err == nil && cnt > 0 {
+		if cnt, err := strconv.Atoi(f.count); err == nil && cnt > 0 {
 			p.Count = cnt
 		}
-		p.From = f.get("last-message-sender")
-		p.Body = f.get("last-message-body")
+		p.From, p.Body = f.sender, f.body
 	}
 	if e := n.Child(nsTigaseEncrypt, "encrypted"); e != nil {
 		return payload.Payload{Type: payload.TypeMessage, Count: p.Count, TS: now}, routerEnc(e)
 	}
 	return p, ""
+}
+
+// summaryForm is the part of an urn:xmpp:push:summary form a push uses,
+// read in one pass (as parseForm would: the last field of a name counts,
+// its first value trimmed).
+type summaryForm struct {
+	formType, count, sender, body string
+}
+
+func (f *summaryForm) read(x *stanza.Element) {
+	for _, n := range x.Children {
+		fe, ok := n.(*stanza.Element)
+		if !ok || fe.Name.Local != "field" || fe.Name.Space != nsData {
+			continue
+		}
+		var dst *string
+		switch fe.Get("var") {
+		case "FORM_TYPE":
+			dst = &f.formType
+		case "message-count":
+			dst = &f.count
+		case "last-message-sender":
+			dst = &f.sender
+		case "last-message-body":
+			dst = &f.body
+		default:
+			continue
+		}
+		*dst = firstValue(fe)
+	}
 }
 
 // routerEnc joins Tigase's iv attribute and base64 ciphertext (with tag)
@@ -117,4 +173,36 @@ func routerEnc(e *stanza.Element) string {
 		return data
 	}
 	return base64.StdEncoding.EncodeToString(append(iv, ct...))
+}
+
+// publishers caches the redacted form of the JIDs that publish: a router
+// publishes from its domain or from its users' bare JIDs, a small set,
+// and the keyed hash of the redaction is a measurable part of the one log
+// line every publish writes. Safe for concurrent use.
+type publishers struct {
+	red *redact.Redactor
+	mu  sync.Mutex
+	tok map[string]string // bare JID → redacted
+}
+
+// publishersLimit bounds the cache; past it the cache starts afresh.
+const publishersLimit = 4096
+
+// token returns the redacted bare JID of from.
+func (p *publishers) token(from string) string {
+	bare := bareJID(from)
+	p.mu.Lock()
+	t, ok := p.tok[bare]
+	p.mu.Unlock()
+	if ok {
+		return t
+	}
+	t = p.red.Token(bare)
+	p.mu.Lock()
+	if p.tok == nil || len(p.tok) >= publishersLimit {
+		p.tok = make(map[string]string)
+	}
+	p.tok[bare] = t
+	p.mu.Unlock()
+	return t
 }

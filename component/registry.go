@@ -135,14 +135,19 @@ type Registry struct {
 	onChange func(node string)
 
 	// Every publish looks its device up and hashes its sender: both are
-	// cached in memory (the registry is small), the devices invalidated
-	// by every write.
+	// cached in memory. A write puts the record it committed into the
+	// device cache (a device registers, then gets its publishes), so a
+	// publish reads badger only for a device not used or written lately.
+	// gen counts writes: a lookup that read badger while a write
+	// happened does not cache what it read, which may be older.
 	cacheMu sync.RWMutex
 	devices map[string]Device
+	gen     uint64
 	hashes  map[string][]byte
 }
 
-// cacheLimit bounds each cache; past it the cache starts afresh.
+// cacheLimit bounds each cache. Past it the hash cache starts afresh and
+// the device cache drops one arbitrary entry per new one.
 const cacheLimit = 1 << 16
 
 // SetRegistryKey makes key the registry's hash key in db, before
@@ -162,8 +167,15 @@ func (r *Registry) OnChange(fn func(node string)) {
 	r.mu.Unlock()
 }
 
-func (r *Registry) changed(node string) {
-	r.forget(node)
+// changed follows a committed write of node: the cache takes the record
+// as written (nil: the registration is gone) and onChange hears of it.
+// Callers hold r.mu, so the cache sees writes in commit order.
+func (r *Registry) changed(node string, d *Device) {
+	if d != nil {
+		r.remember(*d)
+	} else {
+		r.forget(node)
+	}
 	if r.onChange != nil {
 		r.onChange(node)
 	}
@@ -192,8 +204,13 @@ func (r *Registry) Export(node string) ([]byte, error) {
 func (r *Registry) Import(node string, data []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	defer r.forget(node)
-	return r.db.Update(func(txn *badger.Txn) error {
+	var d Device
+	if data != nil {
+		if err := json.Unmarshal(data, &d); err != nil || d.Node != node {
+			return fmt.Errorf("component: registry: bad replicated record")
+		}
+	}
+	err := r.db.Update(func(txn *badger.Txn) error {
 		if data == nil {
 			d, err := getDevice(txn, node)
 			if errors.Is(err, ErrNotFound) {
@@ -204,10 +221,6 @@ func (r *Registry) Import(node string, data []byte) error {
 			}
 			return deleteDevice(txn, d)
 		}
-		var d Device
-		if err := json.Unmarshal(data, &d); err != nil || d.Node != node {
-			return fmt.Errorf("component: registry: bad replicated record")
-		}
 		if err := txn.Set(nodeKey(node), data); err != nil {
 			return err
 		}
@@ -216,6 +229,12 @@ func (r *Registry) Import(node string, data []byte) error {
 		}
 		return txn.Set(accountKey(d.Account, node), nil)
 	})
+	if err != nil || data == nil {
+		r.forget(node)
+		return err
+	}
+	r.remember(d)
+	return nil
 }
 
 // OpenRegistry opens the registry in db, creating its hash key on first use.
@@ -273,8 +292,32 @@ func (r *Registry) hash(parts ...string) []byte {
 // forget drops node from the device cache after a write.
 func (r *Registry) forget(node string) {
 	r.cacheMu.Lock()
+	r.gen++
 	delete(r.devices, node)
 	r.cacheMu.Unlock()
+}
+
+// remember puts d, as just committed, into the device cache.
+func (r *Registry) remember(d Device) {
+	r.cacheMu.Lock()
+	r.gen++
+	r.cacheLocked(d)
+	r.cacheMu.Unlock()
+}
+
+// cacheLocked adds d, making room if the cache is full. Called with
+// cacheMu held.
+func (r *Registry) cacheLocked(d Device) {
+	if r.devices == nil {
+		r.devices = make(map[string]Device)
+	}
+	if _, ok := r.devices[d.Node]; !ok && len(r.devices) >= cacheLimit {
+		for k := range r.devices { // map order: an arbitrary victim
+			delete(r.devices, k)
+			break
+		}
+	}
+	r.devices[d.Node] = d
 }
 
 func (r *Registry) accountHash(bare string) []byte { return r.hash("account", bare) }
@@ -360,7 +403,7 @@ func (r *Registry) Register(req RegisterRequest) (Device, bool, error) {
 	if err != nil {
 		return Device{}, false, fmt.Errorf("component: register: %w", err)
 	}
-	r.changed(d.Node)
+	r.changed(d.Node, &d)
 	return d, created, nil
 }
 
@@ -400,6 +443,7 @@ func (r *Registry) Unregister(account, deviceID, token string, provider dispatch
 func (r *Registry) Get(node string) (Device, error) {
 	r.cacheMu.RLock()
 	d, ok := r.devices[node]
+	gen := r.gen
 	r.cacheMu.RUnlock()
 	if ok {
 		return d, nil
@@ -411,10 +455,9 @@ func (r *Registry) Get(node string) (Device, error) {
 	})
 	if err == nil {
 		r.cacheMu.Lock()
-		if r.devices == nil || len(r.devices) >= cacheLimit {
-			r.devices = make(map[string]Device)
+		if r.gen == gen {
+			r.cacheLocked(d)
 		}
-		r.devices[node] = d
 		r.cacheMu.Unlock()
 	}
 	return d, err
@@ -460,7 +503,7 @@ func (r *Registry) Remove(node string) error {
 		return deleteDevice(txn, d)
 	})
 	if err == nil {
-		r.changed(node)
+		r.changed(node, nil)
 	}
 	return err
 }
@@ -521,32 +564,60 @@ func (r *Registry) List() ([]Device, error) {
 	return out, err
 }
 
-// DeadToken implements dispatch.DeadTokenHook: the provider declared the
-// token of reg dead, so its registration goes (P3) and the router gets
-// item-not-found on its next publish. A registration that was renewed with
-// another message token since the push was accepted stays.
-func (r *Registry) DeadToken(_ context.Context, reg dispatch.Registration) error {
+// DeadToken implements dispatch.DeadTokenHook (P3). A dead message token
+// removes the registration, so the router gets item-not-found on its next
+// publish. A dead VoIP token removes only the VoIP token: messages keep
+// coming on the message channel, and calls fall back to it (as for a
+// device that never registered one) until the app registers a new VoIP
+// token. A token renewed since the push was accepted is not known dead,
+// so a verdict on the old one changes nothing. Either change reaches the
+// other nodes of a cluster through OnChange, like any registration write.
+func (r *Registry) DeadToken(_ context.Context, dead dispatch.DeadToken) error {
+	node := dead.Registration.ID
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	removed := false
+	var (
+		changed bool
+		kept    *Device // nil: removed
+	)
 	err := r.db.Update(func(txn *badger.Txn) error {
-		d, err := getDevice(txn, reg.ID)
+		d, err := getDevice(txn, node)
 		if errors.Is(err, ErrNotFound) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		if d.Token != reg.Token {
-			return nil // renewed since; the new token is not known dead
+		switch {
+		case dead.Token == "":
+			return nil
+		case dead.Channel == payload.ChannelVoIP:
+			// Only the VoIP token is judged on the VoIP topic: the
+			// message token may have been sent there for want of one,
+			// and DeviceTokenNotForTopic says nothing about its own topic.
+			if d.VoIPToken != dead.Token {
+				return nil
+			}
+			d.VoIPToken, d.Updated = "", r.now()
+			val, err := json.Marshal(d)
+			if err != nil {
+				return err
+			}
+			changed, kept = true, &d
+			return txn.Set(nodeKey(node), val)
+		case d.Token == dead.Token:
+			changed = true
+			return deleteDevice(txn, d)
 		}
-		removed = true
-		return deleteDevice(txn, d)
+		return nil
 	})
-	if err == nil && removed {
-		r.changed(reg.ID)
+	if err != nil {
+		return fmt.Errorf("component: dead token: %w", err)
 	}
-	return err
+	if changed {
+		r.changed(node, kept)
+	}
+	return nil
 }
 
 func getString(txn *badger.Txn, key []byte) (string, error) {

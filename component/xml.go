@@ -140,6 +140,34 @@ func (f form) get(name string) string {
 
 func (f form) has(name string) bool { _, ok := f.fields[name]; return ok }
 
+// formValue is parseForm(x).get(name) without building the form: the
+// publish path reads a handful of fields of every publish. As in
+// parseForm, the last field of that name counts.
+func formValue(x *stanza.Element, name string) string {
+	if x == nil {
+		return ""
+	}
+	var val string
+	for _, n := range x.Children {
+		fe, ok := n.(*stanza.Element)
+		if !ok || fe.Name.Local != "field" || fe.Name.Space != nsData || fe.Get("var") != name {
+			continue
+		}
+		val = firstValue(fe)
+	}
+	return val
+}
+
+// firstValue is the first <value/> of a form field, trimmed ("" if none).
+func firstValue(field *stanza.Element) string {
+	for _, vn := range field.Children {
+		if ve, ok := vn.(*stanza.Element); ok && ve.Name.Local == "value" {
+			return strings.TrimSpace(ve.Text())
+		}
+	}
+	return ""
+}
+
 // parseForm reads a jabber:x:data element (nil → empty form).
 func parseForm(x *stanza.Element) form {
 	f := form{fields: map[string][]string{}}

@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -222,7 +221,27 @@ func (p *Provider) Reset() {
 // Close releases idle connections.
 func (p *Provider) Close() { p.current().CloseIdleConnections() }
 
-var uuidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+// isUUID reports whether s is a lower-case UUID (8-4-4-4-12 hex digits),
+// the form apns-id takes. A loop, not a regexp: it runs for every push.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := range len(s) {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 // Notification builds the apns2 request for push (exported for tests and
 // for `pushd push test`).
@@ -246,7 +265,7 @@ func (p *Provider) Notification(push dispatch.Push) (*apns2.Notification, error)
 	if ch.Expiration > 0 {
 		n.Expiration = p.now().Add(ch.Expiration)
 	}
-	if uuidRe.MatchString(push.TrackingID) {
+	if isUUID(push.TrackingID) {
 		n.ApnsID = push.TrackingID // Apple echoes it: the tracking id on both sides
 	}
 	return n, nil

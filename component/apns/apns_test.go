@@ -262,3 +262,28 @@ func clientCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
 	pool.AddCert(leaf)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k, Leaf: leaf}, pool
 }
+
+// The tracking id goes out as apns-id only when Apple takes it: a
+// lower-case UUID.
+func TestNotificationApnsID(t *testing.T) {
+	p, _ := newTokenProvider(t)
+	for tid, want := range map[string]bool{
+		"5f0c7b2e-8d1a-4c3b-9e6f-2a1b3c4d5e6f":  true,
+		"5F0C7B2E-8D1A-4C3B-9E6F-2A1B3C4D5E6F":  false,
+		"5f0c7b2e-8d1a-4c3b-9e6f-2a1b3c4d5e6":   false,
+		"5f0c7b2e-8d1a-4c3b-9e6f-2a1b3c4d5e6fa": false,
+		"5f0c7b2e08d1a-4c3b-9e6f-2a1b3c4d5e6f":  false,
+		"5f0c7b2e-8d1a-4c3b-9e6g-2a1b3c4d5e6f":  false,
+		"sip-call-1":                            false,
+	} {
+		pu := push(t, payload.ChannelMessage, payload.TypeMessage)
+		pu.TrackingID = tid
+		n, err := p.Notification(pu)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (n.ApnsID == tid) != want || (!want && n.ApnsID != "") {
+			t.Errorf("tracking id %q → apns-id %q", tid, n.ApnsID)
+		}
+	}
+}

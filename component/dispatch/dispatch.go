@@ -15,7 +15,6 @@ package dispatch
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,7 +75,7 @@ type Dispatcher struct {
 	closed   bool
 	pending  int
 	inflight map[string]struct{} // tracking ids accepted and not answered
-	devices  map[string]*device
+	devices  map[deviceKey]*device
 	submits  int
 }
 
@@ -87,6 +86,13 @@ type lane struct {
 	queue     chan *Push
 	mu        sync.Mutex
 	lastReset time.Time
+}
+
+// deviceKey names one device channel: provider, channel, token.
+type deviceKey struct {
+	provider ProviderName
+	channel  payload.Channel
+	token    string
 }
 
 // device is the coalescing and rate-limit state of one device channel.
@@ -110,7 +116,7 @@ func New(cfg Config, deps Deps) (*Dispatcher, error) {
 	d := &Dispatcher{
 		cfg: cfg, db: deps.DB, hook: deps.DeadToken, m: deps.Metrics, log: cfg.Logger,
 		lanes: map[ProviderName]*lane{}, ctx: ctx, cancel: cancel,
-		inflight: map[string]struct{}{}, devices: map[string]*device{},
+		inflight: map[string]struct{}{}, devices: map[deviceKey]*device{},
 	}
 	stored, err := d.load()
 	if err != nil {
@@ -154,7 +160,12 @@ func (d *Dispatcher) load() ([]*Push, error) {
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			var p Push
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &p) }); err != nil {
+			err := it.Item().Value(func(v []byte) error {
+				var err error
+				p, err = decodePush(v)
+				return err
+			})
+			if err != nil {
 				return fmt.Errorf("dispatch: load %s: %w", it.Item().Key(), err)
 			}
 			out = append(out, &p)
@@ -182,7 +193,8 @@ func (d *Dispatcher) Close() error {
 // the tracking id.
 func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 	tid := job.TrackingID
-	if tid == "" {
+	fresh := tid == ""
+	if fresh {
 		tid = NewTrackingID()
 	}
 	push, l, err := d.accept(tid, job)
@@ -210,7 +222,7 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 		d.refused(err)
 		return tid, err
 	}
-	if err := d.persistNew(push); err != nil {
+	if err := d.persistNew(push, fresh); err != nil {
 		d.mu.Lock()
 		delete(d.inflight, tid)
 		d.pending--
@@ -222,7 +234,8 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 		d.m.accepted.WithLabelValues(string(l.name)).Inc()
 	}
 	d.setPending()
-	d.log.Debug("push accepted", "tid", tid, "provider", l.name, "channel", push.Channel, "type", push.Sealed.Type)
+	logLine(ctx, d.log, slog.LevelDebug, "push accepted", slog.String("tid", tid), slog.String("provider", string(l.name)),
+		slog.String("channel", string(push.Channel)), slog.String("type", string(push.Sealed.Type)))
 	d.route(l, push)
 	return tid, nil
 }
@@ -255,15 +268,12 @@ func (d *Dispatcher) accept(tid string, job Job) (*Push, *lane, error) {
 	return &Push{TrackingID: tid, Registration: reg, Channel: ch, Sealed: sealed, Accepted: d.cfg.Now()}, l, nil
 }
 
-// persistNew stores a new push unless its tracking id was seen before.
-// It returns once the push is committed, in a transaction shared with the
-// other writes waiting at that moment.
-func (d *Dispatcher) persistNew(p *Push) error {
-	val, err := json.Marshal(p)
-	if err != nil {
-		return fmt.Errorf("dispatch: encode: %w", err)
-	}
-	return d.store.do(&writeOp{kind: opNew, tid: p.TrackingID, val: val})
+// persistNew stores a new push unless its tracking id was seen before
+// (fresh: Submit made the id up, so it cannot have been). It returns once
+// the push is committed, in a transaction shared with the other writes
+// waiting at that moment.
+func (d *Dispatcher) persistNew(p *Push, fresh bool) error {
+	return d.store.do(&writeOp{kind: opNew, tid: p.TrackingID, val: encodePush(p), fresh: fresh})
 }
 
 func (d *Dispatcher) refused(err error) {
@@ -290,7 +300,7 @@ func (d *Dispatcher) refused(err error) {
 // then queues the push, now or later.
 func (d *Dispatcher) route(l *lane, p *Push) {
 	now := d.cfg.Now()
-	key := string(l.name) + "/" + string(p.Channel) + "/" + p.DeviceToken()
+	key := deviceKey{l.name, p.Channel, p.DeviceToken()}
 	var replaced *Push
 	var wait time.Duration
 	d.mu.Lock()
@@ -339,7 +349,7 @@ func (d *Dispatcher) rateWait(dev *device, now time.Time) time.Duration {
 }
 
 // release sends the held message push of a device when its window ends.
-func (d *Dispatcher) release(l *lane, key string) {
+func (d *Dispatcher) release(l *lane, key deviceKey) {
 	now := d.cfg.Now()
 	d.mu.Lock()
 	dev := d.devices[key]
@@ -393,20 +403,26 @@ func (d *Dispatcher) enqueue(l *lane, p *Push) {
 
 func (d *Dispatcher) work(l *lane) {
 	defer d.wg.Done()
+	// Each attempt's context hangs off the worker's own, not off d.ctx
+	// directly, so that workers do not queue on one parent's lock to add
+	// and remove their attempts; Close still cancels them all.
+	wctx, cancel := context.WithCancel(d.ctx)
+	defer cancel()
 	for {
 		select {
 		case <-d.ctx.Done():
 			return
 		case p := <-l.queue:
-			d.attempt(l, p)
+			d.attempt(wctx, l, p)
 		}
 	}
 }
 
-// attempt makes one provider attempt and acts on the outcome (P3).
-func (d *Dispatcher) attempt(l *lane, p *Push) {
+// attempt makes one provider attempt and acts on the outcome (P3). wctx
+// is the worker's context (a child of d.ctx).
+func (d *Dispatcher) attempt(wctx context.Context, l *lane, p *Push) {
 	p.Attempts++
-	actx, cancel := context.WithTimeout(d.ctx, d.cfg.AttemptTimeout)
+	actx, cancel := context.WithTimeout(wctx, d.cfg.AttemptTimeout)
 	start := d.cfg.Now()
 	out := l.prov.Send(actx, *p)
 	timedOut := errors.Is(actx.Err(), context.DeadlineExceeded)
@@ -420,40 +436,49 @@ func (d *Dispatcher) attempt(l *lane, p *Push) {
 	if d.m != nil {
 		d.m.attempts.WithLabelValues(string(l.name), out.Result.String(), strconv.Itoa(out.Status)).Inc()
 	}
-	attrs := []any{"tid", p.TrackingID, "provider", l.name, "attempt", p.Attempts,
-		"outcome", out.Result.String(), "status", out.Status, "reason", out.Reason,
-		"took", d.cfg.Now().Sub(start)}
+	// One line per attempt, typed attributes: it is on every push's path.
+	attrs := make([]slog.Attr, 0, 10)
+	attrs = append(attrs, slog.String("tid", p.TrackingID), slog.String("provider", string(l.name)),
+		slog.String("channel", string(p.Channel)), slog.Int("attempt", p.Attempts),
+		slog.String("outcome", out.Result.String()), slog.Int("status", out.Status),
+		slog.String("reason", out.Reason), slog.Duration("took", d.cfg.Now().Sub(start)))
 	if out.Err != nil {
-		attrs = append(attrs, "err", out.Err.Error())
+		attrs = append(attrs, slog.String("err", out.Err.Error()))
+	}
+	logAttempt := func(level slog.Level, msg string, extra ...slog.Attr) {
+		logLine(d.ctx, d.log, level, msg, append(attrs, extra...)...)
 	}
 	switch out.Result {
 	case Delivered:
-		d.log.Info("push attempt", attrs...)
+		logAttempt(slog.LevelInfo, "push attempt")
 		d.finish(l, p, out.Result.String())
 	case Dead:
-		d.log.Warn("push attempt", attrs...)
-		d.finish(l, p, out.Result.String())
+		logAttempt(slog.LevelWarn, "push attempt")
+		// The registry hears first, so that once the push is no longer
+		// pending its token is gone too.
 		if d.hook != nil {
-			if err := d.hook.DeadToken(d.ctx, p.Registration); err != nil {
-				d.log.Error("dead token hook failed", "tid", p.TrackingID, "provider", l.name, "err", err)
+			dead := DeadToken{Registration: p.Registration, Channel: p.Channel, Token: p.DeviceToken()}
+			if err := d.hook.DeadToken(d.ctx, dead); err != nil {
+				d.log.Error("dead token hook failed", "tid", p.TrackingID, "provider", l.name, "channel", p.Channel, "err", err)
 			}
 		}
+		d.finish(l, p, out.Result.String())
 	case Retry:
 		age := d.cfg.Now().Sub(p.Accepted)
 		if p.Attempts >= d.cfg.MaxAttempts || age >= d.cfg.MaxAge {
-			d.log.Error("push attempt; giving up", attrs...)
+			logAttempt(slog.LevelError, "push attempt; giving up")
 			d.finish(l, p, "expired")
 			return
 		}
 		wait := d.cfg.backoff(p.Attempts)
-		d.log.Warn("push attempt; will retry", append(attrs, "backoff", wait)...)
+		logAttempt(slog.LevelWarn, "push attempt; will retry", slog.Duration("backoff", wait))
 		if err := d.persist(p); err != nil {
 			d.log.Error("dispatch: persist attempt count", "tid", p.TrackingID, "err", err)
 		}
 		d.resetConnections(l)
 		d.later(wait, func() { d.enqueue(l, p) })
 	default:
-		d.log.Error("push attempt", attrs...)
+		logAttempt(slog.LevelError, "push attempt")
 		d.finish(l, p, "fatal")
 	}
 }
@@ -474,24 +499,33 @@ func (d *Dispatcher) resetConnections(l *lane) {
 }
 
 func (d *Dispatcher) persist(p *Push) error {
-	val, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	return d.store.do(&writeOp{kind: opUpdate, tid: p.TrackingID, val: val})
+	return d.store.do(&writeOp{kind: opUpdate, tid: p.TrackingID, val: encodePush(p)})
 }
 
 // finish ends a push: removes it from the store, remembers its tracking id
-// for DoneTTL, and records the final outcome.
+// for DoneTTL, and records the final outcome. It does not wait for the
+// commit; the push stops being pending once it is committed.
 func (d *Dispatcher) finish(l *lane, p *Push, outcome string) {
-	if err := d.store.do(&writeOp{kind: opFinish, tid: p.TrackingID, val: []byte(outcome)}); err != nil {
-		// The provider answered; only a resend after restart can follow.
-		d.log.Error("dispatch: record answer", "tid", p.TrackingID, "err", err)
-	}
+	d.store.async(&writeOp{kind: opFinish, tid: p.TrackingID, val: []byte(outcome)}, func(err error) {
+		d.finished(l, p, outcome, err)
+	})
+}
+
+// finished is finish's bookkeeping once the answer is committed (err nil)
+// or could not be.
+func (d *Dispatcher) finished(l *lane, p *Push, outcome string, err error) {
 	d.mu.Lock()
-	delete(d.inflight, p.TrackingID)
+	if err == nil {
+		delete(d.inflight, p.TrackingID)
+	}
+	// else the job record may still be stored: the tracking id stays in
+	// inflight so that it is refused as a duplicate (P5) until a restart
+	// loads the record and sends it again, the only resend that can follow.
 	d.pending--
 	d.mu.Unlock()
+	if err != nil {
+		d.log.Error("dispatch: record answer", "tid", p.TrackingID, "err", err)
+	}
 	d.setPending()
 	if d.m != nil {
 		d.m.final.WithLabelValues(string(l.name), outcome).Inc()
@@ -522,4 +556,18 @@ func (d *Dispatcher) Pending() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.pending
+}
+
+// logLine is Logger.LogAttrs without the caller's program counter, which
+// slog finds by walking the stack on every line: on the path of every push
+// that walk is a measurable part of a line's cost. pushd's handlers record
+// no source, so nothing is lost there.
+func logLine(ctx context.Context, l *slog.Logger, level slog.Level, msg string, attrs ...slog.Attr) {
+	h := l.Handler()
+	if !h.Enabled(ctx, level) {
+		return
+	}
+	r := slog.NewRecord(time.Now(), level, msg, 0)
+	r.AddAttrs(attrs...)
+	_ = h.Handle(ctx, r)
 }

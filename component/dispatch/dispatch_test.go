@@ -11,6 +11,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -101,14 +102,20 @@ func (c *clock) Sleeps() []time.Duration {
 
 type hook struct {
 	mu   sync.Mutex
-	regs []dispatch.Registration
+	dead []dispatch.DeadToken
 }
 
-func (h *hook) DeadToken(_ context.Context, r dispatch.Registration) error {
+func (h *hook) DeadToken(_ context.Context, d dispatch.DeadToken) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.regs = append(h.regs, r)
+	h.dead = append(h.dead, d)
 	return nil
+}
+
+func (h *hook) got() []dispatch.DeadToken {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]dispatch.DeadToken(nil), h.dead...)
 }
 
 type env struct {
@@ -267,15 +274,39 @@ func TestDeadTokenCallsHook(t *testing.T) {
 		}
 		e.waitIdle(t)
 		e.d.Close()
-		e.hook.mu.Lock()
-		regs := e.hook.regs
-		e.hook.mu.Unlock()
-		if len(regs) != 1 || regs[0].ID != "reg-1" || regs[0].Key != nil {
-			t.Fatalf("%s: hook got %+v", ans.Reason, regs)
+		dead := e.hook.got()
+		if len(dead) != 1 || dead[0].Registration.ID != "reg-1" || dead[0].Registration.Key != nil ||
+			dead[0].Channel != payload.ChannelMessage || dead[0].Token != tok {
+			t.Fatalf("%s: hook got %+v", ans.Reason, dead)
 		}
 		if e.final("dead_token") != 1 || len(srv.Requests()) != 1 {
 			t.Fatalf("%s: dead_token=%v requests=%d", ans.Reason, e.final("dead_token"), len(srv.Requests()))
 		}
+	}
+}
+
+// TestDeadVoIPTokenNamesChannel: a call push answered 410 on the VoIP
+// channel hands the hook the VoIP channel and the VoIP token, so the
+// registry can drop that token alone.
+func TestDeadVoIPTokenNamesChannel(t *testing.T) {
+	p, srv := newAPNS(t)
+	voip := strings.Repeat("cd", 32)
+	srv.Script(voip, apnstest.Unregistered(time.Now()))
+	e := start(t, openDB(t, ""), map[dispatch.ProviderName]dispatch.Provider{dispatch.APNS: p}, nil)
+	call := msgJob("")
+	call.Registration.VoIPToken = voip
+	call.Payload = payload.Payload{Type: payload.TypeCall, From: "+4930123"}
+	if _, err := e.d.Submit(context.Background(), call); err != nil {
+		t.Fatal(err)
+	}
+	e.waitIdle(t) // the hook runs before the push stops being pending
+	dead := e.hook.got()
+	e.d.Close()
+	if len(dead) != 1 || dead[0].Channel != payload.ChannelVoIP || dead[0].Token != voip || dead[0].Registration.Token != tok {
+		t.Fatalf("hook got %+v", dead)
+	}
+	if r := srv.Requests(); len(r) != 1 || r[0].PushType != "voip" || r[0].Token != voip {
+		t.Fatalf("requests %+v", r)
 	}
 }
 
@@ -480,5 +511,19 @@ func TestChannelFor(t *testing.T) {
 	legacy.LegacySingleChannel = true
 	if cn.ChannelFor(payload.TypeCall) != payload.ChannelMessage || legacy.ChannelFor(payload.TypeCall) != payload.ChannelMessage {
 		t.Fatal("C7: CN and legacy calls go on the message channel")
+	}
+}
+
+// Tracking ids are UUID v4 in lower-case hex, the form APNS takes as
+// apns-id.
+func TestNewTrackingIDIsUUIDv4(t *testing.T) {
+	re := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	seen := map[string]bool{}
+	for range 1000 {
+		id := dispatch.NewTrackingID()
+		if !re.MatchString(id) || seen[id] {
+			t.Fatalf("tracking id %q (seen before: %v)", id, seen[id])
+		}
+		seen[id] = true
 	}
 }

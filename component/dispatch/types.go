@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -21,7 +22,7 @@ const (
 
 // Registration is the part of a device's push registration the dispatcher
 // needs. ID is the registry's opaque handle (never a JID): it is what
-// DeadToken hands back so the registry removes the right record.
+// DeadToken hands back so the registry changes the right record.
 type Registration struct {
 	ID        string       `json:"id"`
 	Provider  ProviderName `json:"provider"`
@@ -58,7 +59,9 @@ func (r Registration) TokenFor(ch payload.Channel) string {
 // Job is what a caller (component, component/sip) hands to Submit.
 type Job struct {
 	// TrackingID identifies the push end to end; Submit generates one when
-	// empty. A tracking id is sent at most once (P5).
+	// empty. A tracking id is sent at most once (P5): one Submit generates
+	// needs no look-up among the answered ones, so leave it empty unless
+	// the caller must know the id before Submit.
 	TrackingID   string
 	Registration Registration
 	// Channel; empty means Registration.ChannelFor(Payload.Type).
@@ -138,12 +141,26 @@ type Provider interface {
 	Reset()
 }
 
+// DeadToken is a provider's verdict that one token of a registration is
+// invalid or unregistered (P3). A registration has a token per channel, so
+// the verdict names the channel and the token that failed: a dead VoIP
+// token leaves the message channel working.
+type DeadToken struct {
+	// Registration is as the push carried it (no key).
+	Registration Registration
+	// Channel is the channel the push went on.
+	Channel payload.Channel
+	// Token is the token that failed, Registration.TokenFor(Channel).
+	Token string
+}
+
 // DeadTokenHook is told when a provider declared a token dead, so the
-// registry removes the registration and the router gets item-not-found on
-// its next publish (P3). Called from a worker goroutine; must be safe for
-// concurrent use and should not block for long.
+// registry drops it: a dead message token removes the registration (the
+// router gets item-not-found on its next publish), a dead VoIP token only
+// that token. Called from a worker goroutine; must be safe for concurrent
+// use and should not block for long.
 type DeadTokenHook interface {
-	DeadToken(ctx context.Context, reg Registration) error
+	DeadToken(ctx context.Context, dead DeadToken) error
 }
 
 // NewTrackingID returns a random UUID v4: APNS accepts it as apns-id, so the
@@ -153,5 +170,16 @@ func NewTrackingID() string {
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go ≥ 1.24)
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	// Every push gets one: hex by hand, not fmt, keeps it to one allocation.
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:36], b[10:16])
+	return string(s[:])
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // Channel is the push channel of a device: iOS apps have a message channel
@@ -87,6 +88,8 @@ type apnsAps struct {
 	Sound          string     `json:"sound,omitempty"`
 }
 
+// apnsBody is the body's shape; APNSBody writes what encoding/json makes
+// of it (a test holds them equal).
 type apnsBody struct {
 	Aps apnsAps `json:"aps"`
 	V   int     `json:"v"`
@@ -99,20 +102,63 @@ type apnsBody struct {
 // generic alert with mutable-content 1 so the notification service
 // extension can decrypt; on the VoIP channel aps is empty (PushKit has no
 // alert: the app reports a CallKit call from the decrypted payload).
+//
+// Every push builds one, so the fixed parts are written as bytes and only
+// the tracking id and enc are encoded; the result is what encoding/json
+// makes of apnsBody.
 func APNSBody(ch Channel, trackingID string, s Sealed) ([]byte, error) {
-	b := apnsBody{V: Version, TID: trackingID, Enc: s.Enc}
+	var aps string
 	switch ch {
 	case ChannelMessage:
-		text := AlertMessage
+		aps = apsMessage
 		if s.Type.IsCall() {
-			text = AlertCall
+			aps = apsCall
 		}
-		b.Aps = apnsAps{Alert: &apnsAlert{Body: text}, MutableContent: 1, Sound: "default"}
 	case ChannelVoIP:
+		aps = apsVoIP
 	default:
 		return nil, fmt.Errorf("payload: unknown channel %q", ch)
 	}
-	return json.Marshal(b)
+	b := make([]byte, 0, len(aps)+len(trackingID)+len(s.Enc)+32)
+	b = append(b, aps...)
+	b = append(b, `,"v":`...)
+	b = strconv.AppendInt(b, Version, 10)
+	b = append(b, `,"tid":`...)
+	b = appendJSONString(b, trackingID)
+	if s.Enc != "" {
+		b = append(b, `,"enc":`...)
+		b = appendJSONString(b, s.Enc)
+	}
+	return append(b, '}'), nil
+}
+
+// The aps member of each body, as encoding/json writes apnsAps.
+var (
+	apsMessage = apsJSON(apnsAps{Alert: &apnsAlert{Body: AlertMessage}, MutableContent: 1, Sound: "default"})
+	apsCall    = apsJSON(apnsAps{Alert: &apnsAlert{Body: AlertCall}, MutableContent: 1, Sound: "default"})
+	apsVoIP    = apsJSON(apnsAps{})
+)
+
+func apsJSON(a apnsAps) string {
+	v, err := json.Marshal(a)
+	if err != nil {
+		panic(err) // a fixed value of a fixed type
+	}
+	return `{"aps":` + string(v)
+}
+
+// appendJSONString appends s as encoding/json writes a string: plain
+// printable ASCII as it is, anything else through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := range len(s) {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // FCMData builds the data map of an FCM data-only message:

@@ -192,6 +192,36 @@ func TestBodies(t *testing.T) {
 	}
 }
 
+// APNSBody writes its bodies by hand; they must stay what encoding/json
+// makes of apnsBody, whatever the tracking id holds.
+func TestAPNSBodyIsJSON(t *testing.T) {
+	for _, ch := range []Channel{ChannelMessage, ChannelVoIP} {
+		for _, typ := range []Type{TypeMessage, TypeCall} {
+			for _, tid := range []string{"5f0c7b2e-8d1a-4c3b-9e6f-2a1b3c4d5e6f", "", `a"b\c`, "<&>", "é\u2028\x01\xff"} {
+				for _, enc := range []string{"", "oKGio6Slpqeoqaqr+/==", "x<y"} {
+					s := Sealed{Type: typ, Enc: enc}
+					got, err := APNSBody(ch, tid, s)
+					if err != nil {
+						t.Fatal(err)
+					}
+					b := apnsBody{V: Version, TID: tid, Enc: enc}
+					if ch == ChannelMessage {
+						text := AlertMessage
+						if typ.IsCall() {
+							text = AlertCall
+						}
+						b.Aps = apnsAps{Alert: &apnsAlert{Body: text}, MutableContent: 1, Sound: "default"}
+					}
+					want, _ := json.Marshal(b)
+					if string(got) != string(want) {
+						t.Errorf("%s %s %q %q:\n got %s\nwant %s", ch, typ, tid, enc, got, want)
+					}
+				}
+			}
+		}
+	}
+}
+
 func TestKeyFromBase64(t *testing.T) {
 	k := exampleKey()
 	got, err := KeyFromBase64(base64.StdEncoding.EncodeToString(k[:]))

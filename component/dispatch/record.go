@@ -1,0 +1,99 @@
+package dispatch
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"pushd/component/payload"
+)
+
+// A pending push is stored under "dispatch/job/<tid>" in a fixed binary
+// layout: every push is written once and its value goes through badger's
+// log and memtable, so it is kept small and cheap to encode. Records of
+// earlier versions are JSON (they start with '{') and still load.
+//
+//	recordV1
+//	string  tid, registration id, provider, token, VoIP token, region,
+//	        channel, sealed type, sealed enc     (uvarint length ‖ bytes)
+//	byte    flags (bit 0: legacy single channel)
+//	varint  accepted, Unix nanoseconds
+//	uvarint attempts
+//
+// The device key is never part of a record (Push carries none).
+const recordV1 = 1
+
+var errRecord = errors.New("dispatch: malformed push record")
+
+// encodePush returns p's record.
+func encodePush(p *Push) []byte {
+	r := &p.Registration
+	strs := [...]string{p.TrackingID, r.ID, string(r.Provider), r.Token, r.VoIPToken, r.Region,
+		string(p.Channel), string(p.Sealed.Type), p.Sealed.Enc}
+	n := 1 + 1 + 2*binary.MaxVarintLen64
+	for _, s := range strs {
+		n += 3 + len(s) // a length prefix of 3 bytes covers 2 MiB
+	}
+	b := make([]byte, 0, n)
+	b = append(b, recordV1)
+	for _, s := range strs {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	var flags byte
+	if r.LegacySingleChannel {
+		flags |= 1
+	}
+	b = append(b, flags)
+	b = binary.AppendVarint(b, p.Accepted.UnixNano())
+	return binary.AppendUvarint(b, uint64(max(p.Attempts, 0)))
+}
+
+// decodePush reads a record written by encodePush, or the JSON of earlier
+// versions.
+func decodePush(b []byte) (Push, error) {
+	var p Push
+	if len(b) > 0 && b[0] == '{' {
+		err := json.Unmarshal(b, &p)
+		return p, err
+	}
+	if len(b) == 0 || b[0] != recordV1 {
+		return p, fmt.Errorf("%w: unknown format", errRecord)
+	}
+	b = b[1:]
+	var strs [9]string
+	for i := range strs {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return p, errRecord
+		}
+		strs[i] = string(b[k : k+int(n)])
+		b = b[k+int(n):]
+	}
+	if len(b) == 0 {
+		return p, errRecord
+	}
+	flags := b[0]
+	b = b[1:]
+	accepted, k := binary.Varint(b)
+	if k <= 0 {
+		return p, errRecord
+	}
+	b = b[k:]
+	attempts, k := binary.Uvarint(b)
+	if k <= 0 || k != len(b) || attempts > 1<<31 {
+		return p, errRecord
+	}
+	p = Push{
+		TrackingID: strs[0],
+		Registration: Registration{ID: strs[1], Provider: ProviderName(strs[2]), Token: strs[3], VoIPToken: strs[4],
+			Region: strs[5], LegacySingleChannel: flags&1 != 0},
+		Channel:  payload.Channel(strs[6]),
+		Sealed:   payload.Sealed{Type: payload.Type(strs[7]), Enc: strs[8]},
+		Accepted: time.Unix(0, accepted),
+		Attempts: int(attempts),
+	}
+	return p, nil
+}
