@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,8 +43,11 @@ func (f *fakeDispatch) Submit(_ context.Context, j dispatch.Job) (string, error)
 	if f.err != nil {
 		return "", f.err
 	}
+	if j.TrackingID == "" { // as Submit: it makes one up
+		j.TrackingID = dispatch.NewTrackingID()
+	}
 	if _, err := payload.Prepare(j.Registration.Key, j.Payload, j.Encrypted); err != nil {
-		return "", err
+		return j.TrackingID, err
 	}
 	f.jobs = append(f.jobs, j)
 	return j.TrackingID, nil
@@ -239,13 +243,15 @@ func TestRegistryPersistsAndHashes(t *testing.T) {
 		t.Errorf("unknown node: %v", err)
 	}
 	// A dead old token leaves the renewed registration alone; the current one removes it.
-	if err := reg2.DeadToken(context.Background(), dispatch.Registration{ID: d1.Node, Token: "aa11"}); err != nil {
+	if err := reg2.DeadToken(context.Background(), dispatch.DeadToken{Registration: dispatch.Registration{ID: d1.Node, Token: "aa11"},
+		Channel: payload.ChannelMessage, Token: "aa11"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := reg2.Get(d1.Node); err != nil {
 		t.Fatalf("renewed registration removed by an old dead token: %v", err)
 	}
-	if err := reg2.DeadToken(context.Background(), d2.Registration()); err != nil {
+	if err := reg2.DeadToken(context.Background(), dispatch.DeadToken{Registration: d2.Registration(),
+		Channel: payload.ChannelMessage, Token: d2.Token}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := reg2.Get(d1.Node); !errors.Is(err, ErrNotFound) {
@@ -468,5 +474,70 @@ func TestLinkReconnectsWithBackoff(t *testing.T) {
 	want := []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second}
 	if len(sleeps) < 3 || sleeps[0] != want[0] || sleeps[1] != want[1] || sleeps[2] != want[2] {
 		t.Fatalf("backoffs %v, want prefix %v", sleeps, want)
+	}
+}
+
+// summary and formValue read forms in one pass; they must read what
+// parseForm reads (last field of a name, first value, trimmed).
+func TestSummaryReadsLikeParseForm(t *testing.T) {
+	forms := [][]*stanza.Element{
+		{field("FORM_TYPE", nsPushSummary), field("message-count", " 3 "), field("last-message-sender", "a@b/c"), field("last-message-body", "hi", "second")},
+		{field("message-count", "2"), field("message-count", "5"), field("last-message-body")},
+		{field("FORM_TYPE", "urn:other"), field("message-count", "9")},
+		{field("last-message-sender", "  x@y  "), stanza.New("other:ns", "field", "var", "last-message-body").Add(stanza.New(nsData, "value").AddText("no"))},
+		{},
+	}
+	for i, fields := range forms {
+		x := stanza.New(nsData, "x", "type", "submit")
+		for _, f := range fields {
+			x.Add(f)
+		}
+		pub := stanza.New(nsPubsub, "publish", "node", "n").Add(stanza.New(nsPubsub, "item").Add(stanza.New(stanza.NSPush, "notification").Add(x)))
+		got, _ := summary(pub, 1)
+		want := payload.Payload{Type: payload.TypeMessage, TS: 1}
+		if f := parseForm(x); f.get("FORM_TYPE") == "" || f.get("FORM_TYPE") == nsPushSummary {
+			if n, err := strconv.Atoi(f.get("message-count")); err == nil && n > 0 {
+				want.Count = n
+			}
+			want.From, want.Body = f.get("last-message-sender"), f.get("last-message-body")
+		}
+		if got != want {
+			t.Errorf("form %d: summary %+v, parseForm %+v", i, got, want)
+		}
+		for _, name := range []string{"FORM_TYPE", "message-count", "last-message-sender", "last-message-body", "absent"} {
+			if formValue(x, name) != parseForm(x).get(name) {
+				t.Errorf("form %d: formValue(%s) = %q, parseForm %q", i, name, formValue(x, name), parseForm(x).get(name))
+			}
+		}
+	}
+}
+
+// H2: with Config.Replicated, a registration is answered only once it is
+// replicated, and not at all (wait/internal-server-error) if it cannot be.
+func TestRegistrationAnsweredAfterReplicated(t *testing.T) {
+	reg, err := OpenRegistry(testDB(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var waited []string
+	fail := false
+	c, err := New(Config{Domain: "push.example.test", Replicated: func(node string) error {
+		waited = append(waited, node)
+		if fail {
+			return errors.New("backup unreachable")
+		}
+		return nil
+	}}, reg, &fakeDispatch{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r := resultFields(t, c.Handle(ctx, cmdIQ("u@example.test/phone", CmdRegisterFCM, "execute", "", field("token", "t1"), field("device-id", "d1"))))
+	if len(waited) != 1 || waited[0] != r["node"] {
+		t.Fatalf("replication waited for %q, answered node %q", waited, r["node"])
+	}
+	fail = true
+	if got := errCond(c.Handle(ctx, cmdIQ("u@example.test/phone", CmdRegisterFCM, "execute", "", field("token", "t2"), field("device-id", "d2")))); got != "wait/internal-server-error" {
+		t.Fatalf("unreplicated registration answered %q", got)
 	}
 }

@@ -114,6 +114,9 @@ type clusterNode struct {
 	// by device.
 	mu       sync.Mutex
 	replicas map[string]cluster.SessionRecord
+	// regWaits are the replications of registrations written here that
+	// their command has not yet waited for, by node.
+	regWaits map[string]chan error
 	// settled is the placement under which this node holds every device
 	// of the users it is primary for; a user whose primary it became
 	// since (a member failed) waits in Home until the takeover is done.
@@ -135,7 +138,7 @@ type clusterNode struct {
 }
 
 func newClusterNode(n *node, disk jsm.State) *clusterNode {
-	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord),
+	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord), regWaits: make(map[string]chan error),
 		disk: disk, ended: make(map[string]bool), joined: make(chan struct{}), settledCh: make(chan struct{})}
 	cn.syncing.Store(true)
 	cn.round.Store(&syncRound{done: make(chan struct{}), fromDisk: true})
@@ -439,11 +442,42 @@ func (cn *clusterNode) registrationChanged(node string) {
 		data = nil
 	}
 	w := cn.c.Broadcast(context.Background(), cluster.RegistryRecord{Node: node, Data: data})
+	done := make(chan error, 1)
 	go func() {
-		if err := w(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
+		err := w()
+		if errors.Is(err, cluster.ErrDegraded) {
+			err = nil // no other member alive: local durability, alarmed
+		}
+		cn.mu.Lock()
+		if err == nil && cn.regWaits[node] == done {
+			// Nobody needs to hear of a success later (a change that no
+			// command waits for, such as a dead token): keep no entry.
+			delete(cn.regWaits, node)
+		}
+		cn.mu.Unlock()
+		if err != nil {
 			cn.log.Warn("cluster: push registration not replicated", "err", err)
 		}
+		done <- err
 	}()
+	cn.mu.Lock()
+	cn.regWaits[node] = done
+	cn.mu.Unlock()
+}
+
+// registrationReplicated is the push component's Replicated: it waits until
+// the other members hold the registration just written (H2), so that a
+// device that enables push with its node and secret is still known after
+// this node's death.
+func (cn *clusterNode) registrationReplicated(node string) error {
+	cn.mu.Lock()
+	done := cn.regWaits[node]
+	delete(cn.regWaits, node)
+	cn.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	return <-done
 }
 
 // --- cluster.Applier: what peers replicate here ---

@@ -160,8 +160,12 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		}
 	}
 	if pushOn {
+		var replicated func(string) error
+		if n.cluster != nil {
+			replicated = n.cluster.registrationReplicated
+		}
 		n.push, n.pushRun, err = startInProcessPush(cfg.pushFileConfig, n.db, pushDomain, pushSecret,
-			n.router.ServeComponentConn, reg, log)
+			n.router.ServeComponentConn, replicated, reg, log)
 		if err != nil {
 			n.close()
 			return nil, err
