@@ -66,6 +66,11 @@ type Config struct {
 	Redactor *redact.Redactor
 	// Metrics registers the component's series when set.
 	Metrics prometheus.Registerer
+	// Node is where devices should reconnect (payload v1's node field,
+	// sealed with the rest): `pushd serve` sets its node's client address,
+	// so that after a failover the push names the node that took the
+	// device over. Default empty: the field is left out.
+	Node string
 	// Replicated, when set, is waited for after a registration is written
 	// and before the command is answered: in a cluster it returns once the
 	// other nodes hold the registration (BEHAVIOUR H2), so that the node

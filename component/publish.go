@@ -67,6 +67,9 @@ func (c *Component) publish(ctx context.Context, iq, ps *stanza.Element) (*stanz
 		return iqResult(iq, c.cfg.Domain), nil
 	}
 	p, enc := summary(pub, c.cfg.Now().UnixMilli())
+	if enc == "" {
+		p.Node = c.cfg.Node // sealed with the rest: the device learns where to come back
+	}
 	job := dispatch.Job{Registration: dev.Registration(), Payload: p, Encrypted: enc}
 	tid, err = c.dispatch.Submit(ctx, job)
 	if errors.Is(err, payload.ErrNotCiphertext) || errors.Is(err, payload.ErrClearPersonal) || errors.Is(err, payload.ErrType) {

@@ -276,8 +276,12 @@ func TestChaosFailover(t *testing.T) {
 	})
 	t.Logf("H3: %d devices adopted %v after SIGKILL", onVictim, time.Since(killed).Round(10*time.Millisecond))
 	select {
-	case at := <-firstPush:
-		t.Logf("H3: first push from n2's successors %v after SIGKILL", at.Sub(killed).Round(10*time.Millisecond))
+	case f := <-firstPush:
+		t.Logf("H3: first push from n2's successors %v after SIGKILL", f.at.Sub(killed).Round(10*time.Millisecond))
+		// The push names the node that now serves the device.
+		if f.p.Node != proc("n1").c2s && f.p.Node != proc("n3").c2s {
+			t.Errorf("first push after the kill names node %q, want n1's or n3's c2s address", f.p.Node)
+		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("H3: no push from n2's successors within 30 s of the kill")
 	}
@@ -499,32 +503,44 @@ func (l *pushLog) len() int { return len(l.apns.Requests()) }
 
 // body opens a recorded push: its device and the message body it carries.
 func (l *pushLog) body(r apnstest.Request) (dev, body string, ok bool) {
+	dev, p, ok := l.open(r)
+	return dev, p.Body, ok
+}
+
+// open decrypts a recorded push with its device's key.
+func (l *pushLog) open(r apnstest.Request) (dev string, p payload.Payload, ok bool) {
 	l.mu.Lock()
 	dev, known := l.dev[r.Token]
 	key := l.key[dev]
 	l.mu.Unlock()
 	var b struct{ Enc string }
 	if !known || r.Status != 200 || json.Unmarshal(r.Body, &b) != nil {
-		return "", "", false
+		return "", p, false
 	}
 	p, err := payload.Open(key, b.Enc)
 	if err != nil {
-		return "", "", false
+		return "", p, false
 	}
-	return dev, p.Body, true
+	return dev, p, true
+}
+
+// firstPush is a push the checker saw, and when (within 5 ms).
+type firstPush struct {
+	at time.Time
+	p  payload.Payload
 }
 
 // first watches, from now on, for the first push to one of devs carrying a
-// body that match accepts, and sends the time it saw it (within 5 ms).
-func (l *pushLog) first(since time.Time, devs func(string) bool, match func(string) bool) <-chan time.Time {
-	found := make(chan time.Time, 1)
+// body that match accepts.
+func (l *pushLog) first(since time.Time, devs func(string) bool, match func(string) bool) <-chan firstPush {
+	found := make(chan firstPush, 1)
 	go func() {
 		seen := 0
 		for time.Since(since) < time.Minute {
 			reqs := l.apns.Requests()
 			for _, r := range reqs[seen:] {
-				if dev, body, ok := l.body(r); ok && devs(dev) && match(body) {
-					found <- time.Now()
+				if dev, p, ok := l.open(r); ok && devs(dev) && match(p.Body) {
+					found <- firstPush{time.Now(), p}
 					return
 				}
 			}

@@ -189,6 +189,8 @@ type pushOptions struct {
 	Logger  *slog.Logger
 	// Replicated is component.Config.Replicated (a cluster's wait).
 	Replicated func(node string) error
+	// Node is component.Config.Node: this node's client address.
+	Node string
 }
 
 // startPush builds the push stack on db. At least one provider must be
@@ -244,7 +246,7 @@ func startPushWith(cfg pushFileConfig, db *store.DB, opts pushOptions, tune func
 	ccfg := component.DefaultConfig()
 	ccfg.Domain, ccfg.Secret, ccfg.Router, ccfg.Dial = opts.Domain, opts.Secret, opts.Router, opts.Dial
 	ccfg.AllowDomains = cfg.Push.AllowDomains
-	ccfg.Logger, ccfg.Metrics, ccfg.Replicated = log, opts.Metrics, opts.Replicated
+	ccfg.Logger, ccfg.Metrics, ccfg.Replicated, ccfg.Node = log, opts.Metrics, opts.Replicated, opts.Node
 	ccfg.Redactor = redact.New()
 	s.component, err = component.New(ccfg, s.registry, s.dispatcher)
 	if err != nil {
@@ -408,13 +410,14 @@ func runComponent(ctx context.Context, cfg componentFileConfig, log *slog.Logger
 // domain with secret (add them to its ComponentSecrets). The returned run
 // function keeps the link up until ctx ends.
 func startInProcessPush(cfg pushFileConfig, db *store.DB, domain, secret string, serveConn func(net.Conn),
-	replicated func(node string) error, metrics prometheus.Registerer, log *slog.Logger) (*pushStack, func(ctx context.Context) error, error) {
+	opts pushOptions) (*pushStack, func(ctx context.Context) error, error) {
 	dial := func(ctx context.Context) (net.Conn, error) {
 		a, b := net.Pipe()
 		go serveConn(b)
 		return a, nil
 	}
-	s, err := startPush(cfg, db, pushOptions{Domain: domain, Secret: secret, Dial: dial, Metrics: metrics, Logger: log, Replicated: replicated})
+	opts.Domain, opts.Secret, opts.Dial = domain, secret, dial
+	s, err := startPush(cfg, db, opts)
 	if err != nil {
 		return nil, nil, err
 	}

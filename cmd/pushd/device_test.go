@@ -181,8 +181,8 @@ func TestInProcessPushLinksToRouter(t *testing.T) {
 	cfg.APNS.Endpoint, cfg.APNS.Topic = srv.URL, "com.example"
 	cfg.APNS.KeyFile, cfg.APNS.KeyID, cfg.APNS.TeamID = filepath.Join(dir, "k.p8"), "KID", "TEAM"
 	domain, sec := pushDomainAndSecret(pushFileConfig{Push: pushSection{Secret: secret}}, "localhost")
-	s, run, err := startInProcessPush(cfg, tn.node.db, domain, sec, tn.node.router.ServeComponentConn, nil, nil,
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s, run, err := startInProcessPush(cfg, tn.node.db, domain, sec, tn.node.router.ServeComponentConn,
+		pushOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -160,12 +161,15 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		}
 	}
 	if pushOn {
-		var replicated func(string) error
+		opts := pushOptions{Metrics: reg, Logger: log, Node: reachable(cfg.C2S.Listen)}
 		if n.cluster != nil {
-			replicated = n.cluster.registrationReplicated
+			opts.Replicated = n.cluster.registrationReplicated
+			if cfg.Cluster.C2SAdvertise != "" {
+				opts.Node = cfg.Cluster.C2SAdvertise
+			}
 		}
 		n.push, n.pushRun, err = startInProcessPush(cfg.pushFileConfig, n.db, pushDomain, pushSecret,
-			n.router.ServeComponentConn, replicated, reg, log)
+			n.router.ServeComponentConn, opts)
 		if err != nil {
 			n.close()
 			return nil, err
@@ -392,4 +396,14 @@ func (n *node) clusterAdmin() admin.Cluster {
 		return nil
 	}
 	return clusterAdmin{n.cluster}
+}
+
+// reachable is a listen address as a client may dial it: "" for a
+// wildcard host, which names no node.
+func reachable(listen string) string {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+		return ""
+	}
+	return listen
 }

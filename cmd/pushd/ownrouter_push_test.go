@@ -96,7 +96,7 @@ func TestPushEndToEndOwnRouter(t *testing.T) {
 	}
 	// pushd's own app server is trusted with sender and body: they leave
 	// only inside the ciphertext.
-	if p.Type != payload.TypeMessage || p.Body != body || !strings.HasPrefix(p.From, "bob@localhost") || p.Count != 1 {
+	if p.Type != payload.TypeMessage || p.Body != body || !strings.HasPrefix(p.From, "bob@localhost") || p.Count != 1 || p.Node != n.c2s() {
 		t.Fatalf("payload = %+v", p)
 	}
 	for _, s := range []string{"alice@", "bob@", "fountain", tokAlice, reg.String("key"), reg.String("secret")} {
