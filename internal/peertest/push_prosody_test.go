@@ -284,8 +284,19 @@ func TestPushClientProsody(t *testing.T) {
 	must(t, bob.SetAutoApprove(true))
 	must(t, alice.Subscribe(s.JID("bob")))
 	waitPresence(t, alice, s.JID("bob"), "available", "")
-	roster, err := alice.Roster()
-	must(t, err)
+	// bob's presence (sent on his approval) may come before his own
+	// request is approved by alice's client: the roster says both a
+	// moment later.
+	var roster map[string]string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		roster, err = alice.Roster()
+		must(t, err)
+		if roster[s.JID("bob")] == "both" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if roster[s.JID("bob")] != "both" {
 		t.Errorf("alice's roster: %v", roster)
 	}
