@@ -224,6 +224,7 @@ type element struct {
 	XMLName xml.Name
 	Type    string   `xml:"type,attr"`
 	ID      string   `xml:"id,attr"`
+	H       string   `xml:"h,attr"` // XEP-0198 <a h/>
 	Text    string   `xml:",chardata"`
 	Mechs   []string `xml:"mechanisms>mechanism"`
 	Bind    *struct {
@@ -304,7 +305,9 @@ func next(dec *xml.Decoder) (*element, error) {
 			if err := dec.DecodeElement(&e, &t); err != nil {
 				return nil, err
 			}
-			if t.Name.Local == "error" && t.Name.Space == "http://etherx.jabber.org/streams" {
+			// A decoder made after the stream header knows no stream
+			// prefix: the space is then the prefix itself.
+			if t.Name.Local == "error" && (t.Name.Space == "stream" || t.Name.Space == "http://etherx.jabber.org/streams") {
 				return nil, fmt.Errorf("%w: stream error %v", errProto, e.Children)
 			}
 			return &e, nil

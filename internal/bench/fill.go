@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"encoding/xml"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -75,7 +74,7 @@ func Fill(ctx context.Context, cfg FillConfig) (FillResult, error) {
 		}
 		// Read up to the answer to this <r/>: the only one outstanding.
 		for {
-			el, err := nextAck(dec)
+			el, err := next(dec)
 			if err != nil {
 				return res, fmt.Errorf("bench: fill: after %d messages: %w", res.Sent, err)
 			}
@@ -93,33 +92,4 @@ func Fill(ctx context.Context, cfg FillConfig) (FillResult, error) {
 	}
 	res.Elapsed = time.Since(start)
 	return res, nil
-}
-
-// ackElement is the little Fill looks at in what the server sends.
-type ackElement struct {
-	XMLName xml.Name
-	Type    string `xml:"type,attr"`
-	H       string `xml:"h,attr"`
-}
-
-func nextAck(dec *xml.Decoder) (*ackElement, error) {
-	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		switch t := tok.(type) {
-		case xml.StartElement:
-			var e ackElement
-			if err := dec.DecodeElement(&e, &t); err != nil {
-				return nil, err
-			}
-			if t.Name.Local == "error" && (t.Name.Space == "stream" || t.Name.Space == "http://etherx.jabber.org/streams") {
-				return nil, fmt.Errorf("%w: stream error", errProto)
-			}
-			return &e, nil
-		case xml.EndElement:
-			return nil, errors.New("bench: stream closed by server")
-		}
-	}
 }
