@@ -3,14 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -155,21 +151,30 @@ type benchNode struct {
 	done                  chan struct{}
 }
 
-// metric reads one series, labels included (`name{label="v"}`), from the
-// node's /metrics; a missing series reads 0.
+// metric reads one series of the node's /metrics (readMetric); a missing
+// series reads 0.
 func (n *benchNode) metric(series string) (float64, error) {
-	resp, err := http.Get("http://" + n.admin + "/metrics")
+	v, _, err := readMetric(n.admin, series)
+	return v, err
+}
+
+// readMetric reads one series, labels included (`name{label="v"}`), from
+// the /metrics of the admin listener at addr; found is false if the node
+// does not export it.
+func readMetric(addr, series string) (v float64, found bool, err error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			return strconv.ParseFloat(v, 64)
+		if s, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			v, err := strconv.ParseFloat(s, 64)
+			return v, err == nil, err
 		}
 	}
-	return 0, sc.Err()
+	return 0, false, sc.Err()
 }
 
 // sum reads one series on every node and adds them up.
@@ -559,10 +564,10 @@ func benchFailover(ctx context.Context, nodes []*benchNode, place *cluster.Place
 	return r, err
 }
 
-// benchAPNS is the bench's APNS provider: the in-tree test server, and
-// the one payload key every bench device registers with.
+// benchAPNS is the bench's APNS provider, and the one payload key every
+// bench device registers with.
 type benchAPNS struct {
-	*apnstest.Server
+	*apnsProvider
 	dir       string
 	key       [payload.KeySize]byte
 	deviceKey string // base64 of key
@@ -584,33 +589,20 @@ func (a *benchAPNS) opens(q apnstest.Request) bool {
 	return err == nil && p.Body != ""
 }
 
-// benchAPNSServer starts the APNS test server with a fresh provider key
-// and returns the [apns] section that points a node at it.
+// benchAPNSServer starts the bench's APNS provider and returns it with
+// the [apns] section that points a node at it.
 func benchAPNSServer() (*benchAPNS, string, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, "", err
-	}
 	dir, err := os.MkdirTemp("", "pushd-bench-apns-")
 	if err != nil {
 		return nil, "", err
 	}
-	a := &benchAPNS{Server: apnstest.NewServer(apnstest.Options{TokenKey: &key.PublicKey}), dir: dir}
+	p, err := newAPNSProvider(dir, apnstest.Options{})
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, "", err
+	}
+	a := &benchAPNS{apnsProvider: p, dir: dir}
 	_, _ = rand.Read(a.key[:])
 	a.deviceKey = base64.StdEncoding.EncodeToString(a.key[:])
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		a.close()
-		return nil, "", err
-	}
-	keyFile, caFile := filepath.Join(dir, "AuthKey.p8"), filepath.Join(dir, "apns-ca.pem")
-	err = errors.Join(os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600),
-		os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.Certificate().Raw}), 0o600))
-	if err != nil {
-		a.close()
-		return nil, "", err
-	}
-	toml := fmt.Sprintf("[apns]\nendpoint = %q\nca_file = %q\nkey_file = %q\nkey_id = \"KEY1234567\"\nteam_id = \"TEAM123456\"\ntopic = \"com.example.pushd\"\n",
-		a.URL, caFile, keyFile)
-	return a, toml, nil
+	return a, p.section(), nil
 }

@@ -2,11 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -90,30 +86,20 @@ func cmdBenchPush(args []string, stdout, stderr io.Writer) error {
 // benchPush runs rounds of (raw, end to end) against one APNS test server.
 // With cpuprofile set, the measured rounds (both paths) are profiled.
 func benchPush(ctx context.Context, pushes, conc, rounds int, cpuprofile string) ([]benchPushResult, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	// The server checks every request as Apple does (ES256 provider token
-	// included) and keeps none: both paths' requests are answered alike.
-	srv := apnstest.NewServer(apnstest.Options{TokenKey: &key.PublicKey, Discard: true})
-	defer srv.Close()
 	dir, err := os.MkdirTemp("", "pushd-bench-push-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	der, _ := x509.MarshalPKCS8PrivateKey(key)
-	keyFile, caFile := filepath.Join(dir, "AuthKey.p8"), filepath.Join(dir, "apns-ca.pem")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	// The server checks every request as Apple does (ES256 provider token
+	// included) and keeps none: both paths' requests are answered alike.
+	srv, err := newAPNSProvider(dir, apnstest.Options{Discard: true})
+	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
-		return nil, err
-	}
+	defer srv.Close()
 	cfg := defaultPushFileConfig()
-	cfg.APNS.Endpoint, cfg.APNS.CAFile, cfg.APNS.KeyFile = srv.URL, caFile, keyFile
-	cfg.APNS.KeyID, cfg.APNS.TeamID, cfg.APNS.Topic = "KEY1234567", "TEAM123456", "com.example.pushd"
+	srv.configure(&cfg)
 
 	warm := min(pushes, 500)
 	e, err := newBenchPushEnv(cfg, filepath.Join(dir, "db"), warm+rounds*pushes, conc)
@@ -121,7 +107,7 @@ func benchPush(ctx context.Context, pushes, conc, rounds int, cpuprofile string)
 		return nil, err
 	}
 	defer e.close()
-	raw := apns2.NewTokenClient(&token.Token{AuthKey: key, KeyID: cfg.APNS.KeyID, TeamID: cfg.APNS.TeamID})
+	raw := apns2.NewTokenClient(&token.Token{AuthKey: srv.Key, KeyID: cfg.APNS.KeyID, TeamID: cfg.APNS.TeamID})
 	raw.Host, raw.HTTPClient = srv.URL, srv.Client()
 	// Warm both paths (TLS handshakes, JWT, badger memtables).
 	if _, err := benchRaw(ctx, raw, cfg.APNS.Topic, warm, conc); err != nil {

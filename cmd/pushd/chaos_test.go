@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"maps"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,21 +68,13 @@ func (cp *clusterProc) admin(t *testing.T) *admin.Client {
 	return &admin.Client{Addr: cp.adminAddr, Token: strings.TrimSpace(string(tok))}
 }
 
-// metric reads one unlabelled series from the node's /metrics.
+// metric reads one series from the node's /metrics; -1 if it cannot.
 func (cp *clusterProc) metric(name string) float64 {
-	resp, err := http.Get("http://" + cp.adminAddr + "/metrics")
-	if err != nil {
+	v, ok, err := readMetric(cp.adminAddr, name)
+	if !ok || err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return -1
+	return v
 }
 
 // TestChaosFailover is issue 5's chaos test: three pushd processes, many
@@ -109,11 +96,9 @@ func TestChaosFailover(t *testing.T) {
 	const senders, perSender, window = 6, 150, 10
 	// Every node's push component talks to one APNS test server, so the
 	// test sees which pushes go out, and when, whichever node sends them.
-	providerKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	check(t, err)
-	apns := apnstest.NewServer(apnstest.Options{TokenKey: &providerKey.PublicKey})
-	t.Cleanup(apns.Close)
-	procs := startClusterProcs(t, writeAPNSFiles(t, t.TempDir(), apns, providerKey), "n1", "n2", "n3")
+	provider := testAPNS(t)
+	apns := provider.Server
+	procs := startClusterProcs(t, provider.section(), "n1", "n2", "n3")
 	all := cluster.NewPlacement([]string{"n1", "n2", "n3"})
 	after := cluster.NewPlacement([]string{"n1", "n3"})
 	proc := func(name string) *clusterProc {

@@ -26,7 +26,7 @@ import (
 const (
 	pushDomain = "push.example.test"
 	pushSecret = "component-secret"
-	pushTopic  = "com.example.pushd"
+	pushTopic  = apnsTopic
 	alicePW    = "alice-pw"
 	bobPW      = "bob-pw"
 )

@@ -73,15 +73,8 @@ func TestFailoverToBackup(t *testing.T) {
 	alice := first.addUser("alice", alicePW)
 	// A bob whose primary is not alice's, so that the crash spares him.
 	primary, backup := first.cluster.c.Placement().PrimaryBackup(alice)
-	var bob string
-	for i := 0; bob == ""; i++ {
-		name := "bob" + strconv.Itoa(i)
-		if p := first.cluster.c.Placement().Primary(name + "@localhost"); p != primary {
-			bob = first.addUser(name, bobPW)
-		}
-	}
+	bob, bobHome := addBobAwayFrom(nodes, primary)
 	P, B := byName(nodes, primary), byName(nodes, backup)
-	bobHome := byName(nodes, first.cluster.c.Placement().Primary(bob))
 	for _, n := range nodes {
 		waitFor(t, "accounts on "+n.cluster.c.Name(), 10*time.Second, func() bool {
 			_, err := n.db.Accounts().Credentials(mustJID(t, bob))
@@ -177,6 +170,18 @@ func TestFailoverToBackup(t *testing.T) {
 	}
 }
 
+// addBobAwayFrom adds a bob whose primary is not node, so that node's
+// crash spares him, and returns his JID and the node he lives on.
+func addBobAwayFrom(nodes []*testNode, node string) (string, *testNode) {
+	place := nodes[0].cluster.c.Placement()
+	for i := 0; ; i++ {
+		name := "bob" + strconv.Itoa(i)
+		if home := place.Primary(name + "@localhost"); home != node {
+			return nodes[0].addUser(name, bobPW), byName(nodes, home)
+		}
+	}
+}
+
 func plainAuth(user, pw string) string {
 	return base64Std("\x00" + user + "\x00" + pw)
 }
@@ -191,15 +196,8 @@ func TestFailoverOwnPush(t *testing.T) {
 	first := nodes[0]
 	alice := first.addUser("alice", alicePW)
 	primary, backup := first.cluster.c.Placement().PrimaryBackup(alice)
-	var bob string
-	for i := 0; bob == ""; i++ {
-		name := "bob" + strconv.Itoa(i)
-		if first.cluster.c.Placement().Primary(name+"@localhost") != primary {
-			bob = first.addUser(name, bobPW)
-		}
-	}
+	bob, bobHome := addBobAwayFrom(nodes, primary)
 	P, B := byName(nodes, primary), byName(nodes, backup)
-	bobHome := byName(nodes, first.cluster.c.Placement().Primary(bob))
 	for _, n := range nodes {
 		waitFor(t, "push component and accounts on "+n.cluster.c.Name(), 20*time.Second, func() bool {
 			_, err := n.db.Accounts().Credentials(mustJID(t, bob))

@@ -1,17 +1,8 @@
 package main
 
 import (
-	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
-	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -20,50 +11,13 @@ import (
 	"pushd/internal/peertest"
 )
 
-// writeAPNSFiles writes the provider key and the test server's CA next to
-// a config and returns the [apns] section that uses them.
-func writeAPNSFiles(t *testing.T, dir string, srv *apnstest.Server, key *ecdsa.PrivateKey) string {
-	t.Helper()
-	der, _ := x509.MarshalPKCS8PrivateKey(key)
-	keyFile, caFile := filepath.Join(dir, "AuthKey.p8"), filepath.Join(dir, "apns-ca.pem")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("[apns]\nendpoint = %q\nca_file = %q\nkey_file = %q\nkey_id = \"KEY1234567\"\nteam_id = \"TEAM123456\"\ntopic = %q\n",
-		srv.URL, caFile, keyFile, pushTopic)
-}
-
-// metricValue reads one unlabelled sample from the node's /metrics.
-func metricValue(addr, name string) (string, bool) {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return "", false
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return v, true
-		}
-	}
-	return "", false
-}
-
 // Issue 4, P5: `pushd serve` as a process sends a push, the APNS server
 // holds it without answering, pushd is killed with SIGKILL. After a
 // restart the same push (same apns-id: the tracking id) goes out once more,
 // is answered 200, and nothing else is sent.
 func TestKill9ResendsUnansweredPushOnce(t *testing.T) {
 	peertest.RequirePeer(t, peertest.PeerSlixmpp)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := apnstest.NewServer(apnstest.Options{TokenKey: &key.PublicKey})
-	t.Cleanup(srv.Close)
+	srv := testAPNS(t)
 	// First request held far past the test; every later one answered 200.
 	srv.Script(tokAlice, apnstest.Answer{Delay: 10 * time.Minute})
 
@@ -72,7 +26,7 @@ func TestKill9ResendsUnansweredPushOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = f.WriteString(writeAPNSFiles(t, filepath.Dir(n.cfgFile), srv, key))
+	_, err = f.WriteString(srv.section())
 	_ = f.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -116,8 +70,8 @@ func TestKill9ResendsUnansweredPushOnce(t *testing.T) {
 	}
 	// The dispatcher has nothing left: the resend's answer was recorded.
 	waitFor(t, "dispatcher idle", 20*time.Second, func() bool {
-		v, ok := metricValue(n.admin, "pushd_dispatch_pending")
-		return ok && v == "0"
+		v, ok, err := readMetric(n.admin, "pushd_dispatch_pending")
+		return err == nil && ok && v == 0
 	})
 	for i, r := range srv.Requests() {
 		if i >= 2 {

@@ -2,14 +2,7 @@ package main
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,25 +12,23 @@ import (
 	"pushd/internal/peertest"
 )
 
+// testAPNS starts an APNS provider for the test (see apnsProvider).
+func testAPNS(t *testing.T) *apnsProvider {
+	t.Helper()
+	p, err := newAPNSProvider(t.TempDir(), apnstest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
 // apnsTestServer starts an APNS test server and returns it with the
 // config change that points a node's push component at it.
 func apnsTestServer(t *testing.T) (*apnstest.Server, func(*fileConfig)) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := apnstest.NewServer(apnstest.Options{TokenKey: &key.PublicKey})
-	t.Cleanup(srv.Close)
-	dir := t.TempDir()
-	der, _ := x509.MarshalPKCS8PrivateKey(key)
-	keyFile, caFile := filepath.Join(dir, "AuthKey.p8"), filepath.Join(dir, "apns-ca.pem")
-	_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
-	_ = os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
-	return srv, func(c *fileConfig) {
-		c.APNS.Endpoint, c.APNS.CAFile, c.APNS.KeyFile = srv.URL, caFile, keyFile
-		c.APNS.KeyID, c.APNS.TeamID, c.APNS.Topic = "KEY1234567", "TEAM123456", pushTopic
-	}
+	p := testAPNS(t)
+	return p.Server, func(c *fileConfig) { p.configure(&c.pushFileConfig) }
 }
 
 // startPushNode runs a node whose in-process push component talks to an

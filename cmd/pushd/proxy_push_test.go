@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,17 +24,10 @@ import (
 // `pushd push test` / `pushd device` use against it.
 func startProxyPushNode(t *testing.T, proxyURL, password string) (*apnstest.Server, string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := apnstest.NewServer(apnstest.Options{TokenKey: &key.PublicKey})
-	t.Cleanup(srv.Close)
-	dir := t.TempDir()
-	_ = writeAPNSFiles(t, dir, srv, key)
+	p := testAPNS(t)
+	srv := p.Server
 	n := startTestNode(t, func(c *fileConfig) {
-		c.APNS.Endpoint, c.APNS.CAFile, c.APNS.KeyFile = srv.URL, filepath.Join(dir, "apns-ca.pem"), filepath.Join(dir, "AuthKey.p8")
-		c.APNS.KeyID, c.APNS.TeamID, c.APNS.Topic = "KEY1234567", "TEAM123456", pushTopic
+		p.configure(&c.pushFileConfig)
 		c.Proxy = proxySection{URL: proxyURL, Auth: "digest", User: "pushd", Password: password}
 	})
 	if n.push == nil {
@@ -60,7 +50,7 @@ func startProxyPushNode(t *testing.T, proxyURL, password string) (*apnstest.Serv
 	done := make(chan error, 1)
 	go func() { done <- adm.Serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	cfgFile := filepath.Join(dir, "pushd.toml")
+	cfgFile := filepath.Join(t.TempDir(), "pushd.toml")
 	body := fmt.Sprintf("domain = \"localhost\"\ndata_dir = %q\n[admin]\nlisten = %q\n", n.cfg.DataDir, adm.Addr())
 	if err := os.WriteFile(cfgFile, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
