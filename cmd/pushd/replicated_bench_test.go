@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -62,18 +61,9 @@ func BenchmarkReplicatedDelivery(b *testing.B) {
 		senders[i].Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
 		senders[i].Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
 	}
-	b.ResetTimer()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i, s := range senders {
-		wg.Add(1)
-		go func(to string, s *xmpptest.Client) {
-			defer wg.Done()
-			if err := sendAcked(s, to, b.N, window); err != nil {
-				b.Error(err)
-			}
-		}(rcv[i]+"@localhost/phone", s)
+	var to []string
+	for _, r := range rcv {
+		to = append(to, r+"@localhost/phone")
 	}
-	wg.Wait()
-	b.ReportMetric(float64(pairs*b.N)/time.Since(start).Seconds(), "acked-msgs/s")
+	benchAcked(b, senders, to, window)
 }
