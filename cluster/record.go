@@ -105,10 +105,11 @@ type SessionRecord struct {
 	// SMID is the XEP-0198 resumption id; valid cluster-wide.
 	SMID string
 	// Handled is the XEP-0198 count of stanzas the server handled from
-	// the client; Sent and Acked are the device's last outbound Seq written
-	// and acknowledged by the client.
-	Handled, Sent, Acked uint64
-	Suspended            bool
+	// the client; Acked the client's count of stanzas it handled, and
+	// AckedSeq the device's Seq that count covers. Suspended is false for
+	// a session whose client was connected when the record was taken.
+	Handled, AckedSeq, Acked uint64
+	Suspended                bool
 	// Registrations are the device's push registrations, encoded by the
 	// caller (opaque here).
 	Registrations []byte
@@ -205,7 +206,7 @@ func (r SessionRecord) appendBody(b []byte) []byte {
 	b = append(b, r.Kind)
 	b = appendString(b, r.SMID)
 	b = binary.AppendUvarint(b, r.Handled)
-	b = binary.AppendUvarint(b, r.Sent)
+	b = binary.AppendUvarint(b, r.AckedSeq)
 	b = binary.AppendUvarint(b, r.Acked)
 	b = appendBool(b, r.Suspended)
 	b = appendBytes(b, r.Registrations)
@@ -272,7 +273,7 @@ func DecodeRecord(b []byte) (Record, []byte, error) {
 		s := SessionRecord{User: d.string(), Device: d.string(), Resource: d.string()}
 		s.Kind = d.byte()
 		s.SMID = d.string()
-		s.Handled, s.Sent, s.Acked = d.uvarint(), d.uvarint(), d.uvarint()
+		s.Handled, s.AckedSeq, s.Acked = d.uvarint(), d.uvarint(), d.uvarint()
 		s.Suspended = d.byte() != 0
 		s.Registrations = d.bytes()
 		s.State = d.bytes()

@@ -15,7 +15,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		QueueRemove{Device: "a@x/phone", Seqs: []uint64{3, 4, 9}},
 		QueueDrop{Device: "a@x/phone"},
 		SessionRecord{User: "a@x", Device: "a@x/phone", Resource: "phone", Kind: 1, SMID: "abc",
-			Handled: 5, Sent: 9, Acked: 8, Suspended: true, Registrations: []byte{1, 2}, State: []byte("s")},
+			Handled: 5, AckedSeq: 9, Acked: 8, Suspended: true, Registrations: []byte{1, 2}, State: []byte("s")},
 		SessionGone{Device: "a@x/phone"},
 		AccountRecord{User: "a@x", Data: []byte("scram")},
 		AccountRecord{User: "b@x", Deleted: true},

@@ -116,6 +116,16 @@ type Closed struct {
 	Unacked []Entry
 }
 
+// Managed (added): the client enabled XEP-0198 stream management on the
+// stream. From now on every stanza written to it also stays in the
+// device's queue until the client acknowledges it, so that what a crash
+// of this node (or of the connection) leaves unacknowledged is found in
+// the queue, here after a restart and on the user's backup after a
+// failover (H2, H4), exactly where a suspended device's stanzas are.
+type Managed struct {
+	Stream StreamID
+}
+
 // ClientState: XEP-0352 <active/> (true) or <inactive/> (false).
 type ClientState struct {
 	Stream StreamID
@@ -165,6 +175,10 @@ type Adopt struct {
 	Queues        map[string]QueueInfo
 	Registrations map[string][]Registration
 	Streams       map[string]StreamID
+	// Unpushed are, per device, the queued entries after the last Seq the
+	// failed primary had pushed for (Pushed): they trigger notifications
+	// here.
+	Unpushed map[string][]Entry
 }
 
 // Release: another node serves these devices now (their user's primary
@@ -193,6 +207,7 @@ func (Acked) event()         {}
 func (Detached) event()      {}
 func (Resumed) event()       {}
 func (Closed) event()        {}
+func (Managed) event()       {}
 func (ClientState) event()   {}
 func (OfflineLoaded) event() {}
 func (QueueLoaded) event()   {}
@@ -324,6 +339,18 @@ type Publish struct {
 	Stanza  *stanza.Element
 	Encrypt *Encryption
 	Summary Summary
+	// Through (added) is the highest queue Seq the notification covers.
+	Through uint64
+}
+
+// Pushed (added): the app server took a notification for the device,
+// covering its queue through Seq Through; the device's session (on
+// Stream) carries it to the backup, which after a failover pushes only
+// for what came after (Adopt.Unpushed).
+type Pushed struct {
+	Stream  StreamID
+	Device  string
+	Through uint64
 }
 
 // PushDisabled (added): jsm removed a registration because its app server
@@ -354,6 +381,7 @@ func (DeleteRegistration) action() {}
 func (Remove) action()             {}
 func (Publish) action()            {}
 func (PushDisabled) action()       {}
+func (Pushed) action()             {}
 
 // Subscription is a roster item's subscription state (RFC 6121 §2.1.2.5).
 type Subscription string

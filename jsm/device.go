@@ -64,6 +64,9 @@ type device struct {
 	qHigh   uint64 // highest Seq ever enqueued
 	qLow    uint64 // every Seq <= qLow has been trimmed from the queue
 	carbons bool
+	// kept: the stream manages acknowledgements (Managed), so what is
+	// written to it live is queued as well until the client acks it.
+	kept bool
 
 	// Queue bounds (M9): what the queue holds above qLow. qents lists the
 	// entries jsm enqueued (Seq, size, presence or not); restored counts
@@ -126,11 +129,24 @@ func (u *user) removeDevice(d *device) {
 // to the queue while the device is suspended (M2). Every stanza for a
 // device goes through here, so the Seq order is the delivery order. It
 // reports false when the queue is full and st was refused (M9).
+//
+// A kept device's stanza is queued and written: the Enqueue comes first,
+// so its sender's acknowledgement waits for it (DESIGN rule 2), and what
+// the stream was handed is always a prefix of the queue in Seq order,
+// which is how a backup maps the client's XEP-0198 count to Seqs (H4).
+// The bounds of M9 do not apply to it: they keep a suspended device's
+// backlog in check, while this is the stream's own window of
+// unacknowledged stanzas, which the router holds anyway; refusing in it
+// would hold back even the answers the client waits for to acknowledge.
 func (m *Machine) send(d *device, st *stanza.Element) bool {
 	if d.susp {
 		return m.enqueue(d, st)
 	}
-	d.seq++
+	if d.kept {
+		m.queueEntry(d, st, false)
+	} else {
+		d.seq++
+	}
 	d.sent = d.seq
 	m.emit(Deliver{Stream: d.stream, Entry: Entry{Seq: d.seq, Stanza: st}})
 	return true
@@ -178,7 +194,7 @@ func (m *Machine) stepBound(e Bound) {
 		// and the client's initial presence will announce it again.
 		m.unavailable(d, nil)
 		d.stream, d.detached, d.active, d.sent = e.Stream, false, true, 0
-		d.carbons, d.rosterRequested = false, false
+		d.carbons, d.rosterRequested, d.kept = false, false, false
 		delete(m.hib, d.key)
 		// Queued stanzas go out first, before anything newer (M5).
 		m.reconcile(d)
@@ -216,13 +232,20 @@ func (m *Machine) stepDetached(e Detached) {
 		d.inactiveSince = m.now
 	}
 	m.hibernate(d, m.now)
-	var entries []Entry
+	// unseen: written, never acknowledged; entries: those of them the
+	// queue does not hold yet (a kept device's are all there).
+	var unseen, entries []Entry
 	for _, en := range e.Unacked {
-		if en.Seq > d.acked && en.Seq > d.qLow {
-			entries = append(entries, en)
-			d.qHigh = max(d.qHigh, en.Seq)
-			m.addQ(d, en.Seq, m.sizeOf(en.Stanza), en.Stanza.Name.Local == "presence")
+		if en.Seq <= d.acked || en.Seq <= d.qLow {
+			continue
 		}
+		unseen = append(unseen, en)
+		if d.kept && en.Seq <= d.qHigh {
+			continue
+		}
+		entries = append(entries, en)
+		d.qHigh = max(d.qHigh, en.Seq)
+		m.addQ(d, en.Seq, m.sizeOf(en.Stanza), en.Stanza.Name.Local == "presence")
 	}
 	if len(entries) > 0 {
 		m.emit(Enqueue{Device: d.key, Entries: entries})
@@ -230,7 +253,7 @@ func (m *Machine) stepDetached(e Detached) {
 	m.reconcile(d)
 	// What the client never acknowledged was never seen: it counts for
 	// the notification like anything queued from now on (M3).
-	m.trigger(d, entries...)
+	m.trigger(d, unseen...)
 }
 
 // hibernate sets the device's hibernation deadline from since (M10).

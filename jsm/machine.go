@@ -168,6 +168,10 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 		m.components[e.Domain] = true
 	case ComponentDown:
 		delete(m.components, e.Domain)
+	case Managed:
+		if d := m.streams[e.Stream]; d != nil {
+			d.kept = true
+		}
 	case Acked:
 		m.stepAcked(e)
 	case Detached:

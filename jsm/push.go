@@ -31,6 +31,10 @@ const (
 	// after wait errors); backoff doubles from 1 s up to pushMaxBackoff.
 	pushTries      = 5
 	pushMaxBackoff = 60 * time.Second
+	// adoptPushDelay: how long an adopted device's first notification
+	// waits for the stanzas held during the takeover (senders retry a
+	// dead node at most every 250 ms).
+	adoptPushDelay = 500 * time.Millisecond
 )
 
 // pushState is one device's registrations and the notification being
@@ -47,6 +51,11 @@ type pushState struct {
 
 	windowEnd time.Time // no publish before this (coalescing, M3)
 	pending   bool      // a trigger waits for windowEnd
+
+	// queued is the highest Seq a trigger saw, pushed the highest Seq a
+	// publish the app server took covered: what a backup must still push
+	// for after a failover lies between them (Adopt.Unpushed).
+	queued, pushed uint64
 }
 
 func (ps *pushState) reset() {
@@ -224,6 +233,7 @@ func (m *Machine) trigger(d *device, entries ...Entry) {
 		if ps.count1(en.Stanza) {
 			n++
 		}
+		ps.queued = max(ps.queued, en.Seq)
 	}
 	if n > 0 && m.pushable(d) {
 		m.schedule(ps)
@@ -322,7 +332,7 @@ func (m *Machine) publish(ps *pushState) {
 		if trusted || m.cfg.IncludeBody {
 			sum.Body = ps.body
 		}
-		act := Publish{Device: ps.key, Domain: r.AppServer.Domainpart(), Encrypt: r.Encrypt, Summary: sum}
+		act := Publish{Device: ps.key, Domain: r.AppServer.Domainpart(), Encrypt: r.Encrypt, Summary: sum, Through: ps.queued}
 		act.Stanza = m.publishStanza(ps.user, r, sum)
 		m.send1(&publication{ps: ps, reg: r, act: act, tries: 1})
 	}
@@ -390,6 +400,12 @@ func (m *Machine) pushAnswer(st *stanza.Element, from jid.JID) bool {
 	}
 	delete(m.pubs, p.id)
 	if typ == "result" {
+		if ps := p.ps; p.act.Through > ps.pushed {
+			ps.pushed = p.act.Through
+			if d := ps.user.device(resourceOf(ps.key)); d != nil && d.stream != 0 {
+				m.emit(Pushed{Stream: d.stream, Device: ps.key, Through: ps.pushed})
+			}
+		}
 		return true
 	}
 	etyp, cond := "cancel", "undefined-condition"
@@ -583,13 +599,30 @@ func (m *Machine) stepAdopt(e Adopt) {
 		}
 	}
 	m.restore(State{Queues: queues, Registrations: e.Registrations})
-	for _, d := range m.restoring {
+	restored := m.restoring
+	for _, d := range restored {
 		if id := e.Streams[d.key]; id != 0 && m.streams[id] == nil {
-			d.stream = id
+			// The adopted stream manages acknowledgements: once resumed
+			// it is kept like the one it replaces.
+			d.stream, d.kept = id, true
 			m.streams[id] = d
 		}
 	}
 	m.startRestored()
+	// What the failed primary queued but never had pushed (it died in
+	// the coalescing window, or before the app server answered) is
+	// pushed from here, as if it had just been queued (M3), after a
+	// moment: the stanzas that were on their way to the dead node arrive
+	// right after a takeover, and one notification covers them too.
+	for _, d := range restored {
+		en := e.Unpushed[d.key]
+		ps := d.user.push[d.key]
+		if len(en) == 0 || ps == nil || d.user.device(d.jid.Resourcepart()) != d {
+			continue
+		}
+		ps.windowEnd = maxTime(ps.windowEnd, m.now.Add(adoptPushDelay))
+		m.trigger(d, en...)
+	}
 }
 
 // stepRelease forgets devices another node now serves.
@@ -650,4 +683,11 @@ func resourceOf(key string) string {
 		return key[i+1:]
 	}
 	return ""
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

@@ -355,6 +355,8 @@ func (h *harness) run(t *testing.T, path string, b block) []string {
 		return h.step(ComponentUp{Domain: arg(1)}, "")
 	case "down":
 		return h.step(ComponentDown{Domain: arg(1)}, "")
+	case "manage":
+		return h.step(Managed{Stream: stream(1)}, "")
 	case "ack":
 		s := stream(1)
 		n, _ := strconv.ParseUint(arg(2), 10, 64)
@@ -512,6 +514,8 @@ func (h *harness) step(ev Event, indent string) []string {
 			}
 		case PushDisabled:
 			out = append(out, fmt.Sprintf("%spush-disabled %s %s node=%q reason=%s", indent, a.Device, a.AppServer, a.Node, a.Reason))
+		case Pushed:
+			out = append(out, fmt.Sprintf("%spushed s=%d %s through=%d", indent, a.Stream, a.Device, a.Through))
 		default:
 			out = append(out, fmt.Sprintf("%sunknown action %T", indent, a))
 		}

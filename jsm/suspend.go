@@ -41,9 +41,20 @@ func (m *Machine) reconcile(d *device) {
 // enqueue appends st to the suspended device's queue within the bounds
 // of M9, and counts it for the device's next notification (M3).
 func (m *Machine) enqueue(d *device, st *stanza.Element) bool {
+	if !m.queueEntry(d, st, true) {
+		return false
+	}
+	m.trigger(d, Entry{Seq: d.seq, Stanza: st})
+	return true
+}
+
+// queueEntry gives st the device's next Seq and appends it to the queue,
+// within the bounds of M9 when bounded; it reports false when st was
+// refused.
+func (m *Machine) queueEntry(d *device, st *stanza.Element, bounded bool) bool {
 	size := m.sizeOf(st)
 	pres := st.Name.Local == "presence"
-	if !m.makeRoom(d, size) {
+	if bounded && !m.makeRoom(d, size) {
 		// Presence is lost news and may go; a message never silently
 		// (M9): its sender is told to try later. Carbon copies are the
 		// user's own, and IQs to a suspended device were answered.
@@ -57,7 +68,6 @@ func (m *Machine) enqueue(d *device, st *stanza.Element) bool {
 	d.qHigh = d.seq
 	m.addQ(d, d.seq, size, pres)
 	m.emit(Enqueue{Device: d.key, Entries: []Entry{{Seq: d.seq, Stanza: st}}})
-	m.trigger(d, Entry{Stanza: st})
 	return true
 }
 
@@ -75,7 +85,7 @@ func (m *Machine) makeRoom(d *device, size int64) bool {
 		if count <= maxN && bytes <= maxB {
 			break
 		}
-		if q.presence {
+		if q.presence && !handed(d, q.seq) {
 			count--
 			bytes -= q.size
 			n++
@@ -86,7 +96,7 @@ func (m *Machine) makeRoom(d *device, size int64) bool {
 	}
 	seqs := make([]uint64, 0, n)
 	d.qents = slices.DeleteFunc(d.qents, func(q qent) bool {
-		if len(seqs) < n && q.presence {
+		if len(seqs) < n && q.presence && !handed(d, q.seq) {
 			seqs = append(seqs, q.seq)
 			d.qCount--
 			d.qBytes -= q.size
@@ -96,6 +106,13 @@ func (m *Machine) makeRoom(d *device, size int64) bool {
 	})
 	m.emit(Remove{Device: d.key, Seqs: seqs})
 	return true
+}
+
+// handed reports whether the entry is on the device's live stream, which
+// cannot take it back: evicting it would also break the prefix a backup
+// counts the client's acknowledgements against (send).
+func handed(d *device, seq uint64) bool {
+	return d.stream != 0 && !d.detached && seq <= d.sent
 }
 
 // addQ records an entry written to d's queue, keeping qents in Seq order.

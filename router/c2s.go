@@ -318,12 +318,12 @@ func (c *c2s) resume(el *stanza.Element) (*stream, error) {
 		return nil, serr
 	}
 	s.stepLocked(jsm.Resumed{Stream: st.id, AckedSeq: acked})
-	if c := s.cfg.Cluster; c != nil {
-		// Live again: its counters now change with every stanza, so the
-		// backup forgets the session (see replicateSession).
-		s.background(c.SessionGone(st.from))
-	}
 	s.mu.Unlock()
+	// Live again: the backup's record follows (before the queue's trim,
+	// as for any acknowledgement).
+	if w := s.replicate(st); w != nil {
+		s.background(w)
+	}
 	s.cfg.Metrics.resumes.WithLabelValues("resumed").Inc()
 	s.cfg.Metrics.detached.Dec()
 	return st, nil

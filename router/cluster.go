@@ -38,19 +38,27 @@ type Replica interface {
 	SessionGone(device string) (wait func() error)
 }
 
-// SessionState is a hibernating device's XEP-0198 session and push
-// registrations: what a backup needs to take the device over and let the
-// client resume there (H3, H4).
+// SessionState is a device's XEP-0198 session and push registrations:
+// what a backup needs to take the device over and let the client resume
+// there (H3, H4).
 type SessionState struct {
 	Device string
 	// SMID is the resumption id; Handled the count of stanzas received
-	// from the client; Acked the client's last <a h/>; Handed the Seqs of
-	// the entries written but unacknowledged when the stream detached.
-	SMID          string
-	Handled       uint32
-	Acked         uint32
+	// from the client that may be reported handled; Acked the client's
+	// last <a h/>, and AckedSeq the Seq it covered.
+	SMID     string
+	Handled  uint32
+	Acked    uint32
+	AckedSeq uint64
+	// Live: the stream was connected. Otherwise Handed are the Seqs of
+	// the entries written but unacknowledged when it detached; for a live
+	// stream they are the queue's entries after AckedSeq.
+	Live          bool
 	Handed        []uint64
 	Registrations []jsm.Registration
+	// Pushed is the last queue Seq a notification the app server took
+	// covered (jsm.Pushed): a backup pushes for what came after.
+	Pushed uint64
 }
 
 // AdoptedSession is a replicated session this node takes over.
@@ -110,33 +118,78 @@ func (s *Server) forward(node string, el *stanza.Element) func() error {
 	}
 }
 
-// sessionState captures a detached stream for its backup; s.mu is held.
-func (s *Server) sessionState(st *stream) SessionState {
+// session captures the stream's session for its backup. A detached
+// stream names the Seqs it handed out unacknowledged; a live one the Seq
+// its client acknowledged last: jsm keeps what a managed stream was
+// handed a prefix of the device's queue, so the backup's copy of the
+// queue tells the rest.
+func (st *stream) session() SessionState {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	dev := st.jid.String()
-	return SessionState{
-		Device: dev, SMID: st.resumeID, Handled: st.inCount, Acked: st.acked,
-		Handed: append([]uint64(nil), st.handedSeq...), Registrations: s.machine.Registrations(dev),
+	ss := SessionState{Device: st.from, SMID: st.resumeID, Acked: st.acked, AckedSeq: st.ackedSeq, Registrations: st.regs, Pushed: st.pushed}
+	if st.w == nil {
+		ss.Handled = st.inCount
+		ss.Handed = append([]uint64(nil), st.handedSeq...)
+	} else {
+		ss.Live, ss.Handled = true, st.handled
+	}
+	return ss
+}
+
+// replicate sends the stream's session to its user's backup, live or
+// hibernating, unless it cannot be resumed or has ended.
+func (s *Server) replicate(st *stream) (wait func() error) {
+	c := s.cfg.Cluster
+	if c == nil || st.resumeID == "" {
+		return nil
+	}
+	st.recMu.Lock()
+	defer st.recMu.Unlock()
+	if st.ended {
+		return nil
+	}
+	return c.Session(st.session())
+}
+
+// replicateHandled raises the count the backup may report as handled to
+// h, once every stanza it covers is durable; the client hears of h after
+// the backup holds it, so a resumption there never reports less than
+// this node acknowledged (the client would send those stanzas twice).
+func (s *Server) replicateHandled(st *stream, h uint32) (wait func() error) {
+	st.mu.Lock()
+	st.handled = h
+	st.mu.Unlock()
+	return s.replicate(st)
+}
+
+// replicateEnd tells the backup the session is over; no record of the
+// stream follows it.
+func (s *Server) replicateEnd(st *stream) {
+	c := s.cfg.Cluster
+	if c == nil || st.resumeID == "" {
+		return
+	}
+	st.recMu.Lock()
+	defer st.recMu.Unlock()
+	if !st.ended {
+		st.ended = true
+		s.background(c.SessionGone(st.from))
 	}
 }
 
-// replicateSession sends the device's session to its backup if its stream
-// is hibernating (a live session's counters change with every stanza; a
-// client whose node dies while connected binds anew). s.mu is held.
-func (s *Server) replicateSession(device string) {
-	if s.cfg.Cluster == nil {
-		return
-	}
+// registrationsChanged keeps the device's stream's copy of its push
+// registrations current and sends it to the backup; s.mu is held.
+func (s *Server) registrationsChanged(device string) {
 	for _, st := range s.streams {
 		if st.from != device {
 			continue
 		}
+		regs := s.machine.Registrations(device)
 		st.mu.Lock()
-		detached := st.w == nil && st.resumeID != ""
+		st.regs = regs
 		st.mu.Unlock()
-		if detached {
-			s.background(s.cfg.Cluster.Session(s.sessionState(st)))
+		if w := s.replicate(st); w != nil {
+			s.background(w)
 		}
 		return
 	}
@@ -176,11 +229,14 @@ func (s *Server) StepForwardedAsync(el *stanza.Element, size int) (wait func() e
 func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInfo, registrations map[string][]jsm.Registration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ev := jsm.Adopt{Queues: queues, Registrations: map[string][]jsm.Registration{}, Streams: map[string]jsm.StreamID{}}
+	ev := jsm.Adopt{Queues: queues, Registrations: map[string][]jsm.Registration{}, Streams: map[string]jsm.StreamID{},
+		Unpushed: map[string][]jsm.Entry{}}
 	for dev, regs := range registrations {
 		ev.Registrations[dev] = regs
 	}
+	pushed := map[string]uint64{} // the devices whose session says what was pushed
 	for _, ss := range sessions {
+		pushed[ss.Device] = ss.Pushed
 		full, err := jid.Parse(ss.Device)
 		if err != nil || full.Resourcepart() == "" {
 			continue
@@ -193,7 +249,8 @@ func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInf
 		}
 		st := &stream{srv: s, id: jsm.StreamID(s.nextID.Add(1)), jid: full, from: ss.Device,
 			sm: true, resumeID: ss.SMID, inCount: ss.Handled, acked: ss.Acked, outCount: ss.Acked,
-			handedSeq: append([]uint64(nil), ss.Handed...)}
+			ackedSeq: ss.AckedSeq, handedSeq: append([]uint64(nil), ss.Handed...), adopted: true,
+			handled: ss.Handled, regs: ss.Registrations, pushed: ss.Pushed}
 		s.streams[st.id] = st
 		s.resumable[st.resumeID] = st
 		s.cfg.Metrics.streams.Inc()
@@ -203,9 +260,13 @@ func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInf
 	// Forwarded stanzas already in the adopted queues must not be
 	// delivered again when their sender's node resends them here.
 	for dev := range queues {
+		after, known := pushed[dev]
 		_ = s.queue.Read(dev, 0, func(e jsm.Entry) error {
 			if id := forwardID(e.Stanza); id != "" {
 				s.forwards.add(id)
+			}
+			if known && e.Seq > after {
+				ev.Unpushed[dev] = append(ev.Unpushed[dev], e)
 			}
 			return nil
 		})
@@ -300,7 +361,7 @@ func (s *Server) Release(mine func(device string) bool, redirect string) []Hando
 			w.close(appendStreamError(nil, &StreamError{Condition: "see-other-host", Content: redirect}))
 		}
 		if st.resumeID != "" {
-			out = append(out, Handover{Session: s.sessionState(st)})
+			out = append(out, Handover{Session: st.session()})
 		}
 		devices = append(devices, st.from)
 		s.forget(st)

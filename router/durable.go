@@ -16,9 +16,9 @@ func (st *stream) addDurable(waits []func() error) {
 }
 
 // answerAckRequest answers the client's <r/> with the count of stanzas it
-// sent, once every write they caused is durable. Answers leave in order:
-// each waits for the one before it. With nothing pending it answers at
-// once, which is the common case (recipients online).
+// sent, once every write they caused is durable and, in a cluster, the
+// user's backup holds the count (H4). Answers leave in order: each waits
+// for the one before it. With nothing pending it answers at once.
 func (st *stream) answerAckRequest() {
 	st.mu.Lock()
 	if !st.sm {
@@ -29,7 +29,8 @@ func (st *stream) answerAckRequest() {
 	waits := st.durable
 	st.durable = nil
 	prev := st.ackDone
-	if len(waits) == 0 && (prev == nil || isClosed(prev)) {
+	tell := st.srv.cfg.Cluster != nil && st.resumeID != "" && h != st.handled
+	if !tell && len(waits) == 0 && (prev == nil || isClosed(prev)) {
 		st.ackDone = nil
 		st.mu.Unlock()
 		st.sendAck(h)
@@ -43,13 +44,25 @@ func (st *stream) answerAckRequest() {
 		if prev != nil {
 			<-prev
 		}
+		fail := func(err error) {
+			// Not durable: the stanza must not be acknowledged. The
+			// stream ends; the client resends what was not acked.
+			st.srv.log.Error("write before acknowledgement failed", "err", err)
+			st.close(&StreamError{Condition: "internal-server-error"})
+		}
 		for _, w := range waits {
 			if err := w(); err != nil {
-				// Not durable: the stanza must not be acknowledged. The
-				// stream ends; the client resends what was not acked.
-				st.srv.log.Error("write before acknowledgement failed", "err", err)
-				st.close(&StreamError{Condition: "internal-server-error"})
+				fail(err)
 				return
+			}
+		}
+		// Only now: the backup may report h once what it covers is safe.
+		if tell {
+			if w := st.srv.replicateHandled(st, h); w != nil {
+				if err := w(); err != nil {
+					fail(err)
+					return
+				}
 			}
 		}
 		st.sendAck(h)

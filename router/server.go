@@ -492,14 +492,23 @@ func (s *Server) execute(a jsm.Action) {
 		if err := s.pushRegs.Save(a.Device, a.Registration); err != nil {
 			s.log.Error("push registration not saved", "err", err)
 		}
-		s.replicateSession(a.Device)
+		s.registrationsChanged(a.Device)
 	case jsm.DeleteRegistration:
 		if err := s.pushRegs.Delete(a.Device, a.AppServer, a.Node); err != nil {
 			s.log.Error("push registration not deleted", "err", err)
 		}
-		s.replicateSession(a.Device)
+		s.registrationsChanged(a.Device)
 	case jsm.Publish:
 		s.publish(a)
+	case jsm.Pushed:
+		if st := s.streams[a.Stream]; st != nil && st.from == a.Device {
+			st.mu.Lock()
+			st.pushed = a.Through
+			st.mu.Unlock()
+			if w := s.replicate(st); w != nil {
+				s.background(w)
+			}
+		}
 	case jsm.PushDisabled:
 		s.cfg.Metrics.pushDisabled.WithLabelValues(a.Reason).Inc()
 		s.log.Warn("push disabled: the app server refused a notification", "device", s.cfg.Redact.Token(a.Device), "condition", a.Reason)
@@ -509,9 +518,7 @@ func (s *Server) execute(a jsm.Action) {
 			return
 		}
 		s.forget(st)
-		if c := s.cfg.Cluster; c != nil {
-			s.background(c.SessionGone(st.from))
-		}
+		s.replicateEnd(st)
 		if a.Condition == "" {
 			st.close(nil)
 		} else {

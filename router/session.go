@@ -42,10 +42,10 @@ func (c *c2s) serveStream(st *stream) {
 	case resumable && se == nil && !clean:
 		s.cfg.Metrics.detached.Inc()
 		s.stepLocked(jsm.Detached{Stream: st.id, Unacked: st.detach()})
-		if c := s.cfg.Cluster; c != nil {
-			// After jsm queued the unacknowledged entries, so the backup
-			// gets the session behind its queue.
-			s.background(c.Session(s.sessionState(st)))
+		// After jsm queued the unacknowledged entries, so the backup gets
+		// the session behind its queue.
+		if w := s.replicate(st); w != nil {
+			s.background(w)
 		}
 		w.abandon()
 	default:
@@ -55,9 +55,7 @@ func (c *c2s) serveStream(st *stream) {
 			s.cfg.Metrics.streamErrors.WithLabelValues(se.Condition).Inc()
 		}
 		s.forget(st)
-		if c := s.cfg.Cluster; c != nil && st.resumeID != "" {
-			s.background(c.SessionGone(st.from))
-		}
+		s.replicateEnd(st)
 		st.close(se)
 		if se == nil && !clean {
 			w.abandon()
@@ -168,17 +166,28 @@ func (c *c2s) handleSM(st *stream, el *stanza.Element) error {
 			})
 			return nil
 		}
-		st.sm = true
+		st.mu.Unlock()
 		resume := el.Get("resume") == "true" || el.Get("resume") == "1"
+		var id string
 		if resume {
-			st.resumeID = randomID(16)
+			id = randomID(16)
 		}
-		id := st.resumeID
+		// Under s.mu, so that no entry is written between the stream
+		// counting and jsm keeping what it writes (jsm.Managed).
+		s.mu.Lock()
+		regs := s.machine.Registrations(st.from)
+		st.mu.Lock()
+		st.sm, st.resumeID, st.regs = true, id, regs
 		st.mu.Unlock()
 		if resume {
-			s.mu.Lock()
 			s.resumable[id] = st
-			s.mu.Unlock()
+		}
+		s.stepLocked(jsm.Managed{Stream: st.id})
+		s.mu.Unlock()
+		// The backup knows the session from the start, so that a client
+		// can resume there even before its first acknowledgement.
+		if w := s.replicate(st); w != nil {
+			s.background(w)
 		}
 		st.send(func(b []byte) []byte {
 			b = append(b, `<enabled xmlns="urn:xmpp:sm:3"`...)
@@ -204,6 +213,11 @@ func (c *c2s) handleSM(st *stream, el *stanza.Element) error {
 			return serr
 		}
 		if through > 0 {
+			// The backup learns the client's count before its copy of
+			// the queue is trimmed: the two must agree (H4).
+			if w := s.replicate(st); w != nil {
+				s.background(w)
+			}
 			s.Step(jsm.Acked{Stream: st.id, Seq: through})
 		}
 	case "resume":

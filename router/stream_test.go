@@ -34,21 +34,22 @@ func testStream(t *testing.T) (*stream, net.Conn) {
 	return st, b
 }
 
-// XEP-0198 §4: h counts stanzas; acks trim the unacknowledged list, and a
+// XEP-0198 §4: h counts stanzas; acks trim the unacknowledged list (and
+// jsm's queue, which keeps what a managed stream was written), and a
 // client may not acknowledge more than it was sent.
 func TestHandleAck(t *testing.T) {
 	st, _ := testStream(t)
 	for _, e := range entries(10, 11, 13) { // seqs need not be contiguous
 		st.deliver(e)
 	}
-	if through, err := st.handleAck(2); err != nil || through != 0 {
+	if through, err := st.handleAck(2); err != nil || through != 11 {
 		t.Fatalf("ack 2: %v %v", through, err)
 	}
 	if len(st.unacked) != 1 || st.unacked[0].Seq != 13 || st.ackedSeq != 11 {
 		t.Fatalf("after ack 2: unacked %v, ackedSeq %d", st.unacked, st.ackedSeq)
 	}
-	if _, err := st.handleAck(2); err != nil {
-		t.Fatalf("repeated ack: %v", err)
+	if through, err := st.handleAck(2); err != nil || through != 0 {
+		t.Fatalf("repeated ack: %d %v", through, err)
 	}
 	if _, err := st.handleAck(5); err == nil || err.Condition != "undefined-condition" {
 		t.Fatalf("ack beyond what was sent: %v", err)
@@ -103,5 +104,43 @@ func TestResumeMapsHToSeq(t *testing.T) {
 	}
 	if _, err := st.resume(newWire(a, time.Second), 9); err == nil {
 		t.Fatal("resume claiming more than was sent accepted")
+	}
+}
+
+func drained(t *testing.T) *wire {
+	t.Helper()
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	return newWire(a, time.Second)
+}
+
+// H4: a stream adopted from a failed node may hear a count beyond what
+// the backup's copy says was handed (entries whose replication the node
+// did not live to send). The client has all of them; the resumption
+// succeeds and treats every handed entry as acknowledged. A stream of
+// this node's own is held to the rule, also once adopted and resumed.
+func TestResumeAdoptedCountBeyondHanded(t *testing.T) {
+	srv, _ := New(DefaultConfig(), nil, Stores{})
+	st := &stream{srv: srv, id: 1, sm: true, adopted: true, acked: 3, outCount: 3, ackedSeq: 20,
+		handedSeq: []uint64{21, 22}}
+	acked, err := st.resume(drained(t), 6)
+	if err != nil || acked != 22 {
+		t.Fatalf("adopted resume h=6 over 2 handed: acked through %d, %v; want 22", acked, err)
+	}
+	if st.acked != 6 || st.outCount != 6 {
+		t.Fatalf("counters after resume: acked %d out %d, want 6", st.acked, st.outCount)
+	}
+	st.deliver(entries(23)[0])
+	st.detach()
+	if _, err := st.resume(drained(t), 8); err == nil {
+		t.Fatal("a second resumption claiming more than was sent accepted")
 	}
 }

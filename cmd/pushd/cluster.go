@@ -377,6 +377,7 @@ func (cn *clusterNode) Drop(device string) func() error {
 // opaque bytes.
 type sessionExtra struct {
 	Handed        []uint64           `json:"handed,omitempty"`
+	Pushed        uint64             `json:"pushed,omitempty"`
 	Registrations []registrationJSON `json:"regs,omitempty"`
 }
 
@@ -393,7 +394,7 @@ func (cn *clusterNode) Session(s router.SessionState) func() error {
 }
 
 func sessionRecord(s router.SessionState) cluster.SessionRecord {
-	extra := sessionExtra{Handed: s.Handed}
+	extra := sessionExtra{Handed: s.Handed, Pushed: s.Pushed}
 	for _, r := range s.Registrations {
 		rj := registrationJSON{AppServer: r.AppServer.String(), Node: r.Node}
 		if r.Options != nil {
@@ -406,7 +407,7 @@ func sessionRecord(s router.SessionState) cluster.SessionRecord {
 	}
 	state, _ := json.Marshal(extra)
 	rec := cluster.SessionRecord{User: userOf(s.Device), Device: s.Device, SMID: s.SMID,
-		Handled: uint64(s.Handled), Acked: uint64(s.Acked), Suspended: true, State: state}
+		Handled: uint64(s.Handled), Acked: uint64(s.Acked), AckedSeq: s.AckedSeq, Suspended: !s.Live, State: state}
 	if i := strings.IndexByte(s.Device, '/'); i >= 0 {
 		rec.Resource = s.Device[i+1:]
 	}
@@ -755,10 +756,11 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 		if place.Primary(r.User) != self {
 			continue
 		}
-		ss := router.AdoptedSession{Device: dev, SMID: r.SMID, Handled: uint32(r.Handled), Acked: uint32(r.Acked)}
+		ss := router.AdoptedSession{Device: dev, SMID: r.SMID, Handled: uint32(r.Handled), Acked: uint32(r.Acked),
+			AckedSeq: r.AckedSeq, Live: !r.Suspended}
 		var extra sessionExtra
 		_ = json.Unmarshal(r.State, &extra)
-		ss.Handed = extra.Handed
+		ss.Handed, ss.Pushed = extra.Handed, extra.Pushed
 		for _, rj := range extra.Registrations {
 			reg, err := registrationFromJSON(rj)
 			if err == nil {
@@ -793,6 +795,9 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 		// commit: a read waits for it.
 		_ = cn.n.queue.Read(dev, ^uint64(0), func(jsm.Entry) error { return nil })
 	}
+	for i := range sessions {
+		cn.adoptQueue(&sessions[i])
+	}
 	for _, d := range cn.n.queue.Devices() {
 		if devices[d.Device] {
 			queues[d.Device] = jsm.QueueInfo{First: d.First, Last: d.Last, Count: d.Count, Bytes: d.Bytes}
@@ -811,6 +816,30 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 		}
 	}()
 	return len(sessions)
+}
+
+// adoptQueue lines an adopted session's queue up with its client's last
+// acknowledgement: what it covers goes (the primary's trim may not have
+// arrived), and a session that was live learns what its stream had been
+// handed: the queue's entries after it, in order (jsm.Managed keeps them
+// a prefix of the queue).
+func (cn *clusterNode) adoptQueue(ss *router.AdoptedSession) {
+	if ss.AckedSeq > 0 {
+		if err := cn.n.queue.TrimAsync(ss.Device, ss.AckedSeq)(); err != nil {
+			cn.log.Error("cluster: trimming an adopted queue", "err", err)
+		}
+	}
+	if !ss.Live {
+		return
+	}
+	ss.Live, ss.Handed = false, nil
+	err := cn.n.queue.Read(ss.Device, ss.AckedSeq+1, func(e jsm.Entry) error {
+		ss.Handed = append(ss.Handed, e.Seq)
+		return nil
+	})
+	if err != nil {
+		cn.log.Error("cluster: reading an adopted queue", "err", err)
+	}
 }
 
 // reReplicate sends an adopted device's queue and session to its new

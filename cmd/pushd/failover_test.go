@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -65,29 +66,11 @@ func byName(nodes []*testNode, name string) *testNode {
 // once, pushes for new messages, and her phone resumes its XEP-0198
 // stream there and gets every acknowledged message once, in order.
 func TestFailoverToBackup(t *testing.T) {
-	const app = "app.example.test"
-	nodes := clusterOf(t, 3, func(_ int, c *fileConfig) {
-		c.Component.Accept = append(c.Component.Accept, componentAccept{Domain: app, Secret: appSecret})
-	})
-	first := nodes[0]
-	alice := first.addUser("alice", alicePW)
-	// A bob whose primary is not alice's, so that the crash spares him.
-	primary, backup := first.cluster.c.Placement().PrimaryBackup(alice)
-	bob, bobHome := addBobAwayFrom(nodes, primary)
-	P, B := byName(nodes, primary), byName(nodes, backup)
-	for _, n := range nodes {
-		waitFor(t, "accounts on "+n.cluster.c.Name(), 10*time.Second, func() bool {
-			_, err := n.db.Accounts().Credentials(mustJID(t, bob))
-			return err == nil
-		})
-	}
+	const app = failoverApp
+	fc := newFailoverCast(t, nil)
+	alice, bob, P, B, bobHome := fc.alice, fc.bob, fc.P, fc.B, fc.bobHome
 	// An app server on the primary and on the backup.
-	appAt := func(n *testNode) *peertest.AppServer {
-		a := peertest.StartAppServer(t, peertest.AppServerOptions{Addr: n.router.Addr("component"), Domain: app, Secret: appSecret, Mode: peertest.AppServerOK})
-		check(t, a.WaitConnected())
-		return a
-	}
-	appP, appB := appAt(P), appAt(B)
+	appP, appB := appAt(t, P), appAt(t, B)
 
 	// A client that logs in at the wrong node is sent to the right one.
 	wrong := xmpptest.Dial(t, B.c2s(), "localhost")
@@ -170,6 +153,45 @@ func TestFailoverToBackup(t *testing.T) {
 	}
 }
 
+// failoverApp is the XEP-0114 app server domain of the failover tests.
+const failoverApp = "app.example.test"
+
+// failoverCast is three nodes that accept failoverApp, alice, and a bob
+// whose primary is not alice's, so that the crash of hers spares him.
+type failoverCast struct {
+	alice, bob    string
+	P, B, bobHome *testNode // alice's primary and backup, bob's node
+}
+
+func newFailoverCast(t *testing.T, mutate func(c *fileConfig)) failoverCast {
+	t.Helper()
+	nodes := clusterOf(t, 3, func(_ int, c *fileConfig) {
+		c.Component.Accept = append(c.Component.Accept, componentAccept{Domain: failoverApp, Secret: appSecret})
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+	var fc failoverCast
+	fc.alice = nodes[0].addUser("alice", alicePW)
+	primary, backup := nodes[0].cluster.c.Placement().PrimaryBackup(fc.alice)
+	fc.bob, fc.bobHome = addBobAwayFrom(nodes, primary)
+	fc.P, fc.B = byName(nodes, primary), byName(nodes, backup)
+	for _, n := range nodes {
+		waitFor(t, "accounts on "+n.cluster.c.Name(), 10*time.Second, func() bool {
+			_, err := n.db.Accounts().Credentials(mustJID(t, fc.bob))
+			return err == nil
+		})
+	}
+	return fc
+}
+
+// appAt connects an app server for failoverApp to n.
+func appAt(t *testing.T, n *testNode) *peertest.AppServer {
+	a := peertest.StartAppServer(t, peertest.AppServerOptions{Addr: n.router.Addr("component"), Domain: failoverApp, Secret: appSecret, Mode: peertest.AppServerOK})
+	check(t, a.WaitConnected())
+	return a
+}
+
 // addBobAwayFrom adds a bob whose primary is not node, so that node's
 // crash spares him, and returns his JID and the node he lives on.
 func addBobAwayFrom(nodes []*testNode, node string) (string, *testNode) {
@@ -228,5 +250,154 @@ func TestFailoverOwnPush(t *testing.T) {
 	reqs := apns.WaitRequests(1, 20*time.Second)
 	if len(reqs) != 1 || reqs[0].Token != tokAlice || reqs[0].Status != 200 {
 		t.Fatalf("APNS after failover: %+v", reqs)
+	}
+}
+
+// H2/H4 for a client that is connected when its primary dies: everything
+// written to a managed stream stays queued (and replicated) until the
+// client acknowledges it, the client's acknowledged count is replicated
+// with it, and so is its push registration. After the crash the backup
+// pushes for the phone, and the phone resumes there: what it had not
+// acknowledged comes again, once, in order, and the backup reports the
+// count of its own stanzas this node had acknowledged, so that it sends
+// none twice.
+func TestFailoverLiveSession(t *testing.T) {
+	const app = failoverApp
+	fc := newFailoverCast(t, nil)
+	alice, bob, P, B, bobHome := fc.alice, fc.bob, fc.P, fc.B, fc.bobHome
+	appB := appAt(t, B)
+
+	isMsg := func(e *stanza.Element) bool { return e.Is(stanza.NSClient, "message") }
+	a := xmpptest.Login(t, P.c2s(), "localhost", "alice", alicePW, "phone")
+	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+	enabled := a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	a.Send(`<iq type='set' id='push1'><enable xmlns='urn:xmpp:push:0' jid='` + app + `' node='n1'/></iq>`)
+	a.Expect("push enabled", func(e *stanza.Element) bool { return e.Get("id") == "push1" && e.Get("type") == "result" })
+
+	b := xmpptest.Login(t, bobHome.c2s(), "localhost", strings.TrimSuffix(bob, "@localhost"), bobPW, "desk")
+	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	b.Send(fmt.Sprintf(`<message to='%[1]s/phone' type='chat'><body>m1</body></message>`+
+		`<message to='%[1]s/phone' type='chat'><body>m2</body></message>`+
+		`<message to='%[1]s/phone' type='chat'><body>m3</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice))
+	b.Expect("ack of 3", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "3" })
+	for _, body := range []string{"m1", "m2", "m3"} {
+		if got := a.Expect(body, isMsg).ChildText(stanza.NSClient, "body"); got != body {
+			t.Fatalf("alice got %q, want %q", got, body)
+		}
+	}
+	// alice has read 4 stanzas (the IQ result, m1–m3) and acknowledges 2.
+	a.Send(`<a xmlns='urn:xmpp:sm:3' h='2'/>`)
+	waitFor(t, "the backup to hold alice's acknowledgement", 10*time.Second, func() bool {
+		B.cluster.mu.Lock()
+		defer B.cluster.mu.Unlock()
+		r, ok := B.cluster.replicas[alice+"/phone"]
+		return ok && r.Acked == 2 && !r.Suspended
+	})
+	// Her own message is acknowledged (her second stanza).
+	a.Send(fmt.Sprintf(`<message to='%s/desk' type='chat'><body>from alice</body></message><r xmlns='urn:xmpp:sm:3'/>`, bob))
+	a.Expect("alice's ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "2" })
+	b.ExpectBody("from alice")
+
+	check(t, P.cluster.c.Shutdown())
+	P.stopAbruptly()
+	waitFor(t, "the backup to take alice over", 30*time.Second, func() bool {
+		d := B.devices(t, alice)
+		return len(d) == 1 && d[0].Detached
+	})
+	// Her registration came with her session: the backup pushes.
+	b.Send(fmt.Sprintf(`<message to='%s/phone' type='chat'><body>after</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice))
+	b.Expect("ack of 4", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "4" })
+	if _, err := appB.Next(10 * time.Second); err != nil {
+		t.Fatalf("no push from the backup for a phone that was connected to the failed node: %v", err)
+	}
+
+	// She processed m2 but not m3 before the crash: she says h=3.
+	r := xmpptest.Dial(t, B.c2s(), "localhost")
+	r.StartTLS()
+	if cond := r.AuthPlain("alice", alicePW); cond != "" {
+		t.Fatal(cond)
+	}
+	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='3' previd='` + enabled.Get("id") + `'/>`)
+	el := r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM })
+	if !el.Is(stanza.NSSM, "resumed") || el.Get("h") != "2" {
+		t.Fatalf("resume on the backup: %s, want <resumed h='2'/>", el)
+	}
+	r.Send(`<r xmlns='urn:xmpp:sm:3'/>`)
+	var got []string
+	for {
+		el, err := r.Next()
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		if isMsg(el) {
+			got = append(got, el.ChildText(stanza.NSClient, "body"))
+		}
+		if el.Is(stanza.NSSM, "a") {
+			break // the backup's answer comes after everything it flushed
+		}
+	}
+	if want := []string{"m3", "after"}; !slices.Equal(got, want) {
+		t.Fatalf("alice got %q after resuming, want %q once, in order", got, want)
+	}
+}
+
+// H3 for the last moments of a primary: a message it queued and
+// acknowledged inside the coalescing window (M3), whose notification it
+// never sent, is pushed by the backup when it takes the phone over; what
+// the primary had pushed for is not pushed again.
+func TestFailoverPushesWhatPrimaryDidNot(t *testing.T) {
+	const app = failoverApp
+	fc := newFailoverCast(t, func(c *fileConfig) {
+		c.PushTriggers.Coalesce = duration(time.Hour) // the second message waits for its notification
+	})
+	alice, bob, P, B, bobHome := fc.alice, fc.bob, fc.P, fc.B, fc.bobHome
+	appP, appB := appAt(t, P), appAt(t, B)
+
+	a := xmpptest.Login(t, P.c2s(), "localhost", "alice", alicePW, "phone")
+	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+	a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	a.Send(`<iq type='set' id='push1'><enable xmlns='urn:xmpp:push:0' jid='` + app + `' node='n1'/></iq>`)
+	a.Expect("push enabled", func(e *stanza.Element) bool { return e.Get("id") == "push1" && e.Get("type") == "result" })
+	_ = a.Conn.Close()
+	waitFor(t, "alice hibernating", 10*time.Second, func() bool {
+		d := P.devices(t, alice)
+		return len(d) == 1 && d[0].Detached
+	})
+
+	b := xmpptest.Login(t, bobHome.c2s(), "localhost", strings.TrimSuffix(bob, "@localhost"), bobPW, "desk")
+	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	send := func(body string, h int) {
+		b.Send(fmt.Sprintf(`<message to='%s/phone' type='chat'><body>%s</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice, body))
+		b.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == strconv.Itoa(h) })
+	}
+	send("pushed by the primary", 1)
+	if p, err := appP.Next(10 * time.Second); err != nil || p.Fields["message-count"] != "1" {
+		t.Fatalf("the primary's push: %+v, %v", p, err)
+	}
+	waitFor(t, "the backup to know what the primary pushed", 10*time.Second, func() bool {
+		B.cluster.mu.Lock()
+		defer B.cluster.mu.Unlock()
+		var extra sessionExtra
+		_ = json.Unmarshal(B.cluster.replicas[alice+"/phone"].State, &extra)
+		return extra.Pushed > 0
+	})
+	send("left to coalesce", 2)
+	if err := appP.ExpectNone(200 * time.Millisecond); err != nil {
+		t.Fatalf("the primary pushed inside its coalescing window: %v", err)
+	}
+
+	check(t, P.cluster.c.Shutdown())
+	P.stopAbruptly()
+	p, err := appB.Next(30 * time.Second)
+	if err != nil {
+		t.Fatalf("the backup did not push for the message the primary left unpushed: %v", err)
+	}
+	if p.Fields["message-count"] != "1" {
+		t.Errorf("the backup's push counts %v messages, want 1 (only the one not pushed before)", p.Fields["message-count"])
+	}
+	if err := appB.ExpectNone(500 * time.Millisecond); err != nil {
+		t.Errorf("a second push from the backup: %v", err)
 	}
 }
