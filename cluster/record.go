@@ -9,7 +9,7 @@ import (
 // Record is one unit of replicated state. The set is closed: the record
 // types of this file, each applied by the matching Applier method.
 //
-// Wire encoding (replication protocol version 1, see replicator.go): a
+// Wire encoding (replication protocol version 2, see replicator.go): a
 // record is its RecordType byte, a uvarint length of the body, and the
 // body. In a body, a string or []byte is a uvarint length and the bytes,
 // an integer is a uvarint, a bool is one byte, a list is a uvarint count

@@ -77,7 +77,7 @@ func DefaultReplicatorConfig() ReplicatorConfig {
 // Replicator streams records from this node to its peers and applies the
 // records its peers stream to it.
 //
-// Protocol (version 1), one stream per (sender, receiver) pair, dialled by
+// Protocol (version 2), one stream per (sender, receiver) pair, dialled by
 // the sender. Messages are transport frames whose first byte is the kind:
 //
 //	'H' version, epoch          sender → receiver, first
@@ -115,7 +115,10 @@ type Replicator struct {
 	degradedN int // links currently degraded, plus one while noBackup
 }
 
-const protoVersion = 1
+// protoVersion 2 added the HandoverEnd record and a SessionRecord's
+// AckedSeq (where version 1 had an unused Sent) and live sessions
+// (Suspended false); a version 1 peer is refused rather than misread.
+const protoVersion = 2
 
 const (
 	msgHello   = 'H'

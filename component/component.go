@@ -71,11 +71,6 @@ type Config struct {
 	// so that after a failover the push names the node that took the
 	// device over. Default empty: the field is left out.
 	Node string
-	// Replicated, when set, is waited for after a registration is written
-	// and before the command is answered: in a cluster it returns once the
-	// other nodes hold the registration (BEHAVIOUR H2), so that the node
-	// and secret a device enables push with outlive this node.
-	Replicated func(node string) error
 }
 
 // DefaultConfig returns the defaults documented on Config.
@@ -139,11 +134,9 @@ type Component struct {
 	dispatch Submitter
 	log      *slog.Logger
 	red      *redact.Redactor
-	// publishers is the redacted-publisher cache of publish's log line.
-	publishers publishers
-	sessions   cmdSessions
-	m          *metrics
-	up         atomic.Bool
+	sessions cmdSessions
+	m        *metrics
+	up       atomic.Bool
 
 	mu   sync.Mutex
 	conn net.Conn // the live link, closed to stop it
@@ -159,8 +152,7 @@ func New(cfg Config, reg *Registry, d Submitter) (*Component, error) {
 		return nil, errors.New("component: registry and dispatcher are required")
 	}
 	c := &Component{cfg: cfg, reg: reg, dispatch: d, log: cfg.Logger.With("component", "push"), red: cfg.Redactor,
-		publishers: publishers{red: cfg.Redactor},
-		sessions:   cmdSessions{ttl: cfg.CommandTTL, max: cfg.MaxCommandSessions}}
+		sessions: cmdSessions{ttl: cfg.CommandTTL, max: cfg.MaxCommandSessions}}
 	m, err := newMetrics(cfg.Metrics)
 	if err != nil {
 		return nil, err
@@ -333,18 +325,13 @@ func (c *Component) complete(iq *stanza.Element, cmd command, account, sid strin
 			c.log.Info("push registration refused", who, "command", cmd.node, "err", err)
 			return nil, badPayload(err.Error())
 		}
+		// In a cluster Register returns once the other members hold the
+		// registration (H2): only then is the command answered.
 		d, created, err := c.reg.Register(req)
 		if err != nil {
 			c.m.command(cmd.node, "error")
 			c.log.Error("push registration failed", who, "command", cmd.node, "err", err)
 			return nil, &stanzaError{Type: "wait", Condition: "internal-server-error"}
-		}
-		if c.cfg.Replicated != nil {
-			if err := c.cfg.Replicated(d.Node); err != nil {
-				c.m.command(cmd.node, "error")
-				c.log.Error("push registration not replicated", who, "command", cmd.node, "err", err)
-				return nil, &stanzaError{Type: "wait", Condition: "internal-server-error"}
-			}
 		}
 		c.m.command(cmd.node, "ok")
 		c.log.Info("push device registered", who, "command", cmd.node, "provider", d.Provider,

@@ -512,8 +512,9 @@ func TestSummaryReadsLikeParseForm(t *testing.T) {
 	}
 }
 
-// H2: with Config.Replicated, a registration is answered only once it is
-// replicated, and not at all (wait/internal-server-error) if it cannot be.
+// H2: with the registry's OnChange (a cluster's copy to the other
+// members), a registration is answered only once that copy is done, and
+// not at all (wait/internal-server-error) if it cannot be.
 func TestRegistrationAnsweredAfterReplicated(t *testing.T) {
 	reg, err := OpenRegistry(testDB(t), nil)
 	if err != nil {
@@ -521,13 +522,16 @@ func TestRegistrationAnsweredAfterReplicated(t *testing.T) {
 	}
 	var waited []string
 	fail := false
-	c, err := New(Config{Domain: "push.example.test", Replicated: func(node string) error {
-		waited = append(waited, node)
-		if fail {
-			return errors.New("backup unreachable")
+	reg.OnChange(func(node string, rec []byte) func() error {
+		return func() error {
+			waited = append(waited, node)
+			if fail {
+				return errors.New("backup unreachable")
+			}
+			return nil
 		}
-		return nil
-	}}, reg, &fakeDispatch{})
+	})
+	c, err := New(Config{Domain: "push.example.test"}, reg, &fakeDispatch{})
 	if err != nil {
 		t.Fatal(err)
 	}

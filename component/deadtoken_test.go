@@ -2,11 +2,6 @@ package component
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -16,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"pushd/component/apns"
 	"pushd/component/dispatch"
 	"pushd/component/payload"
 	"pushd/internal/apnstest"
@@ -38,21 +32,11 @@ type deadEnv struct {
 
 func newDeadEnv(t *testing.T) *deadEnv {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	prov, srv, err := apnstest.NewTokenProvider(apnstest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, _ := x509.MarshalPKCS8PrivateKey(k)
-	srv := apnstest.NewServer(apnstest.Options{TokenKey: &k.PublicKey})
 	t.Cleanup(srv.Close)
-	acfg := apns.DefaultConfig()
-	acfg.Endpoint, acfg.Topic = srv.URL, "com.example.pushd"
-	acfg.KeyPEM, acfg.KeyID, acfg.TeamID = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), "KEY1234567", "TEAM123456"
-	acfg.HTTP.RootCAs = srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
-	prov, err := apns.New(acfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(prov.Close)
 	db := testDB(t)
 	reg, err := OpenRegistry(db, nil)
@@ -60,10 +44,11 @@ func newDeadEnv(t *testing.T) *deadEnv {
 		t.Fatal(err)
 	}
 	e := &deadEnv{reg: reg, srv: srv}
-	reg.OnChange(func(node string) {
+	reg.OnChange(func(node string, _ []byte) func() error {
 		e.mu.Lock()
 		e.changes = append(e.changes, node)
 		e.mu.Unlock()
+		return nil
 	})
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dcfg := dispatch.DefaultConfig()

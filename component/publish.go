@@ -7,12 +7,10 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"pushd/component/dispatch"
 	"pushd/component/payload"
-	"pushd/internal/redact"
+	"pushd/internal/logline"
 	"pushd/internal/stanza"
 )
 
@@ -36,19 +34,13 @@ func (c *Component) publish(ctx context.Context, iq, ps *stanza.Element) (*stanz
 	// publisher; typed attributes and no per-publish logger, as this runs
 	// for every push.
 	log := func(level slog.Level, msg string, attrs ...slog.Attr) {
-		h := c.log.Handler()
-		if !h.Enabled(ctx, level) {
+		if !c.log.Enabled(ctx, level) {
 			return
 		}
 		if tid == "" {
 			tid = dispatch.NewTrackingID()
 		}
-		// A record without the caller's program counter: slog would walk
-		// the stack for it, and no handler of pushd records the source.
-		r := slog.NewRecord(time.Now(), level, msg, 0)
-		r.AddAttrs(slog.String("tid", tid), slog.String("from", c.publishers.token(from)))
-		r.AddAttrs(attrs...)
-		_ = h.Handle(ctx, r)
+		logline.Log(ctx, c.log, level, msg, append([]slog.Attr{slog.String("tid", tid), slog.String("from", c.red.Token(bareJID(from)))}, attrs...)...)
 	}
 	dev, err := c.reg.Check(node, secret, from)
 	if errors.Is(err, ErrNotFound) {
@@ -176,36 +168,4 @@ func routerEnc(e *stanza.Element) string {
 		return data
 	}
 	return base64.StdEncoding.EncodeToString(append(iv, ct...))
-}
-
-// publishers caches the redacted form of the JIDs that publish: a router
-// publishes from its domain or from its users' bare JIDs, a small set,
-// and the keyed hash of the redaction is a measurable part of the one log
-// line every publish writes. Safe for concurrent use.
-type publishers struct {
-	red *redact.Redactor
-	mu  sync.Mutex
-	tok map[string]string // bare JID → redacted
-}
-
-// publishersLimit bounds the cache; past it the cache starts afresh.
-const publishersLimit = 4096
-
-// token returns the redacted bare JID of from.
-func (p *publishers) token(from string) string {
-	bare := bareJID(from)
-	p.mu.Lock()
-	t, ok := p.tok[bare]
-	p.mu.Unlock()
-	if ok {
-		return t
-	}
-	t = p.red.Token(bare)
-	p.mu.Lock()
-	if p.tok == nil || len(p.tok) >= publishersLimit {
-		p.tok = make(map[string]string)
-	}
-	p.tok[bare] = t
-	p.mu.Unlock()
-	return t
 }

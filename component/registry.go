@@ -132,7 +132,7 @@ type Registry struct {
 	mu  sync.Mutex // serialises register/unregister of one registry
 	// onChange hears of every registration created, changed or removed,
 	// so that a cluster can copy it to the other nodes.
-	onChange func(node string)
+	onChange func(node string, rec []byte) (wait func() error)
 
 	// Every publish looks its device up and hashes its sender: both are
 	// cached in memory. A write puts the record it committed into the
@@ -160,25 +160,37 @@ func SetRegistryKey(db *badger.DB, key []byte) error {
 }
 
 // OnChange registers fn to hear of every registration created, changed
-// or removed (by node). fn must not call back into the registry's writes.
-func (r *Registry) OnChange(fn func(node string)) {
+// or removed: its node and its record as stored (nil: removed), which
+// Import takes on another node. The wait fn returns is what Register
+// waits for before it returns (a cluster's copy to the other members,
+// H2); nil means nothing to wait for. fn must not call back into the
+// registry's writes.
+func (r *Registry) OnChange(fn func(node string, rec []byte) (wait func() error)) {
 	r.mu.Lock()
 	r.onChange = fn
 	r.mu.Unlock()
 }
 
 // changed follows a committed write of node: the cache takes the record
-// as written (nil: the registration is gone) and onChange hears of it.
-// Callers hold r.mu, so the cache sees writes in commit order.
-func (r *Registry) changed(node string, d *Device) {
+// as written (nil: the registration is gone) and onChange hears of it,
+// in commit order as callers hold r.mu. It returns onChange's wait.
+func (r *Registry) changed(node string, d *Device) (wait func() error) {
 	if d != nil {
 		r.remember(*d)
 	} else {
 		r.forget(node)
 	}
-	if r.onChange != nil {
-		r.onChange(node)
+	if r.onChange == nil {
+		return nil
 	}
+	var rec []byte
+	if d != nil {
+		var err error
+		if rec, err = json.Marshal(d); err != nil {
+			return func() error { return err }
+		}
+	}
+	return r.onChange(node, rec)
 }
 
 // Export returns node's stored registration record, for another node of
@@ -351,9 +363,27 @@ func randomString(n int) string {
 // replaces the tokens, key and options and keeps node and secret, so the
 // router's XEP-0357 enable stays valid (clients re-register at every
 // start). Unregister and register again to get a new node and secret.
+// In a cluster it returns once the other members hold the registration
+// too (OnChange), so that the node and secret a device enables push with
+// outlive this node (H2); an error wrapping ErrNotReplicated says they
+// may not.
 func (r *Registry) Register(req RegisterRequest) (Device, bool, error) {
+	d, created, wait, err := r.register(req)
+	if err == nil && wait != nil {
+		if werr := wait(); werr != nil {
+			err = fmt.Errorf("%w: %w", ErrNotReplicated, werr)
+		}
+	}
+	return d, created, err
+}
+
+// ErrNotReplicated: a registration is stored here but the other members
+// of the cluster may not hold it.
+var ErrNotReplicated = errors.New("component: registration not replicated")
+
+func (r *Registry) register(req RegisterRequest) (Device, bool, func() error, error) {
 	if req.Account == "" || req.DeviceID == "" || req.Token == "" {
-		return Device{}, false, errors.New("component: registration needs account, device id and token")
+		return Device{}, false, nil, errors.New("component: registration needs account, device id and token")
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -401,10 +431,9 @@ func (r *Registry) Register(req RegisterRequest) (Device, bool, error) {
 		return txn.Set(accountKey(acct, d.Node), nil)
 	})
 	if err != nil {
-		return Device{}, false, fmt.Errorf("component: register: %w", err)
+		return Device{}, false, nil, fmt.Errorf("component: register: %w", err)
 	}
-	r.changed(d.Node, &d)
-	return d, created, nil
+	return d, created, r.changed(d.Node, &d), nil
 }
 
 // Unregister removes the account's registrations matching deviceID (when

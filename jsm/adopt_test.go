@@ -13,11 +13,8 @@ import (
 // messages queue and push from here, and the client resumes its replicated
 // XEP-0198 stream here and gets the queue from the first entry.
 func TestAdoptResumable(t *testing.T) {
-	alice, bob := jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost")
-	m := New(DefaultConfig(), State{Users: []jid.JID{alice, bob}})
-	now := time.Unix(1_700_000_000, 0)
-	m.Step(now, ComponentUp{Domain: "push.localhost"})
-	reg := Registration{AppServer: jid.MustParse("push.localhost"), Node: "n1"}
+	m, now, reg := adoptingMachine()
+	alice := jid.MustParse("alice@localhost")
 	m.Step(now, Adopt{
 		Queues:        map[string]QueueInfo{"alice@localhost/phone": {First: 4, Last: 6, Count: 3, Bytes: 300}},
 		Registrations: map[string][]Registration{"alice@localhost/phone": {reg}},
@@ -57,14 +54,10 @@ func TestAdoptResumable(t *testing.T) {
 // H3: what the failed primary queued after its last notification the app
 // server took (it died inside the coalescing window) is pushed by the
 // adopting node, together with what arrives in the moment after the
-// takeover; a device whose queue was all pushed for is not pushed again. The adopted node's own publishes then report Pushed, for
-// its backup.
+// takeover; a device whose queue was all pushed for is not pushed again.
+// The adopted node's own publishes then report Pushed, for its backup.
 func TestAdoptPushesUnpushed(t *testing.T) {
-	alice, bob := jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost")
-	m := New(DefaultConfig(), State{Users: []jid.JID{alice, bob}})
-	now := time.Unix(1_700_000_000, 0)
-	m.Step(now, ComponentUp{Domain: "push.localhost"})
-	reg := Registration{AppServer: jid.MustParse("push.localhost"), Node: "n1"}
+	m, now, reg := adoptingMachine()
 	msg := func(body string) *stanza.Element {
 		return stanza.New(stanza.NSClient, "message", "to", "alice@localhost/phone", "type", "chat", "from", "bob@localhost/desk").
 			Add(stanza.New(stanza.NSClient, "body").AddText(body))
@@ -111,4 +104,13 @@ func TestAdoptPushesUnpushed(t *testing.T) {
 	if len(pushed) != 1 || pushed[0] != (Pushed{Stream: 77, Device: "alice@localhost/phone", Through: 7}) {
 		t.Fatalf("after the app server's answer: %+v, want Pushed through #7 on stream 77", pushed)
 	}
+}
+
+// adoptingMachine is a node about to adopt: alice and bob, its push
+// component up, and a registration with it.
+func adoptingMachine() (*Machine, time.Time, Registration) {
+	m := New(DefaultConfig(), State{Users: []jid.JID{jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost")}})
+	now := time.Unix(1_700_000_000, 0)
+	m.Step(now, ComponentUp{Domain: "push.localhost"})
+	return m, now, Registration{AppServer: jid.MustParse("push.localhost"), Node: "n1"}
 }

@@ -52,3 +52,28 @@ func TestRemoteContactsGetForwards(t *testing.T) {
 		}
 	}
 }
+
+// A contact of another domain is no other node's user: with no s2s, the
+// probe at login is not sent anywhere, so the user gets no error back for
+// it (the cluster's placement would name a node for any bare JID).
+func TestRemoteIgnoresOtherDomains(t *testing.T) {
+	alice, carol := jid.MustParse("alice@localhost"), jid.MustParse("carol@other.example")
+	cfg := DefaultConfig()
+	cfg.Remote = func(string) bool { return true }
+	m := New(cfg, State{Users: []jid.JID{alice}, Rosters: map[string][]RosterItem{
+		alice.String(): {{JID: carol, Subscription: SubBoth}},
+	}})
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	phone, _ := alice.WithResource("phone")
+	m.Step(now, Bound{Stream: 1, JID: phone})
+	for _, a := range m.Step(now, StanzaIn{Stream: 1, Stanza: stanza.New(stanza.NSClient, "presence", "from", phone.String())}) {
+		switch a := a.(type) {
+		case Forward:
+			t.Errorf("forwarded to another domain's contact: %s", stanza.Marshal(a.Stanza, ""))
+		case Deliver:
+			if a.Entry.Stanza.Get("type") == "error" {
+				t.Errorf("an error for the login's probe: %s", stanza.Marshal(a.Entry.Stanza, ""))
+			}
+		}
+	}
+}

@@ -93,8 +93,9 @@ func (m *Machine) route(st *stanza.Element, from jid.JID) {
 }
 
 // remote reports whether a user of the domain is served by another node.
+// A contact of another domain is nobody's here (there is no s2s).
 func (m *Machine) remote(to jid.JID) bool {
-	return m.cfg.Remote != nil && to.Localpart() != "" && m.cfg.Remote(to.Bare().String())
+	return m.cfg.Remote != nil && to.Localpart() != "" && to.Domainpart() == m.domain && m.cfg.Remote(to.Bare().String())
 }
 
 // routeLocal handles a stanza for the server itself or one of its users.

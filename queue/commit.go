@@ -71,6 +71,10 @@ func (s *Store) submitAsync(o *op) (wait func() error) {
 	}
 }
 
+// Settled waits until every write submitted for device so far is
+// committed, so that a read (or Devices) sees it.
+func (s *Store) Settled(device string) { s.settled(device) }
+
 // settled waits until every op submitted for key so far is committed, so
 // that a read sees what was written before it.
 func (s *Store) settled(key string) {

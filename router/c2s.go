@@ -321,9 +321,7 @@ func (c *c2s) resume(el *stanza.Element) (*stream, error) {
 	s.mu.Unlock()
 	// Live again: the backup's record follows (before the queue's trim,
 	// as for any acknowledgement).
-	if w := s.replicate(st); w != nil {
-		s.background(w)
-	}
+	s.replicate(st)
 	s.cfg.Metrics.resumes.WithLabelValues("resumed").Inc()
 	s.cfg.Metrics.detached.Dec()
 	return st, nil

@@ -136,9 +136,17 @@ func (st *stream) session() SessionState {
 	return ss
 }
 
-// replicate sends the stream's session to its user's backup, live or
-// hibernating, unless it cannot be resumed or has ended.
-func (s *Server) replicate(st *stream) (wait func() error) {
+// replicate sends the stream's session to its user's backup in the
+// background.
+func (s *Server) replicate(st *stream) {
+	if w := s.sendSession(st); w != nil {
+		s.background(w)
+	}
+}
+
+// sendSession sends the stream's session to its user's backup, live or
+// hibernating, unless it cannot be resumed or has ended (wait nil).
+func (s *Server) sendSession(st *stream) (wait func() error) {
 	c := s.cfg.Cluster
 	if c == nil || st.resumeID == "" {
 		return nil
@@ -159,7 +167,7 @@ func (s *Server) replicateHandled(st *stream, h uint32) (wait func() error) {
 	st.mu.Lock()
 	st.handled = h
 	st.mu.Unlock()
-	return s.replicate(st)
+	return s.sendSession(st)
 }
 
 // replicateEnd tells the backup the session is over; no record of the
@@ -188,9 +196,7 @@ func (s *Server) registrationsChanged(device string) {
 		st.mu.Lock()
 		st.regs = regs
 		st.mu.Unlock()
-		if w := s.replicate(st); w != nil {
-			s.background(w)
-		}
+		s.replicate(st)
 		return
 	}
 }
@@ -235,6 +241,7 @@ func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInf
 		ev.Registrations[dev] = regs
 	}
 	pushed := map[string]uint64{} // the devices whose session says what was pushed
+	live := map[string]*stream{}  // adopted streams that were connected
 	for _, ss := range sessions {
 		pushed[ss.Device] = ss.Pushed
 		full, err := jid.Parse(ss.Device)
@@ -251,22 +258,33 @@ func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInf
 			sm: true, resumeID: ss.SMID, inCount: ss.Handled, acked: ss.Acked, outCount: ss.Acked,
 			ackedSeq: ss.AckedSeq, handedSeq: append([]uint64(nil), ss.Handed...), adopted: true,
 			handled: ss.Handled, regs: ss.Registrations, pushed: ss.Pushed}
+		if ss.Live {
+			live[ss.Device] = st
+		}
 		s.streams[st.id] = st
 		s.resumable[st.resumeID] = st
 		s.cfg.Metrics.streams.Inc()
 		s.cfg.Metrics.detached.Inc()
 		ev.Streams[ss.Device] = st.id
 	}
-	// Forwarded stanzas already in the adopted queues must not be
-	// delivered again when their sender's node resends them here.
+	// One read of each adopted queue: forwarded stanzas in it must not be
+	// delivered again when their sender's node resends them here; what
+	// came after the last push is pushed from here; and a stream that was
+	// connected had been handed the entries after the Seq its client
+	// acknowledged, in order (jsm.Managed keeps them a prefix of the
+	// queue).
 	for dev := range queues {
 		after, known := pushed[dev]
+		st := live[dev]
 		_ = s.queue.Read(dev, 0, func(e jsm.Entry) error {
 			if id := forwardID(e.Stanza); id != "" {
 				s.forwards.add(id)
 			}
 			if known && e.Seq > after {
 				ev.Unpushed[dev] = append(ev.Unpushed[dev], e)
+			}
+			if st != nil && e.Seq > st.ackedSeq {
+				st.handedSeq = append(st.handedSeq, e.Seq)
 			}
 			return nil
 		})

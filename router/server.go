@@ -505,9 +505,7 @@ func (s *Server) execute(a jsm.Action) {
 			st.mu.Lock()
 			st.pushed = a.Through
 			st.mu.Unlock()
-			if w := s.replicate(st); w != nil {
-				s.background(w)
-			}
+			s.replicate(st)
 		}
 	case jsm.PushDisabled:
 		s.cfg.Metrics.pushDisabled.WithLabelValues(a.Reason).Inc()

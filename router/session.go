@@ -44,9 +44,7 @@ func (c *c2s) serveStream(st *stream) {
 		s.stepLocked(jsm.Detached{Stream: st.id, Unacked: st.detach()})
 		// After jsm queued the unacknowledged entries, so the backup gets
 		// the session behind its queue.
-		if w := s.replicate(st); w != nil {
-			s.background(w)
-		}
+		s.replicate(st)
 		w.abandon()
 	default:
 		// The stream is over: what the client never acknowledged goes back
@@ -186,9 +184,7 @@ func (c *c2s) handleSM(st *stream, el *stanza.Element) error {
 		s.mu.Unlock()
 		// The backup knows the session from the start, so that a client
 		// can resume there even before its first acknowledgement.
-		if w := s.replicate(st); w != nil {
-			s.background(w)
-		}
+		s.replicate(st)
 		st.send(func(b []byte) []byte {
 			b = append(b, `<enabled xmlns="urn:xmpp:sm:3"`...)
 			if resume {
@@ -215,9 +211,7 @@ func (c *c2s) handleSM(st *stream, el *stanza.Element) error {
 		if through > 0 {
 			// The backup learns the client's count before its copy of
 			// the queue is trimmed: the two must agree (H4).
-			if w := s.replicate(st); w != nil {
-				s.background(w)
-			}
+			s.replicate(st)
 			s.Step(jsm.Acked{Stream: st.id, Seq: through})
 		}
 	case "resume":

@@ -253,41 +253,24 @@ func pushdStarter(exe string) c2sStarter {
 }
 
 func startPushd(ctx context.Context, exe string, users int) (c2sTarget, func(), error) {
-	dir, err := os.MkdirTemp("", "pushd-bench-")
-	if err != nil {
-		return c2sTarget{}, nil, err
-	}
-	cleanup := func() { _ = os.RemoveAll(dir) }
-	t := c2sTarget{Name: "pushd", Domain: "localhost", Pattern: "bench%d", Password: "bench-pw"}
-	if _, err := createBenchUsers(filepath.Join(dir, "data"), t.Domain, t.Pattern, t.Password, users, nil); err != nil {
-		cleanup()
-		return t, nil, err
-	}
+	t := c2sTarget{Name: "pushd", Domain: "localhost", Pattern: benchPattern, Password: benchPassword}
 	ports, err := freePorts(3)
 	if err != nil {
-		cleanup()
 		return t, nil, err
 	}
 	t.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	cfg := fmt.Sprintf("domain = %q\ndata_dir = \"data\"\n[c2s]\nlisten = %q\nrate_limit = 0\n[component]\nlisten = \"127.0.0.1:%d\"\n[admin]\nlisten = \"127.0.0.1:%d\"\n[log]\nlevel = \"warn\"\n",
-		t.Domain, t.Addr, ports[1], ports[2])
-	cfgFile := filepath.Join(dir, "pushd.toml")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		cleanup()
-		return t, nil, err
-	}
-	cmd := exec.CommandContext(ctx, exe, "serve", "--config", cfgFile)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		cleanup()
-		return t, nil, err
-	}
-	t.PID = cmd.Process.Pid
 	t.Admin = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
+	cfg := fmt.Sprintf("domain = %q\ndata_dir = \"data\"\n[c2s]\nlisten = %q\nrate_limit = 0\n[component]\nlisten = \"127.0.0.1:%d\"\n[admin]\nlisten = %q\n[log]\nlevel = \"warn\"\n",
+		t.Domain, t.Addr, ports[1], t.Admin)
+	p, _, err := startBenchProc(ctx, exe, users, nil, cfg, os.Stderr)
+	if err != nil {
+		return t, nil, err
+	}
+	t.PID = p.cmd.Process.Pid
 	admin := &admin.Client{Addr: t.Admin}
 	t.Live = func() (int64, error) {
 		if admin.Token == "" {
-			tok, err := os.ReadFile(filepath.Join(dir, "data", "admin.token"))
+			tok, err := os.ReadFile(filepath.Join(p.dir, "data", "admin.token"))
 			if err != nil {
 				return 0, err
 			}
@@ -296,23 +279,77 @@ func startPushd(ctx context.Context, exe string, users int) (c2sTarget, func(), 
 		m, err := admin.Memory()
 		return int64(m.HeapInuse + m.StackInuse), err
 	}
-	stop := func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		cleanup()
-	}
 	if err := waitListening(ctx, t.Addr, 15*time.Second); err != nil {
-		stop()
+		p.stop()
 		return t, nil, err
 	}
-	return t, stop, nil
+	return t, p.stop, nil
+}
+
+// benchProc is one `pushd serve` process of a bench, in a directory of
+// its own that stop removes.
+type benchProc struct {
+	dir  string
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has exited
+}
+
+// startBenchProc creates a directory with the bench accounts (sharing
+// record, see createBenchUsers, which it returns) and cfg as pushd.toml,
+// and starts `pushd serve` there; its output goes to out, or to pushd.log
+// in the directory when out is nil.
+func startBenchProc(ctx context.Context, exe string, users int, record []byte, cfg string, out io.Writer) (*benchProc, []byte, error) {
+	dir, err := os.MkdirTemp("", "pushd-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	p := &benchProc{dir: dir, done: make(chan struct{})}
+	fail := func(err error) (*benchProc, []byte, error) {
+		_ = os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	if record, err = createBenchUsers(filepath.Join(dir, "data"), "localhost", benchPattern, benchPassword, users, record); err != nil {
+		return fail(err)
+	}
+	cfgFile := filepath.Join(dir, "pushd.toml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		return fail(err)
+	}
+	var logFile *os.File
+	if out == nil {
+		if logFile, err = os.Create(filepath.Join(dir, "pushd.log")); err != nil {
+			return fail(err)
+		}
+		out = logFile
+	}
+	p.cmd = exec.CommandContext(ctx, exe, "serve", "--config", cfgFile)
+	p.cmd.Stdout, p.cmd.Stderr = out, out
+	if err := p.cmd.Start(); err != nil {
+		if logFile != nil {
+			_ = logFile.Close()
+		}
+		return fail(err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		if logFile != nil {
+			_ = logFile.Close()
+		}
+		close(p.done)
+	}()
+	return p, record, nil
+}
+
+// stop ends the process (politely, then not) and removes its directory.
+func (p *benchProc) stop() {
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+	_ = os.RemoveAll(p.dir)
 }
 
 // createBenchUsers creates n accounts with one password. They share one

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -128,7 +127,7 @@ func runBenchCluster(ctx context.Context, exe string, o benchClusterOptions, out
 	fmt.Fprintf(out, "  %-34s %8.0f msgs/s  (%.2f of the lone node)\n", fmt.Sprintf("cluster of %d (backup holds each)", o.Nodes), clusterRate, clusterRate/loneRate)
 	fmt.Fprintf(out, "  %-34s %8.0f records/s\n", "replication applied by backups", applied)
 
-	f, err := benchFailover(ctx, list, place, apns, o)
+	f, err := benchFailover(ctx, list, home, apns, o)
 	if err != nil {
 		for _, n := range list {
 			n.logTail(out, 20)
@@ -146,9 +145,8 @@ func runBenchCluster(ctx context.Context, exe string, o benchClusterOptions, out
 
 // benchNode is one pushd process of the bench.
 type benchNode struct {
-	name, dir, c2s, admin string
-	cmd                   *exec.Cmd
-	done                  chan struct{}
+	*benchProc
+	name, c2s, admin string
 }
 
 // metric reads one series of the node's /metrics (readMetric); a missing
@@ -237,37 +235,14 @@ func startBenchCluster(ctx context.Context, exe string, names []string, users in
 	loop := func(p int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) }
 	var record []byte
 	for i, name := range names {
-		p := ports[5*i:]
-		dir, err := os.MkdirTemp("", "pushd-bench-cluster-")
+		var p *benchProc
+		p, record, err = startBenchProc(ctx, exe, users, record, loopbackNodeConfig(name, i, ports, extra), nil)
 		if err != nil {
 			stop()
 			return nil, nil, err
 		}
-		n := &benchNode{name: name, dir: dir, c2s: loop(p[0]), admin: loop(p[1]), done: make(chan struct{})}
+		n := &benchNode{benchProc: p, name: name, c2s: loop(ports[5*i]), admin: loop(ports[5*i+1])}
 		nodes[name] = n
-		if record, err = createBenchUsers(filepath.Join(dir, "data"), "localhost", benchPattern, benchPassword, users, record); err != nil {
-			stop()
-			return nil, nil, err
-		}
-		cfg := loopbackNodeConfig(name, i, ports, extra)
-		cfgFile := filepath.Join(dir, "pushd.toml")
-		if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-			stop()
-			return nil, nil, err
-		}
-		logFile, err := os.Create(filepath.Join(dir, "pushd.log"))
-		if err != nil {
-			stop()
-			return nil, nil, err
-		}
-		n.cmd = exec.CommandContext(ctx, exe, "serve", "--config", cfgFile)
-		n.cmd.Stdout, n.cmd.Stderr = logFile, logFile
-		if err := n.cmd.Start(); err != nil {
-			_ = logFile.Close()
-			stop()
-			return nil, nil, err
-		}
-		go func() { _ = n.cmd.Wait(); _ = logFile.Close(); close(n.done) }()
 		if err := waitListening(ctx, n.c2s, 30*time.Second); err != nil {
 			stop()
 			return nil, nil, fmt.Errorf("%s: %w", name, err)
@@ -327,22 +302,6 @@ replication = %q
 join = [%s]
 secret_key = %q
 %s`, loop(p[0]), loop(p[1]), loop(p[2]), name, loop(p[3]), loop(p[4]), join, base64.StdEncoding.EncodeToString([]byte("pushd-cluster-k!")), extra)
-}
-
-// stop ends the process (politely, then not) and removes its directory.
-func (n *benchNode) stop() {
-	if n.cmd != nil && n.cmd.Process != nil {
-		_ = n.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-n.done:
-		case <-time.After(10 * time.Second):
-			_ = n.cmd.Process.Kill()
-			<-n.done
-		}
-	}
-	if n.dir != "" {
-		_ = os.RemoveAll(n.dir)
-	}
 }
 
 // benchAckedRate has o.Pairs senders each write o.Messages messages to
@@ -439,19 +398,10 @@ type failoverResult struct {
 // benchFailover suspends o.Sessions push-enabled devices, kills the
 // primary of a third of them while a sender on another node writes to
 // them, and times what the survivors do (H3).
-func benchFailover(ctx context.Context, nodes []*benchNode, place *cluster.Placement, apns *benchAPNS, o benchClusterOptions) (failoverResult, error) {
+func benchFailover(ctx context.Context, nodes []*benchNode, home func(user string) *benchNode, apns *benchAPNS, o benchClusterOptions) (failoverResult, error) {
 	var r failoverResult
 	victim := nodes[1]
 	r.victim = victim.name
-	home := func(user string) *benchNode {
-		p := place.Primary(user + "@localhost")
-		for _, n := range nodes {
-			if n.name == p {
-				return n
-			}
-		}
-		return nil
-	}
 	token := func(c bench.Credentials) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(c.User))) }
 	var devs, onVictim []string
 	victimTokens := map[string]bool{}

@@ -27,6 +27,7 @@ import (
 	"pushd/internal/stanza"
 	"pushd/internal/store"
 	"pushd/jsm"
+	"pushd/queue"
 	"pushd/router"
 )
 
@@ -114,14 +115,11 @@ type clusterNode struct {
 	// by device.
 	mu       sync.Mutex
 	replicas map[string]cluster.SessionRecord
-	// regWaits are the replications of registrations written here that
-	// their command has not yet waited for, by node.
-	regWaits map[string]chan error
 	// settled is the placement under which this node holds every device
 	// of the users it is primary for; a user whose primary it became
 	// since (a member failed) waits in Home until the takeover is done.
-	settled   atomic.Pointer[cluster.Placement]
 	settledMu sync.Mutex
+	settled   *cluster.Placement
 	settledCh chan struct{} // closed and replaced when settled changes
 
 	// disk is what this node's own store held at start. In a cluster it is
@@ -138,7 +136,7 @@ type clusterNode struct {
 }
 
 func newClusterNode(n *node, disk jsm.State) *clusterNode {
-	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord), regWaits: make(map[string]chan error),
+	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord),
 		disk: disk, ended: make(map[string]bool), joined: make(chan struct{}), settledCh: make(chan struct{})}
 	cn.syncing.Store(true)
 	cn.round.Store(&syncRound{done: make(chan struct{}), fromDisk: true})
@@ -282,13 +280,18 @@ func (cn *clusterNode) Home(user string) (bool, string, string) {
 // adoptWait.
 func (cn *clusterNode) awaitTakeover(user string) {
 	self := cn.c.Name()
-	deadline := time.After(adoptWait)
+	var deadline <-chan time.Time // made only when a stanza must wait: this runs for every one
 	for {
 		cn.settledMu.Lock()
-		s, changed := cn.settled.Load(), cn.settledCh
+		s, changed := cn.settled, cn.settledCh
 		cn.settledMu.Unlock()
 		if s == nil || s.Primary(user) == self || s.Primary(user) == "" {
 			return
+		}
+		if deadline == nil {
+			t := time.NewTimer(adoptWait)
+			defer t.Stop()
+			deadline = t.C
 		}
 		select {
 		case <-changed:
@@ -307,7 +310,7 @@ const adoptWait = 10 * time.Second
 func (cn *clusterNode) settle(next func(*cluster.Placement) *cluster.Placement) {
 	cn.settledMu.Lock()
 	defer cn.settledMu.Unlock()
-	cn.settled.Store(next(cn.settled.Load()))
+	cn.settled = next(cn.settled)
 	close(cn.settledCh)
 	cn.settledCh = make(chan struct{})
 }
@@ -435,50 +438,19 @@ func (cn *clusterNode) broadcastAccount(user jid.JID, deleted bool) error {
 	return nil
 }
 
-// registrationChanged copies a push registration, as it now is, to every
-// other node (nil data: removed).
-func (cn *clusterNode) registrationChanged(node string) {
-	data, err := cn.n.push.registry.Export(node)
-	if err != nil {
-		data = nil
-	}
-	w := cn.c.Broadcast(context.Background(), cluster.RegistryRecord{Node: node, Data: data})
-	done := make(chan error, 1)
-	go func() {
-		err := w()
-		if errors.Is(err, cluster.ErrDegraded) {
-			err = nil // no other member alive: local durability, alarmed
+// registrationChanged is the push registry's OnChange: it copies a
+// registration, as stored (nil: removed), to every other node, and its
+// wait is what a registration command waits for before it is answered
+// (H2). With no other member alive the registration is local-durable
+// only, alarmed by the replicator.
+func (cn *clusterNode) registrationChanged(node string, rec []byte) func() error {
+	w := cn.c.Broadcast(context.Background(), cluster.RegistryRecord{Node: node, Data: rec})
+	return func() error {
+		if err := w(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
+			return err
 		}
-		cn.mu.Lock()
-		if err == nil && cn.regWaits[node] == done {
-			// Nobody needs to hear of a success later (a change that no
-			// command waits for, such as a dead token): keep no entry.
-			delete(cn.regWaits, node)
-		}
-		cn.mu.Unlock()
-		if err != nil {
-			cn.log.Warn("cluster: push registration not replicated", "err", err)
-		}
-		done <- err
-	}()
-	cn.mu.Lock()
-	cn.regWaits[node] = done
-	cn.mu.Unlock()
-}
-
-// registrationReplicated is the push component's Replicated: it waits until
-// the other members hold the registration just written (H2), so that a
-// device that enables push with its node and secret is still known after
-// this node's death.
-func (cn *clusterNode) registrationReplicated(node string) error {
-	cn.mu.Lock()
-	done := cn.regWaits[node]
-	delete(cn.regWaits, node)
-	cn.mu.Unlock()
-	if done == nil {
 		return nil
 	}
-	return <-done
 }
 
 // --- cluster.Applier: what peers replicate here ---
@@ -792,13 +764,14 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 	queues := map[string]jsm.QueueInfo{}
 	for dev := range devices {
 		// What was replicated or handed over may still be in the group
-		// commit: a read waits for it.
-		_ = cn.n.queue.Read(dev, ^uint64(0), func(jsm.Entry) error { return nil })
+		// commit.
+		cn.n.queue.Settled(dev)
 	}
-	for i := range sessions {
-		cn.adoptQueue(&sessions[i])
+	infos := cn.n.queue.Devices()
+	if cn.trimAcked(sessions, infos) {
+		infos = cn.n.queue.Devices()
 	}
-	for _, d := range cn.n.queue.Devices() {
+	for _, d := range infos {
 		if devices[d.Device] {
 			queues[d.Device] = jsm.QueueInfo{First: d.First, Last: d.Last, Count: d.Count, Bytes: d.Bytes}
 		}
@@ -818,28 +791,27 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 	return len(sessions)
 }
 
-// adoptQueue lines an adopted session's queue up with its client's last
-// acknowledgement: what it covers goes (the primary's trim may not have
-// arrived), and a session that was live learns what its stream had been
-// handed: the queue's entries after it, in order (jsm.Managed keeps them
-// a prefix of the queue).
-func (cn *clusterNode) adoptQueue(ss *router.AdoptedSession) {
-	if ss.AckedSeq > 0 {
-		if err := cn.n.queue.TrimAsync(ss.Device, ss.AckedSeq)(); err != nil {
+// trimAcked drops from the adopted queues what each session's client had
+// acknowledged: the primary's trim may not have arrived before it died.
+// The trims share the group commit; only queues that hold such entries
+// are written. It reports whether any was.
+func (cn *clusterNode) trimAcked(sessions []router.AdoptedSession, infos []queue.DeviceInfo) bool {
+	first := map[string]uint64{}
+	for _, d := range infos {
+		first[d.Device] = d.First
+	}
+	var waits []func() error
+	for _, ss := range sessions {
+		if f, ok := first[ss.Device]; ok && ss.AckedSeq >= f {
+			waits = append(waits, cn.n.queue.TrimAsync(ss.Device, ss.AckedSeq))
+		}
+	}
+	for _, w := range waits {
+		if err := w(); err != nil {
 			cn.log.Error("cluster: trimming an adopted queue", "err", err)
 		}
 	}
-	if !ss.Live {
-		return
-	}
-	ss.Live, ss.Handed = false, nil
-	err := cn.n.queue.Read(ss.Device, ss.AckedSeq+1, func(e jsm.Entry) error {
-		ss.Handed = append(ss.Handed, e.Seq)
-		return nil
-	})
-	if err != nil {
-		cn.log.Error("cluster: reading an adopted queue", "err", err)
-	}
+	return len(waits) > 0
 }
 
 // reReplicate sends an adopted device's queue and session to its new

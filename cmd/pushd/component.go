@@ -187,8 +187,6 @@ type pushOptions struct {
 	Dial    func(ctx context.Context) (net.Conn, error) // in-process link
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
-	// Replicated is component.Config.Replicated (a cluster's wait).
-	Replicated func(node string) error
 	// Node is component.Config.Node: this node's client address.
 	Node string
 }
@@ -246,7 +244,7 @@ func startPushWith(cfg pushFileConfig, db *store.DB, opts pushOptions, tune func
 	ccfg := component.DefaultConfig()
 	ccfg.Domain, ccfg.Secret, ccfg.Router, ccfg.Dial = opts.Domain, opts.Secret, opts.Router, opts.Dial
 	ccfg.AllowDomains = cfg.Push.AllowDomains
-	ccfg.Logger, ccfg.Metrics, ccfg.Replicated, ccfg.Node = log, opts.Metrics, opts.Replicated, opts.Node
+	ccfg.Logger, ccfg.Metrics, ccfg.Node = log, opts.Metrics, opts.Node
 	ccfg.Redactor = redact.New()
 	s.component, err = component.New(ccfg, s.registry, s.dispatcher)
 	if err != nil {

@@ -66,9 +66,8 @@ func byName(nodes []*testNode, name string) *testNode {
 // once, pushes for new messages, and her phone resumes its XEP-0198
 // stream there and gets every acknowledged message once, in order.
 func TestFailoverToBackup(t *testing.T) {
-	const app = failoverApp
 	fc := newFailoverCast(t, nil)
-	alice, bob, P, B, bobHome := fc.alice, fc.bob, fc.P, fc.B, fc.bobHome
+	alice, P, B := fc.alice, fc.P, fc.B
 	// An app server on the primary and on the backup.
 	appP, appB := appAt(t, P), appAt(t, B)
 
@@ -80,20 +79,10 @@ func TestFailoverToBackup(t *testing.T) {
 		t.Errorf("login at a node that is not alice's primary: %q, want see-other-host", got)
 	}
 
-	a := xmpptest.Login(t, P.c2s(), "localhost", "alice", alicePW, "phone")
-	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
-	enabled := a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
-	a.Send(`<iq type='set' id='push1'><enable xmlns='urn:xmpp:push:0' jid='` + app + `' node='n1'/></iq>`)
-	a.Expect("push enabled", func(e *stanza.Element) bool { return e.Get("id") == "push1" && e.Get("type") == "result" })
-	_ = a.Conn.Close()
-	waitFor(t, "alice hibernating", 10*time.Second, func() bool {
-		d := P.devices(t, alice)
-		return len(d) == 1 && d[0].Detached
-	})
+	a, smID := fc.phone(t)
+	fc.hibernate(t, a)
 
-	b := xmpptest.Login(t, bobHome.c2s(), "localhost", strings.TrimSuffix(bob, "@localhost"), bobPW, "desk")
-	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
-	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	b := fc.desk(t)
 	const count = 5
 	var burst strings.Builder
 	for i := range count {
@@ -133,7 +122,7 @@ func TestFailoverToBackup(t *testing.T) {
 	if cond := r.AuthPlain("alice", alicePW); cond != "" {
 		t.Fatal(cond)
 	}
-	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='1' previd='` + enabled.Get("id") + `'/>`)
+	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='1' previd='` + smID + `'/>`)
 	if el := r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
 		t.Fatalf("resume on the backup: %s", el)
 	}
@@ -183,6 +172,39 @@ func newFailoverCast(t *testing.T, mutate func(c *fileConfig)) failoverCast {
 		})
 	}
 	return fc
+}
+
+// phone logs alice's phone in at her primary with XEP-0198 resumption
+// and push enabled at failoverApp; it returns the client and the
+// resumption id.
+func (fc failoverCast) phone(t *testing.T) (*xmpptest.Client, string) {
+	t.Helper()
+	a := xmpptest.Login(t, fc.P.c2s(), "localhost", "alice", alicePW, "phone")
+	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+	enabled := a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	a.Send(`<iq type='set' id='push1'><enable xmlns='urn:xmpp:push:0' jid='` + failoverApp + `' node='n1'/></iq>`)
+	a.Expect("push enabled", func(e *stanza.Element) bool { return e.Get("id") == "push1" && e.Get("type") == "result" })
+	return a, enabled.Get("id")
+}
+
+// hibernate drops the phone's connection and waits until her primary
+// hibernates it.
+func (fc failoverCast) hibernate(t *testing.T, a *xmpptest.Client) {
+	t.Helper()
+	_ = a.Conn.Close()
+	waitFor(t, "alice hibernating", 10*time.Second, func() bool {
+		d := fc.P.devices(t, fc.alice)
+		return len(d) == 1 && d[0].Detached
+	})
+}
+
+// desk logs bob in at his node with XEP-0198 (acknowledgements only).
+func (fc failoverCast) desk(t *testing.T) *xmpptest.Client {
+	t.Helper()
+	b := xmpptest.Login(t, fc.bobHome.c2s(), "localhost", strings.TrimSuffix(fc.bob, "@localhost"), bobPW, "desk")
+	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	return b
 }
 
 // appAt connects an app server for failoverApp to n.
@@ -262,21 +284,14 @@ func TestFailoverOwnPush(t *testing.T) {
 // count of its own stanzas this node had acknowledged, so that it sends
 // none twice.
 func TestFailoverLiveSession(t *testing.T) {
-	const app = failoverApp
 	fc := newFailoverCast(t, nil)
-	alice, bob, P, B, bobHome := fc.alice, fc.bob, fc.P, fc.B, fc.bobHome
+	alice, bob, P, B := fc.alice, fc.bob, fc.P, fc.B
 	appB := appAt(t, B)
 
 	isMsg := func(e *stanza.Element) bool { return e.Is(stanza.NSClient, "message") }
-	a := xmpptest.Login(t, P.c2s(), "localhost", "alice", alicePW, "phone")
-	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
-	enabled := a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
-	a.Send(`<iq type='set' id='push1'><enable xmlns='urn:xmpp:push:0' jid='` + app + `' node='n1'/></iq>`)
-	a.Expect("push enabled", func(e *stanza.Element) bool { return e.Get("id") == "push1" && e.Get("type") == "result" })
+	a, smID := fc.phone(t)
 
-	b := xmpptest.Login(t, bobHome.c2s(), "localhost", strings.TrimSuffix(bob, "@localhost"), bobPW, "desk")
-	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
-	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	b := fc.desk(t)
 	b.Send(fmt.Sprintf(`<message to='%[1]s/phone' type='chat'><body>m1</body></message>`+
 		`<message to='%[1]s/phone' type='chat'><body>m2</body></message>`+
 		`<message to='%[1]s/phone' type='chat'><body>m3</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice))
@@ -318,7 +333,7 @@ func TestFailoverLiveSession(t *testing.T) {
 	if cond := r.AuthPlain("alice", alicePW); cond != "" {
 		t.Fatal(cond)
 	}
-	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='3' previd='` + enabled.Get("id") + `'/>`)
+	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='3' previd='` + smID + `'/>`)
 	el := r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM })
 	if !el.Is(stanza.NSSM, "resumed") || el.Get("h") != "2" {
 		t.Fatalf("resume on the backup: %s, want <resumed h='2'/>", el)
@@ -347,27 +362,16 @@ func TestFailoverLiveSession(t *testing.T) {
 // never sent, is pushed by the backup when it takes the phone over; what
 // the primary had pushed for is not pushed again.
 func TestFailoverPushesWhatPrimaryDidNot(t *testing.T) {
-	const app = failoverApp
 	fc := newFailoverCast(t, func(c *fileConfig) {
 		c.PushTriggers.Coalesce = duration(time.Hour) // the second message waits for its notification
 	})
-	alice, bob, P, B, bobHome := fc.alice, fc.bob, fc.P, fc.B, fc.bobHome
+	alice, P, B := fc.alice, fc.P, fc.B
 	appP, appB := appAt(t, P), appAt(t, B)
 
-	a := xmpptest.Login(t, P.c2s(), "localhost", "alice", alicePW, "phone")
-	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
-	a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
-	a.Send(`<iq type='set' id='push1'><enable xmlns='urn:xmpp:push:0' jid='` + app + `' node='n1'/></iq>`)
-	a.Expect("push enabled", func(e *stanza.Element) bool { return e.Get("id") == "push1" && e.Get("type") == "result" })
-	_ = a.Conn.Close()
-	waitFor(t, "alice hibernating", 10*time.Second, func() bool {
-		d := P.devices(t, alice)
-		return len(d) == 1 && d[0].Detached
-	})
+	a, _ := fc.phone(t)
+	fc.hibernate(t, a)
 
-	b := xmpptest.Login(t, bobHome.c2s(), "localhost", strings.TrimSuffix(bob, "@localhost"), bobPW, "desk")
-	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
-	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	b := fc.desk(t)
 	send := func(body string, h int) {
 		b.Send(fmt.Sprintf(`<message to='%s/phone' type='chat'><body>%s</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice, body))
 		b.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == strconv.Itoa(h) })

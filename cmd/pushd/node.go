@@ -163,7 +163,6 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	if pushOn {
 		opts := pushOptions{Metrics: reg, Logger: log, Node: reachable(cfg.C2S.Listen)}
 		if n.cluster != nil {
-			opts.Replicated = n.cluster.registrationReplicated
 			if cfg.Cluster.C2SAdvertise != "" {
 				opts.Node = cfg.Cluster.C2SAdvertise
 			}

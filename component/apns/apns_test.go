@@ -50,17 +50,11 @@ func rootsOf(srv *apnstest.Server) *x509.CertPool {
 // verifies the JWT signature.
 func newTokenProvider(t testing.TB) (*apns.Provider, *apnstest.Server) {
 	t.Helper()
-	key, pemKey := p8(t)
-	srv := apnstest.NewServer(apnstest.Options{TokenKey: &key.PublicKey})
-	t.Cleanup(srv.Close)
-	cfg := apns.DefaultConfig()
-	cfg.Endpoint, cfg.Topic = srv.URL, "com.example.pushd"
-	cfg.KeyPEM, cfg.KeyID, cfg.TeamID = pemKey, "KEY1234567", "TEAM123456"
-	cfg.HTTP.RootCAs = rootsOf(srv)
-	p, err := apns.New(cfg)
+	p, srv, err := apnstest.NewTokenProvider(apnstest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(srv.Close)
 	t.Cleanup(p.Close)
 	return p, srv
 }

@@ -26,6 +26,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"pushd/component/payload"
+	"pushd/internal/logline"
 )
 
 // Errors of Submit.
@@ -234,7 +235,7 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 		d.m.accepted.WithLabelValues(string(l.name)).Inc()
 	}
 	d.setPending()
-	logLine(ctx, d.log, slog.LevelDebug, "push accepted", slog.String("tid", tid), slog.String("provider", string(l.name)),
+	logline.Log(ctx, d.log, slog.LevelDebug, "push accepted", slog.String("tid", tid), slog.String("provider", string(l.name)),
 		slog.String("channel", string(push.Channel)), slog.String("type", string(push.Sealed.Type)))
 	d.route(l, push)
 	return tid, nil
@@ -446,7 +447,7 @@ func (d *Dispatcher) attempt(wctx context.Context, l *lane, p *Push) {
 		attrs = append(attrs, slog.String("err", out.Err.Error()))
 	}
 	logAttempt := func(level slog.Level, msg string, extra ...slog.Attr) {
-		logLine(d.ctx, d.log, level, msg, append(attrs, extra...)...)
+		logline.Log(d.ctx, d.log, level, msg, append(attrs, extra...)...)
 	}
 	switch out.Result {
 	case Delivered:
@@ -556,18 +557,4 @@ func (d *Dispatcher) Pending() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.pending
-}
-
-// logLine is Logger.LogAttrs without the caller's program counter, which
-// slog finds by walking the stack on every line: on the path of every push
-// that walk is a measurable part of a line's cost. pushd's handlers record
-// no source, so nothing is lost there.
-func logLine(ctx context.Context, l *slog.Logger, level slog.Level, msg string, attrs ...slog.Attr) {
-	h := l.Handler()
-	if !h.Enabled(ctx, level) {
-		return
-	}
-	r := slog.NewRecord(time.Now(), level, msg, 0)
-	r.AddAttrs(attrs...)
-	_ = h.Handle(ctx, r)
 }

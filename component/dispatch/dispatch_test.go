@@ -3,11 +3,6 @@ package dispatch_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -49,18 +44,11 @@ func openDB(t testing.TB, dir string) *badger.DB {
 
 func newAPNS(t testing.TB) (*apns.Provider, *apnstest.Server) {
 	t.Helper()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, _ := x509.MarshalPKCS8PrivateKey(k)
-	srv := apnstest.NewServer(apnstest.Options{TokenKey: &k.PublicKey})
-	t.Cleanup(srv.Close)
-	cfg := apns.DefaultConfig()
-	cfg.Endpoint, cfg.Topic = srv.URL, "com.example.pushd"
-	cfg.KeyPEM, cfg.KeyID, cfg.TeamID = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), "KEY1234567", "TEAM123456"
-	cfg.HTTP.RootCAs = srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
-	p, err := apns.New(cfg)
+	p, srv, err := apnstest.NewTokenProvider(apnstest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(srv.Close)
 	t.Cleanup(p.Close)
 	return p, srv
 }

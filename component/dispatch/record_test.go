@@ -112,8 +112,13 @@ func TestLoadsJSONRecord(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("stored JSON push not sent")
 	}
+	// Answered, not merely in flight (an id in flight is refused as a
+	// duplicate too): the refusal below must come from the done record.
 	deadline := time.Now().Add(5 * time.Second)
-	for d.Pending() > 0 && time.Now().Before(deadline) {
+	for d.Pending() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still %d pending after the push was sent", d.Pending())
+		}
 		time.Sleep(time.Millisecond)
 	}
 	if _, err := d.Submit(context.Background(), Job{TrackingID: p.TrackingID, Registration: p.Registration,

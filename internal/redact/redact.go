@@ -13,12 +13,23 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"strings"
+	"sync"
 )
 
 // Redactor hashes personal data under a key that never leaves the process.
+// Safe for concurrent use.
 type Redactor struct {
 	key []byte
+
+	// Recent tokens: the same few values (a router's domain, the users
+	// that publish) come back on the line every push writes, where the
+	// keyed hash is a measurable cost.
+	mu    sync.Mutex
+	cache map[string]string
 }
+
+// cacheLimit bounds the cache; past it the cache starts afresh.
+const cacheLimit = 4096
 
 // New returns a Redactor with a fresh random key.
 func New() *Redactor {
@@ -39,9 +50,22 @@ func (r *Redactor) Token(value string) string {
 	if value == "" {
 		return ""
 	}
+	r.mu.Lock()
+	t, ok := r.cache[value]
+	r.mu.Unlock()
+	if ok {
+		return t
+	}
 	m := hmac.New(sha256.New, r.key)
 	m.Write([]byte(strings.ToLower(value)))
-	return "~" + hex.EncodeToString(m.Sum(nil)[:6])
+	t = "~" + hex.EncodeToString(m.Sum(nil)[:6])
+	r.mu.Lock()
+	if r.cache == nil || len(r.cache) >= cacheLimit {
+		r.cache = make(map[string]string)
+	}
+	r.cache[value] = t
+	r.mu.Unlock()
+	return t
 }
 
 // Attr is a slog attribute carrying the redacted value under key.
