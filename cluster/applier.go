@@ -37,7 +37,11 @@ type Applier interface {
 	// ApplyRegistry stores or removes a push device registration.
 	ApplyRegistry(from string, r RegistryRecord) error
 	// ApplyHandoverEnd: from has handed over what this node now serves.
-	ApplyHandoverEnd(from string) error
+	ApplyHandoverEnd(from string, r HandoverEnd) error
+	// ApplyOfflineAdd and ApplyOfflineTrim mirror a user's offline store;
+	// OfflineAdd is idempotent by (user, seq) as QueueAppend is.
+	ApplyOfflineAdd(from string, r OfflineAdd) error
+	ApplyOfflineTrim(from string, r OfflineTrim) error
 }
 
 // apply dispatches r to the matching Applier method.
@@ -62,7 +66,11 @@ func apply(a Applier, from string, r Record) error {
 	case RegistryRecord:
 		return a.ApplyRegistry(from, r)
 	case HandoverEnd:
-		return a.ApplyHandoverEnd(from)
+		return a.ApplyHandoverEnd(from, r)
+	case OfflineAdd:
+		return a.ApplyOfflineAdd(from, r)
+	case OfflineTrim:
+		return a.ApplyOfflineTrim(from, r)
 	}
 	return errUnknownRecord
 }

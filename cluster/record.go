@@ -35,6 +35,8 @@ const (
 	TypeStanza      RecordType = 8
 	TypeRegistry    RecordType = 9
 	TypeHandoverEnd RecordType = 10
+	TypeOfflineAdd  RecordType = 11
+	TypeOfflineTrim RecordType = 12
 )
 
 func (t RecordType) String() string {
@@ -59,6 +61,10 @@ func (t RecordType) String() string {
 		return "registry"
 	case TypeHandoverEnd:
 		return "handover-end"
+	case TypeOfflineAdd:
+		return "offline-add"
+	case TypeOfflineTrim:
+		return "offline-trim"
 	}
 	return fmt.Sprintf("record(%d)", uint8(t))
 }
@@ -123,6 +129,21 @@ type SessionGone struct {
 	Device string
 }
 
+// OfflineAdd: messages were kept in a user's offline store (XEP-0160),
+// each under the primary's sequence number (Entry.Seq). Applying one whose
+// number the store holds is a no-op.
+type OfflineAdd struct {
+	User    string // bare JID string
+	Entries []Entry
+}
+
+// OfflineTrim: the user's offline messages numbered up to Through are gone
+// (delivered at login; Through = ^uint64(0) empties the store).
+type OfflineTrim struct {
+	User    string
+	Through uint64
+}
+
 // AccountRecord is one account, replicated to every node (Broadcast).
 // Data is the caller's encoding (SCRAM salt and keys); Deleted removes it.
 type AccountRecord struct {
@@ -141,13 +162,26 @@ func (AccountRecord) Type() RecordType  { return TypeAccount }
 func (StanzaRecord) Type() RecordType   { return TypeStanza }
 func (RegistryRecord) Type() RecordType { return TypeRegistry }
 func (HandoverEnd) Type() RecordType    { return TypeHandoverEnd }
+func (OfflineAdd) Type() RecordType     { return TypeOfflineAdd }
+func (OfflineTrim) Type() RecordType    { return TypeOfflineTrim }
 
 // HandoverEnd tells a node that joined (or came back) that the sender has
 // sent it every device of the users it now serves (fallback, H4): once
-// every member has, it may serve them.
-type HandoverEnd struct{}
+// every member has, it may serve them. Served are the users the sender
+// served while the receiver was away: what the receiver's own store holds
+// of them and was not handed over is stale (delivered, or logged out of,
+// meanwhile).
+type HandoverEnd struct {
+	Served []string
+}
 
-func (HandoverEnd) appendBody(b []byte) []byte { return b }
+func (r HandoverEnd) appendBody(b []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(r.Served)))
+	for _, u := range r.Served {
+		b = appendString(b, u)
+	}
+	return b
+}
 
 // RegistryRecord is one push-component device registration (by its
 // node), replicated to every node like accounts so that any node's
@@ -173,10 +207,21 @@ type StanzaRecord struct {
 
 func (r StanzaRecord) appendBody(b []byte) []byte { return appendBytes(b, r.Stanza) }
 
+func (r OfflineAdd) appendBody(b []byte) []byte {
+	return appendEntries(appendString(b, r.User), r.Entries)
+}
+
+func (r OfflineTrim) appendBody(b []byte) []byte {
+	return binary.AppendUvarint(appendString(b, r.User), r.Through)
+}
+
 func (r QueueAppend) appendBody(b []byte) []byte {
-	b = appendString(b, r.Device)
-	b = binary.AppendUvarint(b, uint64(len(r.Entries)))
-	for _, e := range r.Entries {
+	return appendEntries(appendString(b, r.Device), r.Entries)
+}
+
+func appendEntries(b []byte, es []Entry) []byte {
+	b = binary.AppendUvarint(b, uint64(len(es)))
+	for _, e := range es {
 		b = binary.AppendUvarint(b, e.Seq)
 		b = appendBytes(b, e.Stanza)
 	}
@@ -246,15 +291,11 @@ func DecodeRecord(b []byte) (Record, []byte, error) {
 	var r Record
 	switch t {
 	case TypeQueueAppend:
-		q := QueueAppend{Device: d.string()}
-		n := d.count(2)
-		if n > 0 {
-			q.Entries = make([]Entry, n)
-			for i := range q.Entries {
-				q.Entries[i] = Entry{Seq: d.uvarint(), Stanza: d.bytes()}
-			}
-		}
-		r = q
+		r = QueueAppend{Device: d.string(), Entries: d.entries()}
+	case TypeOfflineAdd:
+		r = OfflineAdd{User: d.string(), Entries: d.entries()}
+	case TypeOfflineTrim:
+		r = OfflineTrim{User: d.string(), Through: d.uvarint()}
 	case TypeQueueTrim:
 		r = QueueTrim{Device: d.string(), Through: d.uvarint()}
 	case TypeQueueRemove:
@@ -288,7 +329,14 @@ func DecodeRecord(b []byte) (Record, []byte, error) {
 	case TypeStanza:
 		r = StanzaRecord{Stanza: d.bytes()}
 	case TypeHandoverEnd:
-		r = HandoverEnd{}
+		var h HandoverEnd
+		if n := d.count(1); n > 0 {
+			h.Served = make([]string, n)
+			for i := range h.Served {
+				h.Served[i] = d.string()
+			}
+		}
+		r = h
 	case TypeRegistry:
 		rr := RegistryRecord{Node: d.string()}
 		if data := d.bytes(); len(data) > 0 {
@@ -372,6 +420,18 @@ func (d *decoder) bytes() []byte {
 }
 
 func (d *decoder) string() string { return string(d.bytes()) }
+
+func (d *decoder) entries() []Entry {
+	n := d.count(2)
+	if n == 0 {
+		return nil
+	}
+	es := make([]Entry, n)
+	for i := range es {
+		es[i] = Entry{Seq: d.uvarint(), Stanza: d.bytes()}
+	}
+	return es
+}
 
 // count reads a list length and checks it against what is left, each item
 // taking at least min bytes, so a hostile count cannot make a huge slice.

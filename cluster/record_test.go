@@ -19,6 +19,10 @@ func TestRecordRoundTrip(t *testing.T) {
 		SessionGone{Device: "a@x/phone"},
 		AccountRecord{User: "a@x", Data: []byte("scram")},
 		AccountRecord{User: "b@x", Deleted: true},
+		OfflineAdd{User: "a@x", Entries: []Entry{{1 << 60, []byte("<message/>")}}},
+		OfflineTrim{User: "a@x", Through: ^uint64(0)},
+		HandoverEnd{},
+		HandoverEnd{Served: []string{"a@x", "b@x"}},
 	}
 	var b []byte
 	for _, r := range recs {

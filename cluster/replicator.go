@@ -117,8 +117,9 @@ type Replicator struct {
 
 // protoVersion 2 added the HandoverEnd record and a SessionRecord's
 // AckedSeq (where version 1 had an unused Sent) and live sessions
-// (Suspended false); a version 1 peer is refused rather than misread.
-const protoVersion = 2
+// (Suspended false); version 3 the offline store's records. An older peer
+// is refused rather than misread.
+const protoVersion = 3
 
 const (
 	msgHello   = 'H'

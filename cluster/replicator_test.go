@@ -100,7 +100,9 @@ func (a *memApplier) ApplyStanza(_ string, r StanzaRecord) error {
 }
 
 func (a *memApplier) ApplyRegistry(string, RegistryRecord) error { return nil }
-func (a *memApplier) ApplyHandoverEnd(string) error              { return nil }
+func (a *memApplier) ApplyHandoverEnd(string, HandoverEnd) error { return nil }
+func (a *memApplier) ApplyOfflineAdd(string, OfflineAdd) error   { return nil }
+func (a *memApplier) ApplyOfflineTrim(string, OfflineTrim) error { return nil }
 
 func (a *memApplier) snapshot() (order []string, applied int) {
 	a.mu.Lock()

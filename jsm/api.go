@@ -179,6 +179,10 @@ type Adopt struct {
 	// failed primary had pushed for (Pushed): they trigger notifications
 	// here.
 	Unpushed map[string][]Entry
+	// Offline are the users (bare JID strings) whose offline store may
+	// hold messages replicated here while another node served them: jsm
+	// asks the store at their next login.
+	Offline []string
 }
 
 // Release: another node serves these devices now (their user's primary

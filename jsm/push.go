@@ -609,6 +609,13 @@ func (m *Machine) stepAdopt(e Adopt) {
 		}
 	}
 	m.startRestored()
+	for _, bare := range e.Offline {
+		if j, err := jid.Parse(bare); err == nil {
+			if u := m.user(j); u != nil {
+				u.offlineUnknown = true
+			}
+		}
+	}
 	// What the failed primary queued but never had pushed (it died in
 	// the coalescing window, or before the app server answered) is
 	// pushed from here, as if it had just been queued (M3), after a

@@ -77,3 +77,38 @@ func TestRemoteIgnoresOtherDomains(t *testing.T) {
 		}
 	}
 }
+
+// A message to a user another node serves leaves as a Forward, and the
+// sender's other carbons-enabled devices get their sent copy here (M6,
+// XEP-0280): the recipient's node cannot make it.
+func TestRemoteMessageForwardedWithCarbon(t *testing.T) {
+	alice, bob := jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost")
+	cfg := DefaultConfig()
+	cfg.Remote = func(user string) bool { return user == bob.String() }
+	m := New(cfg, State{Users: []jid.JID{alice, bob}})
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	phone, _ := alice.WithResource("phone")
+	desk, _ := alice.WithResource("desk")
+	m.Step(now, Bound{Stream: 1, JID: phone})
+	m.Step(now, Bound{Stream: 2, JID: desk})
+	enable := stanza.New(stanza.NSClient, "iq", "type", "set", "id", "c1", "from", desk.String())
+	enable.Add(stanza.New(stanza.NSCarbons, "enable"))
+	m.Step(now, StanzaIn{Stream: 2, Stanza: enable})
+
+	msg := stanza.New(stanza.NSClient, "message", "type", "chat", "from", phone.String(), "to", bob.String())
+	msg.Add(stanza.New(stanza.NSClient, "body").AddText("hi"))
+	var forwarded, carbon bool
+	for _, a := range m.Step(now, StanzaIn{Stream: 1, Stanza: msg}) {
+		switch a := a.(type) {
+		case Forward:
+			forwarded = a.Stanza.Get("to") == bob.String()
+		case Deliver:
+			carbon = carbon || (a.Stream == 2 && a.Entry.Stanza.Child(stanza.NSCarbons, "sent") != nil)
+		case Enqueue, StoreOffline:
+			t.Errorf("a message for another node's user kept here: %T", a)
+		}
+	}
+	if !forwarded || !carbon {
+		t.Fatalf("forwarded %v, sent carbon to the desk %v", forwarded, carbon)
+	}
+}

@@ -148,9 +148,12 @@ func (m *Machine) messageOut(d *device, st *stanza.Element) {
 		st = withAttrs(st, "to", d.user.bareStr)
 	}
 	if to.Domainpart() == m.domain && to.Localpart() != "" {
-		if u := m.users[to.Localpart()]; u != nil {
+		switch u := m.users[to.Localpart()]; {
+		case m.remote(to):
+			m.emit(Forward{Stanza: st})
+		case u != nil:
 			m.messageToUser(u, to, st)
-		} else {
+		default:
 			m.bounce(st, "cancel", "service-unavailable")
 		}
 	} else {

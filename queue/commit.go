@@ -19,6 +19,8 @@ const (
 	opStoreOffline
 	opTakeOffline
 	opDropOffline
+	opPutOffline
+	opTrimOffline
 	opRemove
 )
 
@@ -27,7 +29,7 @@ const (
 type op struct {
 	kind opKind
 	key  string   // device, or user for the offline kinds
-	seq  uint64   // Trim: through
+	seq  uint64   // Trim, TrimOffline: through; TakeOffline: the last taken
 	seqs []uint64 // Remove: the entries to delete
 	recs []record
 
@@ -195,13 +197,17 @@ func (s *Store) apply(w *writer, o *op) error {
 	case opDrop:
 		return s.applyDrop(w, o.key)
 	case opStoreOffline:
-		return s.applyStoreOffline(w, o.key, o.recs[0].val)
+		return s.applyStoreOffline(w, o.key, o.recs[0])
+	case opPutOffline:
+		return s.applyPutOffline(w, o.key, o.recs)
+	case opTrimOffline:
+		return s.applyTrimOffline(w, o.key, o.seq)
 	case opTakeOffline:
-		vals, err := s.offlineValues(w, o.key, true)
-		o.taken = vals
+		vals, last, err := s.offlineValues(w, o.key, true)
+		o.taken, o.seq = vals, last
 		return err
 	case opDropOffline:
-		_, err := s.offlineValues(w, o.key, false)
+		_, _, err := s.offlineValues(w, o.key, false)
 		return err
 	case opRemove:
 		return s.applyRemove(w, o.key, o.seqs)

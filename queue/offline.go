@@ -2,12 +2,15 @@ package queue
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
 	"pushd/internal/stanza"
 	"pushd/internal/store"
+	"pushd/jsm"
 )
 
 // The offline store (XEP-0160, M10) keeps a user's messages under
@@ -18,24 +21,46 @@ import (
 // StoreOffline keeps msg for user (a bare JID string) and returns once it
 // is durable. Past Config.MaxOffline it fails with a *QuotaError.
 func (s *Store) StoreOffline(user string, msg *stanza.Element) error {
-	return s.StoreOfflineAsync(user, msg)()
+	_, wait := s.StoreOfflineAsync(user, msg)
+	return wait()
 }
 
 // StoreOfflineAsync is StoreOffline that does not wait; see AppendAsync.
-func (s *Store) StoreOfflineAsync(user string, msg *stanza.Element) (wait func() error) {
+// It returns the message's sequence number in user's offline store, which
+// a replica stores it under (PutOfflineAsync).
+func (s *Store) StoreOfflineAsync(user string, msg *stanza.Element) (seq uint64, wait func() error) {
 	if user == "" || msg == nil {
-		return errWait(fmt.Errorf("queue: store offline: empty user or message"))
+		return 0, errWait(fmt.Errorf("queue: store offline: empty user or message"))
 	}
-	o := &op{kind: opStoreOffline, key: user, recs: []record{{val: encode(msg)}}}
-	return wrapWait("store offline", s.submitAsync(o))
+	seq = s.nextOfflineSeq()
+	o := &op{kind: opStoreOffline, key: user, recs: []record{{seq: seq, val: encode(msg)}}}
+	return seq, wrapWait("store offline", s.submitAsync(o))
+}
+
+// PutOfflineAsync stores a replica's copy of user's offline messages under
+// the sequence numbers the primary gave them. A message already held is
+// skipped, and no bound applies: the primary enforced it.
+func (s *Store) PutOfflineAsync(user string, entries []jsm.Entry) (wait func() error) {
+	recs := make([]record, len(entries))
+	for i, e := range entries {
+		recs[i] = record{seq: e.Seq, val: encode(e.Stanza)}
+		s.seenOfflineSeq(e.Seq)
+	}
+	return wrapWait("put offline", s.submitAsync(&op{kind: opPutOffline, key: user, recs: recs}))
+}
+
+// TrimOfflineAsync deletes user's offline messages up to and including
+// sequence number through (a replica: the primary handed them over).
+func (s *Store) TrimOfflineAsync(user string, through uint64) (wait func() error) {
+	return wrapWait("trim offline", s.submitAsync(&op{kind: opTrimOffline, key: user, seq: through}))
 }
 
 // TakeOffline returns user's offline messages, oldest first, and deletes
-// them in the same write.
-func (s *Store) TakeOffline(user string) ([]*stanza.Element, error) {
+// them in the same write; through is the sequence number of the last.
+func (s *Store) TakeOffline(user string) (msgs []*stanza.Element, through uint64, err error) {
 	o := &op{kind: opTakeOffline, key: user}
 	if err := s.submit(o); err != nil {
-		return nil, fmt.Errorf("queue: take offline: %w", err)
+		return nil, 0, fmt.Errorf("queue: take offline: %w", err)
 	}
 	out := make([]*stanza.Element, 0, len(o.taken))
 	for _, v := range o.taken {
@@ -48,7 +73,84 @@ func (s *Store) TakeOffline(user string) ([]*stanza.Element, error) {
 		}
 		out = append(out, e)
 	}
+	return out, o.seq, nil
+}
+
+// ReadOffline returns user's offline messages with their sequence numbers,
+// oldest first, and leaves them stored. It sees every write submitted
+// before it.
+func (s *Store) ReadOffline(user string) ([]jsm.Entry, error) {
+	s.settled(user)
+	var out []jsm.Entry
+	prefix := store.Prefix(store.SpaceOffline, user)
+	err := s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = prefix
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			seq, ok := keySeq(it.Item().Key(), len(prefix))
+			if !ok {
+				return errors.New("corrupt offline key")
+			}
+			var el *stanza.Element
+			if err := it.Item().Value(func(v []byte) (err error) {
+				el, err = decode(v)
+				return err
+			}); err != nil {
+				return fmt.Errorf("offline %d: %w", seq, err)
+			}
+			out = append(out, jsm.Entry{Seq: seq, Stanza: el})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: read offline: %w", err)
+	}
 	return out, nil
+}
+
+// Offline sequence numbers are taken from the clock and kept increasing,
+// so that a replica can store a message under the primary's number (the
+// same message applied twice is stored once) and a node that takes over
+// numbers its own after every one it holds.
+
+func (s *Store) nextOfflineSeq() uint64 {
+	for {
+		prev := s.offlineSeq.Load()
+		next := max(prev+1, uint64(time.Now().UnixNano()))
+		if s.offlineSeq.CompareAndSwap(prev, next) {
+			return next
+		}
+	}
+}
+
+func (s *Store) seenOfflineSeq(seq uint64) {
+	for {
+		prev := s.offlineSeq.Load()
+		if seq <= prev || s.offlineSeq.CompareAndSwap(prev, seq) {
+			return
+		}
+	}
+}
+
+// loadOfflineSeq makes the next offline sequence number follow every one
+// stored.
+func (s *Store) loadOfflineSeq() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.PrefetchValues = false
+		opt.Prefix = []byte{store.SpaceOffline}
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := it.Item().Key()
+			if len(k) >= 9 {
+				s.seenOfflineSeq(binary.BigEndian.Uint64(k[len(k)-8:]))
+			}
+		}
+		return nil
+	})
 }
 
 // DropOffline deletes user's offline messages (the account was deleted).
@@ -79,7 +181,7 @@ func (s *Store) CountOffline(user string) (int, error) {
 	return n, nil
 }
 
-func (s *Store) applyStoreOffline(w *writer, user string, val []byte) error {
+func (s *Store) applyStoreOffline(w *writer, user string, r record) error {
 	prefix := store.Prefix(store.SpaceOffline, user)
 	keys, err := w.keys(prefix)
 	if err != nil {
@@ -88,21 +190,44 @@ func (s *Store) applyStoreOffline(w *writer, user string, val []byte) error {
 	if len(keys) >= s.cfg.MaxOffline {
 		return &QuotaError{Limit: "offline", Have: int64(len(keys)), Max: int64(s.cfg.MaxOffline)}
 	}
-	var next uint64 = 1
-	if n := len(keys); n > 0 {
-		next = binary.BigEndian.Uint64(keys[n-1][len(prefix):]) + 1
+	return w.set(badger.NewEntry(seqKey(prefix, r.seq), r.val))
+}
+
+func (s *Store) applyPutOffline(w *writer, user string, recs []record) error {
+	prefix := store.Prefix(store.SpaceOffline, user)
+	for _, r := range recs {
+		if err := w.set(badger.NewEntry(seqKey(prefix, r.seq), r.val)); err != nil {
+			return err
+		}
 	}
-	return w.set(badger.NewEntry(seqKey(prefix, next), val))
+	return nil
+}
+
+func (s *Store) applyTrimOffline(w *writer, user string, through uint64) error {
+	prefix := store.Prefix(store.SpaceOffline, user)
+	keys, err := w.keys(prefix)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if seq, ok := keySeq(k, len(prefix)); ok && seq <= through {
+			if err := w.delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // offlineValues deletes user's offline messages and, if read, returns their
 // values oldest first.
-func (s *Store) offlineValues(w *writer, user string, read bool) ([][]byte, error) {
+func (s *Store) offlineValues(w *writer, user string, read bool) (vals [][]byte, last uint64, err error) {
 	opt := badger.DefaultIteratorOptions
 	opt.PrefetchValues = read
-	opt.Prefix = store.Prefix(store.SpaceOffline, user)
+	prefix := store.Prefix(store.SpaceOffline, user)
+	opt.Prefix = prefix
 	it := w.txn.NewIterator(opt)
-	var keys, vals [][]byte
+	var keys [][]byte
 	for it.Rewind(); it.Valid(); it.Next() {
 		item := it.Item()
 		keys = append(keys, item.KeyCopy(nil))
@@ -110,7 +235,7 @@ func (s *Store) offlineValues(w *writer, user string, read bool) ([][]byte, erro
 			v, err := item.ValueCopy(nil)
 			if err != nil {
 				it.Close()
-				return nil, err
+				return nil, 0, err
 			}
 			vals = append(vals, v)
 		}
@@ -118,8 +243,11 @@ func (s *Store) offlineValues(w *writer, user string, read bool) ([][]byte, erro
 	it.Close()
 	for _, k := range keys {
 		if err := w.delete(k); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
-	return vals, nil
+	if n := len(keys); n > 0 {
+		last, _ = keySeq(keys[n-1], len(prefix))
+	}
+	return vals, last, nil
 }

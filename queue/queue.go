@@ -111,6 +111,9 @@ type Store struct {
 	mu    sync.RWMutex
 	index map[string]*devQueue
 
+	// offlineSeq is the last offline sequence number given or seen.
+	offlineSeq atomic.Uint64
+
 	// commits counts group commits, so tests (and later metrics) can see
 	// how many appends shared one.
 	commits atomic.Int64
@@ -173,6 +176,9 @@ func New(db *badger.DB, cfg Config) (*Store, error) {
 	}
 	if err := s.loadIndex([]byte{store.SpaceQueue}); err != nil {
 		return nil, fmt.Errorf("queue: rebuild index: %w", err)
+	}
+	if err := s.loadOfflineSeq(); err != nil {
+		return nil, fmt.Errorf("queue: offline sequence: %w", err)
 	}
 	go s.run()
 	return s, nil

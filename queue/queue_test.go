@@ -382,7 +382,7 @@ func TestOffline(t *testing.T) {
 	if n, err := s.CountOffline(u); n != 3 || err != nil {
 		t.Fatalf("CountOffline = %d, %v", n, err)
 	}
-	got, err := s.TakeOffline(u)
+	got, _, err := s.TakeOffline(u)
 	must(t, err)
 	var bodies []string
 	for _, e := range got {
@@ -391,13 +391,13 @@ func TestOffline(t *testing.T) {
 	if !slices.Equal(bodies, []string{"m1", "m2", "m3"}) {
 		t.Errorf("TakeOffline = %v", bodies)
 	}
-	if got, _ := s.TakeOffline(u); len(got) != 0 {
+	if got, _, _ := s.TakeOffline(u); len(got) != 0 {
 		t.Errorf("second TakeOffline returned %d", len(got))
 	}
 	// Room again, and order restarts cleanly.
 	must(t, s.StoreOffline(u, msg(5, "m5").Stanza))
 	must(t, s.StoreOffline(u, msg(6, "m6").Stanza))
-	got, _ = s.TakeOffline(u)
+	got, _, _ = s.TakeOffline(u)
 	if len(got) != 2 || got[0].ChildText(stanza.NSClient, "body") != "m5" {
 		t.Errorf("after refill: %v", got)
 	}
@@ -421,7 +421,7 @@ func TestOfflineConcurrent(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[string]int{}
 	take := func() {
-		got, err := s.TakeOffline(u)
+		got, _, err := s.TakeOffline(u)
 		if err != nil {
 			t.Error(err)
 		}

@@ -36,6 +36,11 @@ type Replica interface {
 	Drop(device string) (wait func() error)
 	Session(s SessionState) (wait func() error)
 	SessionGone(device string) (wait func() error)
+	// StoreOffline and TakeOffline mirror the user's offline store
+	// (XEP-0160): a message kept under e.Seq, and those up to through
+	// taken.
+	StoreOffline(user string, e jsm.Entry) (wait func() error)
+	TakeOffline(user string, through uint64) (wait func() error)
 }
 
 // SessionState is a device's XEP-0198 session and push registrations:
@@ -231,12 +236,13 @@ func (s *Server) StepForwardedAsync(el *stanza.Element, size int) (wait func() e
 // replicated) and its registrations, so pushes go on from here; a session
 // with a resumption id can be resumed here with its counters (H4).
 // registrations adds push registrations of devices without a session (a
-// node's own store at start).
-func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInfo, registrations map[string][]jsm.Registration) {
+// node's own store at start); offline are the users whose offline store
+// may hold replicated messages (jsm.Adopt).
+func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInfo, registrations map[string][]jsm.Registration, offline []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ev := jsm.Adopt{Queues: queues, Registrations: map[string][]jsm.Registration{}, Streams: map[string]jsm.StreamID{},
-		Unpushed: map[string][]jsm.Entry{}}
+		Unpushed: map[string][]jsm.Entry{}, Offline: offline}
 	for dev, regs := range registrations {
 		ev.Registrations[dev] = regs
 	}
@@ -397,4 +403,94 @@ func (s *Server) Release(mine func(device string) bool, redirect string) []Hando
 		s.background(s.queue.DropAsync(dev))
 	}
 	return out
+}
+
+// resyncChunk bounds how many devices Resync handles per hold of the
+// router's lock, so that routing goes on between chunks.
+const resyncChunk = 128
+
+// Resync hands send, for each device among devices and the streams mine
+// selects, its whole replicated state: the session (when it can be
+// resumed) and every entry its queue holds. The state is taken and send is
+// called under the router's lock, so that the records send makes precede
+// every later record of the device (send must only submit them, as the
+// Replica's methods do). It is how a user's new backup gets what the old
+// one held (H2). It returns the waits of the sends.
+func (s *Server) Resync(devices []string, mine func(device string) bool, send func(Handover) (wait func() error)) []func() error {
+	s.mu.Lock()
+	seen := make(map[string]bool, len(devices))
+	for _, d := range devices {
+		seen[d] = true
+	}
+	for _, st := range s.streams {
+		if mine(st.from) && !seen[st.from] {
+			seen[st.from] = true
+			devices = append(devices, st.from)
+		}
+	}
+	s.mu.Unlock()
+	var waits []func() error
+	for len(devices) > 0 {
+		chunk := devices[:min(resyncChunk, len(devices))]
+		devices = devices[len(chunk):]
+		s.mu.Lock()
+		streams := make(map[string]*stream, len(chunk))
+		for _, dev := range chunk {
+			streams[dev] = nil
+		}
+		for _, st := range s.streams {
+			if _, ok := streams[st.from]; ok && st.resumeID != "" {
+				streams[st.from] = st
+			}
+		}
+		for _, dev := range chunk {
+			waits = append(waits, s.resyncLocked(dev, streams[dev], send))
+		}
+		s.mu.Unlock()
+	}
+	return waits
+}
+
+// resyncLocked is one device of Resync; s.mu is held.
+// st is the device's resumable stream, if any.
+func (s *Server) resyncLocked(dev string, st *stream, send func(Handover) func() error) func() error {
+	h := Handover{Session: SessionState{Device: dev}}
+	if err := s.queue.Read(dev, 0, func(e jsm.Entry) error {
+		h.Entries = append(h.Entries, e)
+		return nil
+	}); err != nil {
+		s.log.Error("queue read failed", "err", err)
+	}
+	if st == nil {
+		return send(h)
+	}
+	// Session records of a stream go out in the order their state was
+	// taken (recMu); this one too.
+	st.recMu.Lock()
+	defer st.recMu.Unlock()
+	if !st.ended {
+		h.Session = st.session()
+	}
+	return send(h)
+}
+
+// ResyncOffline is Resync for users' offline stores: send gets each
+// user's offline messages, under the router's lock.
+func (s *Server) ResyncOffline(users []string, send func(user string, msgs []jsm.Entry) (wait func() error)) []func() error {
+	var waits []func() error
+	for len(users) > 0 {
+		chunk := users[:min(resyncChunk, len(users))]
+		users = users[len(chunk):]
+		s.mu.Lock()
+		for _, u := range chunk {
+			msgs, err := s.queue.ReadOffline(u)
+			if err != nil {
+				s.log.Error("offline read failed", "err", err)
+				continue
+			}
+			waits = append(waits, send(u, msgs))
+		}
+		s.mu.Unlock()
+	}
+	return waits
 }

@@ -31,10 +31,11 @@ func (g *gatedQueue) AppendAsync(device string, entries []jsm.Entry) func() erro
 func (g *gatedQueue) RemoveAsync(string, []uint64) func() error { return func() error { return nil } }
 func (g *gatedQueue) TrimAsync(string, uint64) func() error     { return func() error { return nil } }
 func (g *gatedQueue) DropAsync(string) func() error             { return func() error { return nil } }
-func (g *gatedQueue) StoreOfflineAsync(string, *stanza.Element) func() error {
-	return func() error { return nil }
+func (g *gatedQueue) StoreOfflineAsync(string, *stanza.Element) (uint64, func() error) {
+	return 1, func() error { return nil }
 }
-func (g *gatedQueue) TakeOffline(string) ([]*stanza.Element, error) { return nil, nil }
+func (g *gatedQueue) TakeOffline(string) ([]*stanza.Element, uint64, error) { return nil, 0, nil }
+func (g *gatedQueue) ReadOffline(string) ([]jsm.Entry, error)               { return nil, nil }
 func (g *gatedQueue) Read(device string, from uint64, fn func(jsm.Entry) error) error {
 	g.mu.Lock()
 	es := append([]jsm.Entry(nil), g.q[device]...)

@@ -52,9 +52,13 @@ type Queue interface {
 	RemoveAsync(device string, seqs []uint64) (wait func() error)
 	TrimAsync(device string, through uint64) (wait func() error)
 	DropAsync(device string) (wait func() error)
-	StoreOfflineAsync(user string, msg *stanza.Element) (wait func() error)
+	// StoreOfflineAsync returns the message's sequence number in the
+	// user's offline store.
+	StoreOfflineAsync(user string, msg *stanza.Element) (seq uint64, wait func() error)
 	Read(device string, from uint64, fn func(jsm.Entry) error) error
-	TakeOffline(user string) ([]*stanza.Element, error)
+	// TakeOffline also returns the sequence number of the last message.
+	TakeOffline(user string) (msgs []*stanza.Element, through uint64, err error)
+	ReadOffline(user string) ([]jsm.Entry, error)
 }
 
 // Rosters persists roster changes jsm decides.
@@ -463,15 +467,26 @@ func (s *Server) execute(a jsm.Action) {
 		}
 		s.stepLocked(jsm.QueueLoaded{Device: a.Device, Entries: entries})
 	case jsm.StoreOffline:
-		s.durable = append(s.durable, s.queue.StoreOfflineAsync(a.User.String(), a.Message))
+		user := a.User.String()
+		seq, w := s.queue.StoreOfflineAsync(user, a.Message)
+		s.durable = append(s.durable, w)
+		if c := s.cfg.Cluster; c != nil {
+			s.durable = append(s.durable, c.StoreOffline(user, jsm.Entry{Seq: seq, Stanza: a.Message}))
+		}
 	case jsm.FlushOffline:
-		msgs, err := s.queue.TakeOffline(a.User.String())
+		user := a.User.String()
+		msgs, through, err := s.queue.TakeOffline(user)
 		if err != nil {
 			s.log.Error("offline load failed", "err", err)
 			return
 		}
 		if len(msgs) > 0 {
 			s.stepLocked(jsm.OfflineLoaded{Stream: a.Stream, Messages: msgs})
+		}
+		// After what delivering them queued for the device, so that the
+		// backup never holds them in neither place.
+		if c := s.cfg.Cluster; c != nil && through > 0 {
+			s.background(c.TakeOffline(user, through))
 		}
 	case jsm.SaveRosterItem:
 		if err := s.rosters.Save(a.User, a.Item); err != nil {

@@ -111,12 +111,13 @@ func (c *c2s) readStanzas(st *stream) error {
 				continue
 			}
 			el.Set("from", st.from)
-			// Messages and IQs for a user of another node go there at once
-			// (H1): its session manager routes them, and the sender's ack
-			// waits for it there. Presence goes through this node's
-			// session manager first (rosters, directed presence), which
-			// forwards what is for the other node.
-			if node := s.homeOf(el); node != "" && el.Name.Local != "presence" {
+			// IQs for a user of another node go there at once (H1): its
+			// session manager routes them, and the sender's ack waits for
+			// it there. Messages and presence go through this node's
+			// session manager first (sent carbons, last activity, rosters,
+			// directed presence), which forwards what is for the other
+			// node.
+			if node := s.homeOf(el); node != "" && el.Name.Local == "iq" {
 				st.addDurable([]func() error{s.forward(node, el)})
 				continue
 			}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -115,6 +116,15 @@ type clusterNode struct {
 	// by device.
 	mu       sync.Mutex
 	replicas map[string]cluster.SessionRecord
+
+	// resyncMu: one resyncBackups at a time.
+	resyncMu sync.Mutex
+	// bg counts the goroutines spawn started; none starts once stopping.
+	bgMu     sync.Mutex
+	bg       sync.WaitGroup
+	stopping bool
+	quit     chan struct{} // closed by stop
+
 	// settled is the placement under which this node holds every device
 	// of the users it is primary for; a user whose primary it became
 	// since (a member failed) waits in Home until the takeover is done.
@@ -130,6 +140,10 @@ type clusterNode struct {
 	syncing atomic.Bool
 	round   atomic.Pointer[syncRound]
 	ended   map[string]bool // members whose HandoverEnd arrived
+	// servedElsewhere are the users another member served while this
+	// node was away (HandoverEnd.Served): its own store's copy of them is
+	// stale.
+	servedElsewhere map[string]bool
 	// joined closes once c is set: membership events may come from
 	// inside cluster.New.
 	joined chan struct{}
@@ -137,7 +151,8 @@ type clusterNode struct {
 
 func newClusterNode(n *node, disk jsm.State) *clusterNode {
 	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord),
-		disk: disk, ended: make(map[string]bool), joined: make(chan struct{}), settledCh: make(chan struct{})}
+		disk: disk, ended: make(map[string]bool), servedElsewhere: make(map[string]bool), joined: make(chan struct{}), settledCh: make(chan struct{}),
+		quit: make(chan struct{})}
 	cn.syncing.Store(true)
 	cn.round.Store(&syncRound{done: make(chan struct{}), fromDisk: true})
 	return cn
@@ -159,22 +174,26 @@ const syncWait = 5 * time.Second
 // syncWait), then takes over this node's users: the sessions handed to it
 // and, for devices nobody handed over, its own store's.
 func (cn *clusterNode) sync(joining bool) {
-	go func() {
+	cn.spawn(func() {
 		deadline := time.Now().Add(syncWait)
 		if joining {
 			// Give membership a moment to learn the others.
 			for len(cn.c.Members()) < 2 && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
+				if !cn.pause(20 * time.Millisecond) {
+					return
+				}
 			}
 		}
 		for time.Now().Before(deadline) {
 			if cn.allEnded() {
 				break
 			}
-			time.Sleep(20 * time.Millisecond)
+			if !cn.pause(20 * time.Millisecond) {
+				return
+			}
 		}
 		cn.finishSync()
-	}()
+	})
 }
 
 func (cn *clusterNode) allEnded() bool {
@@ -194,6 +213,9 @@ func (cn *clusterNode) finishSync() {
 		cn.adoptOwned(r.fromDisk)
 		cn.syncing.Store(false)
 		close(r.done)
+		// The backups of this node's users may hold nothing of them, or
+		// what they held before it left.
+		cn.spawn(func() { cn.resyncBackups("rejoined", func(string, string) bool { return true }) })
 	})
 }
 
@@ -203,15 +225,17 @@ func (cn *clusterNode) finishSync() {
 // resume on the session handed over), and waits for the handovers that
 // follow its return, as at start.
 func (cn *clusterNode) DeclaredDead() {
-	<-cn.joined
-	if cn.syncing.Load() {
+	if !cn.awaitJoined() || cn.syncing.Load() {
 		return
 	}
 	cn.mu.Lock()
-	cn.ended = make(map[string]bool)
+	cn.ended, cn.servedElsewhere = make(map[string]bool), make(map[string]bool)
 	cn.mu.Unlock()
 	cn.round.Store(&syncRound{done: make(chan struct{})})
 	cn.syncing.Store(true)
+	// Nothing held here is settled any more: the sync that follows
+	// serves every user of this node afresh.
+	cn.settle(func(*cluster.Placement) *cluster.Placement { return nil })
 	self := cn.c.Name()
 	place := cn.c.Placement()
 	m, _ := cn.c.Member(self)
@@ -220,9 +244,12 @@ func (cn *clusterNode) DeclaredDead() {
 	cn.sync(false)
 }
 
-func (cn *clusterNode) ApplyHandoverEnd(from string) error {
+func (cn *clusterNode) ApplyHandoverEnd(from string, r cluster.HandoverEnd) error {
 	cn.mu.Lock()
 	cn.ended[from] = true
+	for _, u := range r.Served {
+		cn.servedElsewhere[u] = true
+	}
 	cn.mu.Unlock()
 	return nil
 }
@@ -231,7 +258,7 @@ func (cn *clusterNode) ApplyHandoverEnd(from string) error {
 // may replicate to this node at once) and must not serve clients yet
 // (Home needs the membership).
 func (cn *clusterNode) join(cc cluster.Config) error {
-	c, err := cluster.New(cc, cluster.Delegates{Membership: cn, Applier: cn})
+	c, err := cluster.New(cc, cluster.Delegates{Membership: cn, Applier: cn, Resyncer: cn})
 	if err != nil {
 		return err
 	}
@@ -240,7 +267,49 @@ func (cn *clusterNode) join(cc cluster.Config) error {
 	return nil
 }
 
+// spawn runs f in the background unless the node is stopping; stop waits
+// for it, so that nothing reaches the stores once they close.
+func (cn *clusterNode) spawn(f func()) {
+	cn.bgMu.Lock()
+	defer cn.bgMu.Unlock()
+	if cn.stopping {
+		return
+	}
+	cn.bg.Add(1)
+	go func() {
+		defer cn.bg.Done()
+		f()
+	}()
+}
+
+// pause sleeps for d; false if the node stops first.
+func (cn *clusterNode) pause(d time.Duration) bool {
+	select {
+	case <-time.After(d):
+		return true
+	case <-cn.quit:
+		return false
+	}
+}
+
+// awaitJoined waits until the node is a member; false if it stops first.
+func (cn *clusterNode) awaitJoined() bool {
+	select {
+	case <-cn.joined:
+		return true
+	case <-cn.quit:
+		return false
+	}
+}
+
 func (cn *clusterNode) stop() {
+	cn.bgMu.Lock()
+	if !cn.stopping {
+		cn.stopping = true
+		close(cn.quit)
+	}
+	cn.bgMu.Unlock()
+	defer cn.bg.Wait()
 	_ = cn.c.Leave()
 	_ = cn.c.Shutdown()
 }
@@ -374,6 +443,32 @@ func (cn *clusterNode) Remove(device string, seqs []uint64) func() error {
 
 func (cn *clusterNode) Drop(device string) func() error {
 	return cn.toBackup(device, cluster.QueueDrop{Device: device})
+}
+
+func (cn *clusterNode) StoreOffline(user string, e jsm.Entry) func() error {
+	return cn.toBackup(user, offlineRecord(user, []jsm.Entry{e}))
+}
+
+func (cn *clusterNode) TakeOffline(user string, through uint64) func() error {
+	return cn.toBackup(user, cluster.OfflineTrim{User: user, Through: through})
+}
+
+func offlineRecord(user string, msgs []jsm.Entry) cluster.OfflineAdd {
+	rec := cluster.OfflineAdd{User: user, Entries: make([]cluster.Entry, len(msgs))}
+	for i, e := range msgs {
+		rec.Entries[i] = cluster.Entry{Seq: e.Seq, Stanza: stanza.Marshal(e.Stanza, stanza.NSClient)}
+	}
+	return rec
+}
+
+// offlineReplace is the records that make a peer's copy of user's offline
+// store equal to msgs.
+func offlineReplace(user string, msgs []jsm.Entry) []cluster.Record {
+	recs := []cluster.Record{cluster.OfflineTrim{User: user, Through: ^uint64(0)}}
+	if len(msgs) > 0 {
+		recs = append(recs, offlineRecord(user, msgs))
+	}
+	return recs
 }
 
 // sessionExtra is the part of a session the cluster package carries as
@@ -533,6 +628,18 @@ func (cn *clusterNode) ApplyAccount(_ string, r cluster.AccountRecord) error {
 	return nil
 }
 
+func (cn *clusterNode) ApplyOfflineAdd(_ string, r cluster.OfflineAdd) error {
+	msgs, err := decodeEntries(r.Entries)
+	if err != nil {
+		return err
+	}
+	return cn.n.queue.PutOfflineAsync(r.User, msgs)()
+}
+
+func (cn *clusterNode) ApplyOfflineTrim(_ string, r cluster.OfflineTrim) error {
+	return cn.n.queue.TrimOfflineAsync(r.User, r.Through)()
+}
+
 func (cn *clusterNode) ApplyRegistry(_ string, r cluster.RegistryRecord) error {
 	if cn.n.push == nil {
 		return nil // no push component here: nothing to serve
@@ -566,6 +673,14 @@ func (cn *clusterNode) ApplyAsync(from string, rec cluster.Record) (func() error
 		return cn.n.queue.RemoveAsync(r.Device, r.Seqs), nil
 	case cluster.QueueDrop:
 		return cn.n.queue.DropAsync(r.Device), nil
+	case cluster.OfflineAdd:
+		msgs, err := decodeEntries(r.Entries)
+		if err != nil {
+			return nil, err
+		}
+		return cn.n.queue.PutOfflineAsync(r.User, msgs), nil
+	case cluster.OfflineTrim:
+		return cn.n.queue.TrimOfflineAsync(r.User, r.Through), nil
 	case cluster.StanzaRecord:
 		el, err := parseStanza(r.Stanza)
 		if err != nil {
@@ -583,7 +698,7 @@ func (cn *clusterNode) ApplyAsync(from string, rec cluster.Record) (func() error
 	case cluster.RegistryRecord:
 		return done, cn.ApplyRegistry(from, r)
 	case cluster.HandoverEnd:
-		return done, cn.ApplyHandoverEnd(from)
+		return done, cn.ApplyHandoverEnd(from, r)
 	}
 	return nil, fmt.Errorf("cluster: unknown record %T", rec)
 }
@@ -614,14 +729,18 @@ func (cn *clusterNode) awaitHome(el *stanza.Element) {
 func (cn *clusterNode) NodeJoined(m cluster.Member) {
 	// Accounts live on every node: a newcomer (or a restarted node) gets
 	// them all, then the devices of the users it now serves.
-	go func() {
-		<-cn.joined
-		if m.Name == cn.c.Name() {
+	cn.spawn(func() {
+		if !cn.awaitJoined() || m.Name == cn.c.Name() {
 			return
 		}
 		cn.sendAccounts(m.Name)
 		cn.handover(m)
-	}()
+		// m holds nothing of the users it now backs up, or what it held
+		// before it left; a syncing node resyncs all of its users when done.
+		if !cn.syncing.Load() {
+			cn.resyncBackups("member joined", func(_, backup string) bool { return backup == m.Name })
+		}
+	})
 }
 
 // handover gives a member that joined (or came back) the devices of the
@@ -633,6 +752,9 @@ func (cn *clusterNode) handover(m cluster.Member) {
 	// just says so, which keeps two joining nodes from waiting on each
 	// other.
 	place := cn.c.Placement()
+	cn.settledMu.Lock()
+	before := cn.settled
+	cn.settledMu.Unlock()
 	hs := cn.n.router.Release(func(dev string) bool { return place.Primary(userOf(dev)) == m.Name }, m.Meta.C2SAddr)
 	// A member that joins only takes users away (rendezvous hashing), so
 	// what this node holds still covers the settled placement plus it;
@@ -652,7 +774,21 @@ func (cn *clusterNode) handover(m cluster.Member) {
 		}
 		recs = append(recs, sessionRecord(h.Session))
 	}
-	recs = append(recs, cluster.HandoverEnd{})
+	// The users this node served while m was away (it had taken them
+	// over: its settled placement made it their primary): their offline
+	// stores, and their names, for m's copy of them is stale. A member
+	// that restarted before anyone noticed was not replaced, and its own
+	// store is the truth.
+	self := cn.c.Name()
+	var served []string
+	if before != nil {
+		served = cn.localUsers(func(user string) bool { return place.Primary(user) == m.Name && before.Primary(user) == self })
+	}
+	cn.n.router.ResyncOffline(served, func(user string, msgs []jsm.Entry) func() error {
+		recs = append(recs, offlineReplace(user, msgs)...)
+		return func() error { return nil }
+	})
+	recs = append(recs, cluster.HandoverEnd{Served: served})
 	if err := cn.c.Send(context.Background(), m.Name, recs...)(); err != nil {
 		cn.log.Warn("cluster: handover to a returning member failed", "node", m.Name, "devices", len(hs), "err", err)
 		return
@@ -668,10 +804,114 @@ func (cn *clusterNode) NodeFailed(m cluster.Member) { cn.startAdopt(m.Name) }
 // startAdopt runs the takeover; stanzas for the users it concerns wait
 // for it in Home.
 func (cn *clusterNode) startAdopt(lost string) {
-	go func() {
-		<-cn.joined
+	cn.spawn(func() {
+		if !cn.awaitJoined() {
+			return
+		}
 		cn.adopt(lost)
-	}()
+		// The users lost was primary or backup of have a new backup here
+		// or elsewhere, holding nothing of them yet. The copy waits for
+		// the takeover's first pushes (H3), which it would slow by a third
+		// of a second at 15 000 sessions; a second failure meanwhile is
+		// detected only after it anyway.
+		if !cn.pause(resyncDelay) {
+			return
+		}
+		was := cluster.NewPlacement(append(cn.c.Placement().Nodes(), lost))
+		cn.resyncBackups("member lost", func(user, _ string) bool {
+			p, b := was.PrimaryBackup(user)
+			return p == lost || b == lost
+		})
+	})
+}
+
+// resyncDelay is how long after a takeover the new backups get their
+// copies; well under failure detection (2–3 s).
+const resyncDelay = time.Second
+
+// Resync: records for peer were dropped (replication backpressure); the
+// users it backs up get their whole state again (cluster.Resyncer).
+func (cn *clusterNode) Resync(peer string) {
+	cn.spawn(func() { cn.resyncBackups("records dropped", func(_, backup string) bool { return backup == peer }) })
+}
+
+// resyncBackups sends the whole replicated state of each device of the
+// users this node serves whose backup pick selects: the backup's copy is
+// dropped and replaced by the queue and session held here, and the offline
+// store likewise (H2). Until it is done, what the backup holds of them is
+// incomplete. One resync runs at a time.
+func (cn *clusterNode) resyncBackups(why string, pick func(user, backup string) bool) {
+	cn.resyncMu.Lock()
+	defer cn.resyncMu.Unlock()
+	start := time.Now()
+	self := cn.c.Name()
+	place := cn.c.Placement()
+	backupOf := func(dev string) string {
+		user := userOf(dev)
+		p, b := place.PrimaryBackup(user)
+		if p != self || b == "" || !pick(user, b) {
+			return ""
+		}
+		return b
+	}
+	mine := func(dev string) bool { return backupOf(dev) != "" }
+	var devices []string
+	for _, d := range cn.n.queue.Devices() {
+		if mine(d.Device) {
+			devices = append(devices, d.Device)
+		}
+	}
+	waits := cn.n.router.Resync(devices, mine, func(h router.Handover) func() error {
+		dev := h.Session.Device
+		recs := []cluster.Record{cluster.QueueDrop{Device: dev}}
+		if len(h.Entries) > 0 {
+			recs = append(recs, appendRecord(dev, h.Entries))
+		}
+		if h.Session.SMID != "" {
+			recs = append(recs, sessionRecord(h.Session))
+		} else {
+			recs = append(recs, cluster.SessionGone{Device: dev})
+		}
+		return cn.c.Send(context.Background(), backupOf(dev), recs...)
+	})
+	// Every such user's offline store, empty or not: the backup may hold
+	// messages delivered since, which it would deliver again.
+	users := cn.localUsers(func(user string) bool { return mine(user) })
+	offline := cn.n.router.ResyncOffline(users, func(user string, msgs []jsm.Entry) func() error {
+		return cn.c.Send(context.Background(), backupOf(user), offlineReplace(user, msgs)...)
+	})
+	failed := 0
+	for _, w := range append(waits, offline...) {
+		if w() != nil {
+			failed++
+		}
+	}
+	if len(waits)+len(offline) == 0 {
+		return
+	}
+	if failed > 0 {
+		cn.log.Warn("cluster: backups not resynchronised", "why", why, "devices", len(waits), "users", len(offline), "failed", failed)
+		return
+	}
+	cn.log.Info("cluster: backups resynchronised", "why", why, "devices", len(waits), "users", len(offline),
+		"took", time.Since(start).Round(time.Millisecond))
+}
+
+// localUsers lists the accounts (every node holds all of them) that keep
+// selects.
+func (cn *clusterNode) localUsers(keep func(user string) bool) []string {
+	all, err := cn.n.db.Accounts().List()
+	if err != nil {
+		cn.log.Error("cluster: listing accounts", "err", err)
+		return nil
+	}
+	var users []string
+	for _, u := range all {
+		if s := u.String(); keep(s) {
+			users = append(users, s)
+		}
+	}
+	return users
 }
 func (cn *clusterNode) NodeUpdated(cluster.Member) {}
 
@@ -746,15 +986,32 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 	cn.mu.Unlock()
 	var diskRegs map[string][]jsm.Registration
 	if fromDisk {
+		cn.mu.Lock()
+		stale := maps.Clone(cn.servedElsewhere)
+		cn.mu.Unlock()
+		// This node's own devices nobody handed over, unless another
+		// member served their user meanwhile: then they were delivered,
+		// logged out of or moved to the offline store there.
+		own := func(dev string) bool {
+			return !devices[dev] && place.Primary(userOf(dev)) == self && !stale[userOf(dev)]
+		}
 		diskRegs = map[string][]jsm.Registration{}
 		for dev, regs := range cn.disk.Registrations {
-			if !devices[dev] && place.Primary(userOf(dev)) == self {
+			switch {
+			case own(dev):
 				diskRegs[dev] = regs
+			case !devices[dev] && stale[userOf(dev)]:
+				cn.forgetRegistrations(dev, regs)
 			}
 		}
 		for dev := range cn.disk.Queues {
-			if !devices[dev] && place.Primary(userOf(dev)) == self {
+			switch {
+			case own(dev):
 				devices[dev] = true
+			case !devices[dev] && stale[userOf(dev)]:
+				if err := cn.n.queue.DropAsync(dev)(); err != nil {
+					cn.log.Error("cluster: stale queue not dropped", "err", err)
+				}
 			}
 		}
 		for dev := range diskRegs {
@@ -776,19 +1033,32 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 			queues[d.Device] = jsm.QueueInfo{First: d.First, Last: d.Last, Count: d.Count, Bytes: d.Bytes}
 		}
 	}
+	// The users this node serves from now on may have offline messages
+	// replicated here.
+	cn.settledMu.Lock()
+	before := cn.settled
+	cn.settledMu.Unlock()
+	offline := cn.localUsers(func(user string) bool {
+		return place.Primary(user) == self && (before == nil || before.Primary(user) != self)
+	})
 	settled := func(*cluster.Placement) *cluster.Placement { return place }
-	if len(devices) == 0 {
+	if len(devices) == 0 && len(offline) == 0 {
 		cn.settle(settled)
 		return 0
 	}
-	cn.n.router.Adopt(sessions, queues, diskRegs)
+	cn.n.router.Adopt(sessions, queues, diskRegs, offline)
 	cn.settle(settled)
-	go func() {
-		for _, ss := range sessions {
-			cn.reReplicate(ss, queues[ss.Device])
-		}
-	}()
 	return len(sessions)
+}
+
+// forgetRegistrations deletes a device's stale push registrations from
+// this node's store.
+func (cn *clusterNode) forgetRegistrations(dev string, regs []jsm.Registration) {
+	for _, r := range regs {
+		if err := cn.n.db.PushRegistrations().Delete(dev, r.AppServer, r.Node); err != nil {
+			cn.log.Error("cluster: stale push registration not deleted", "err", err)
+		}
+	}
 }
 
 // trimAcked drops from the adopted queues what each session's client had
@@ -812,22 +1082,6 @@ func (cn *clusterNode) trimAcked(sessions []router.AdoptedSession, infos []queue
 		}
 	}
 	return len(waits) > 0
-}
-
-// reReplicate sends an adopted device's queue and session to its new
-// backup.
-func (cn *clusterNode) reReplicate(ss router.AdoptedSession, qi jsm.QueueInfo) {
-	var entries []jsm.Entry
-	if qi.Count > 0 {
-		_ = cn.n.queue.Read(ss.Device, qi.First, func(e jsm.Entry) error {
-			entries = append(entries, e)
-			return nil
-		})
-	}
-	if len(entries) > 0 {
-		_ = cn.Enqueue(ss.Device, entries)()
-	}
-	_ = cn.Session(ss)()
 }
 
 func registrationFromJSON(rj registrationJSON) (jsm.Registration, error) {

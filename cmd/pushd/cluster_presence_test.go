@@ -78,6 +78,21 @@ func TestPresenceAcrossNodes(t *testing.T) {
 		}
 	}
 
+	// M6 across nodes: what alice's phone sends bob reaches him on his
+	// node, and her desk gets the sent carbon (XEP-0280) from hers.
+	d := xmpptest.Login(t, nodes[0].c2s(), "localhost", alice, "pw", "desk")
+	d.Send(`<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>`)
+	d.Expect("carbons enabled", func(e *stanza.Element) bool { return e.Get("id") == "carbons" && e.Get("type") == "result" })
+	a.Send(`<message to='` + bobJID + `' type='chat'><body>across</body></message>`)
+	isMsg := func(e *stanza.Element) bool { return e.Is(stanza.NSClient, "message") }
+	if got := b.Expect("alice's message", isMsg).ChildText(stanza.NSClient, "body"); got != "across" {
+		t.Errorf("bob got %q", got)
+	}
+	if el := d.Expect("the sent carbon", isMsg); el.Child(stanza.NSCarbons, "sent") == nil {
+		t.Errorf("alice's desk got %s, want a sent carbon", stanza.Marshal(el, ""))
+	}
+	_ = d.Conn.Close()
+
 	// M4 across nodes: alice's phone is suspended; bob sees her away.
 	_ = a.Conn.Close()
 	b.Expect("alice away", func(e *stanza.Element) bool {

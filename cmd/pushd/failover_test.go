@@ -100,12 +100,7 @@ func TestFailoverToBackup(t *testing.T) {
 
 	// The primary crashes: no goodbye to the cluster.
 	crashed := time.Now()
-	check(t, P.cluster.c.Shutdown())
-	P.stopAbruptly()
-	waitFor(t, "the backup to take alice over", 30*time.Second, func() bool {
-		d := B.devices(t, alice)
-		return len(d) == 1 && d[0].Detached
-	})
+	fc.crash(t, P, B)
 	t.Logf("H3: backup took over %v after the crash", time.Since(crashed).Round(time.Millisecond))
 
 	// bob's node now forwards to the backup; pushes come from there.
@@ -117,13 +112,8 @@ func TestFailoverToBackup(t *testing.T) {
 	t.Logf("H3: first push from the new primary %v after the crash", time.Since(crashed).Round(time.Millisecond))
 
 	// H4: alice resumes on the backup with the stream id she got.
-	r := xmpptest.Dial(t, B.c2s(), "localhost")
-	r.StartTLS()
-	if cond := r.AuthPlain("alice", alicePW); cond != "" {
-		t.Fatal(cond)
-	}
-	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='1' previd='` + smID + `'/>`)
-	if el := r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
+	r, el := resumeAt(t, B, smID, 1)
+	if !el.Is(stanza.NSSM, "resumed") {
 		t.Fatalf("resume on the backup: %s", el)
 	}
 	var got []string
@@ -146,7 +136,8 @@ func TestFailoverToBackup(t *testing.T) {
 const failoverApp = "app.example.test"
 
 // failoverCast is three nodes that accept failoverApp, alice, and a bob
-// whose primary is not alice's, so that the crash of hers spares him.
+// who lives on the third node, so that the crash of her primary or of her
+// backup spares him.
 type failoverCast struct {
 	alice, bob    string
 	P, B, bobHome *testNode // alice's primary and backup, bob's node
@@ -163,7 +154,7 @@ func newFailoverCast(t *testing.T, mutate func(c *fileConfig)) failoverCast {
 	var fc failoverCast
 	fc.alice = nodes[0].addUser("alice", alicePW)
 	primary, backup := nodes[0].cluster.c.Placement().PrimaryBackup(fc.alice)
-	fc.bob, fc.bobHome = addBobAwayFrom(nodes, primary)
+	fc.bob, fc.bobHome = addBobAwayFrom(nodes, primary, backup)
 	fc.P, fc.B = byName(nodes, primary), byName(nodes, backup)
 	for _, n := range nodes {
 		waitFor(t, "accounts on "+n.cluster.c.Name(), 10*time.Second, func() bool {
@@ -198,6 +189,32 @@ func (fc failoverCast) hibernate(t *testing.T, a *xmpptest.Client) {
 	})
 }
 
+// crash stops dead as a crash would (no goodbye to the cluster) and waits
+// until heir holds alice's phone, hibernating.
+func (fc failoverCast) crash(t *testing.T, dead, heir *testNode) {
+	t.Helper()
+	check(t, dead.cluster.c.Shutdown())
+	dead.stopAbruptly()
+	waitFor(t, "alice's phone taken over by "+heir.cluster.c.Name(), 30*time.Second, func() bool {
+		d := heir.devices(t, fc.alice)
+		return len(d) == 1 && d[0].Detached
+	})
+}
+
+// resumeAt resumes alice's phone stream smID at n, saying she handled h
+// stanzas; it returns the client and the server's answer (<resumed/> or
+// <failed/>).
+func resumeAt(t *testing.T, n *testNode, smID string, h int) (*xmpptest.Client, *stanza.Element) {
+	t.Helper()
+	r := xmpptest.Dial(t, n.c2s(), "localhost")
+	r.StartTLS()
+	if cond := r.AuthPlain("alice", alicePW); cond != "" {
+		t.Fatal(cond)
+	}
+	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='` + strconv.Itoa(h) + `' previd='` + smID + `'/>`)
+	return r, r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM })
+}
+
 // desk logs bob in at his node with XEP-0198 (acknowledgements only).
 func (fc failoverCast) desk(t *testing.T) *xmpptest.Client {
 	t.Helper()
@@ -214,13 +231,13 @@ func appAt(t *testing.T, n *testNode) *peertest.AppServer {
 	return a
 }
 
-// addBobAwayFrom adds a bob whose primary is not node, so that node's
-// crash spares him, and returns his JID and the node he lives on.
-func addBobAwayFrom(nodes []*testNode, node string) (string, *testNode) {
+// addBobAwayFrom adds a bob whose primary is none of away, so that their
+// crashes spare him, and returns his JID and the node he lives on.
+func addBobAwayFrom(nodes []*testNode, away ...string) (string, *testNode) {
 	place := nodes[0].cluster.c.Placement()
 	for i := 0; ; i++ {
 		name := "bob" + strconv.Itoa(i)
-		if home := place.Primary(name + "@localhost"); home != node {
+		if home := place.Primary(name + "@localhost"); !slices.Contains(away, home) {
 			return nodes[0].addUser(name, bobPW), byName(nodes, home)
 		}
 	}
@@ -328,13 +345,7 @@ func TestFailoverLiveSession(t *testing.T) {
 	}
 
 	// She processed m2 but not m3 before the crash: she says h=3.
-	r := xmpptest.Dial(t, B.c2s(), "localhost")
-	r.StartTLS()
-	if cond := r.AuthPlain("alice", alicePW); cond != "" {
-		t.Fatal(cond)
-	}
-	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='3' previd='` + smID + `'/>`)
-	el := r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM })
+	r, el := resumeAt(t, B, smID, 3)
 	if !el.Is(stanza.NSSM, "resumed") || el.Get("h") != "2" {
 		t.Fatalf("resume on the backup: %s, want <resumed h='2'/>", el)
 	}
