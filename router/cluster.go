@@ -131,12 +131,15 @@ func (s *Server) forward(node string, el *stanza.Element) func() error {
 func (st *stream) session() SessionState {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	ss := SessionState{Device: st.from, SMID: st.resumeID, Acked: st.acked, AckedSeq: st.ackedSeq, Registrations: st.regs, Pushed: st.pushed}
+	// Handled is what the backup may report: the client's stanzas whose
+	// writes are durable here and there (replicateHandled), never merely
+	// received.
+	ss := SessionState{Device: st.from, SMID: st.resumeID, Handled: st.handled, Acked: st.acked, AckedSeq: st.ackedSeq,
+		Registrations: st.regs, Pushed: st.pushed}
 	if st.w == nil {
-		ss.Handled = st.inCount
 		ss.Handed = append([]uint64(nil), st.handedSeq...)
 	} else {
-		ss.Live, ss.Handled = true, st.handled
+		ss.Live = true
 	}
 	return ss
 }

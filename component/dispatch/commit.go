@@ -61,13 +61,21 @@ func newCommitter(db *badger.DB, cfg *Config) *committer {
 }
 
 // do hands op to the committer and waits for its commit.
-func (c *committer) do(op *writeOp) error {
+func (c *committer) do(op *writeOp) error { return c.start(op)() }
+
+// start hands op to the committer; the returned wait returns once op is
+// committed. Ops commit in the order they were started.
+func (c *committer) start(op *writeOp) (wait func() error) {
 	op.errc = make(chan error, 1)
 	select {
 	case c.ops <- op:
 	case <-c.done:
-		return ErrClosed
+		return func() error { return ErrClosed }
 	}
+	return func() error { return c.wait(op) }
+}
+
+func (c *committer) wait(op *writeOp) error {
 	select {
 	case err := <-op.errc:
 		return err

@@ -50,7 +50,8 @@ type Config struct {
 	DeviceBurst int
 	DeviceRate  time.Duration
 	// DoneTTL is how long an answered tracking id is remembered, so a
-	// resubmission is refused (P5: at most once). Default 24 h.
+	// resubmission is refused (P5: at most once). Ids Submit made up are
+	// not remembered: nobody else can submit them. Default 24 h.
 	DoneTTL time.Duration
 
 	// Now, Sleep and Jitter are the clock: tests inject them so backoff

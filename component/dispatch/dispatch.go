@@ -203,6 +203,7 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 		d.refused(err)
 		return tid, err
 	}
+	push.fresh = fresh
 
 	d.mu.Lock()
 	switch {
@@ -223,7 +224,25 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 		d.refused(err)
 		return tid, err
 	}
-	if err := d.persistNew(push, fresh); err != nil {
+	committed := d.store.start(&writeOp{kind: opNew, tid: tid, val: encodePush(push), fresh: fresh})
+	if fresh {
+		// A push whose tracking id Submit made up goes to its worker while
+		// its record commits: the commit is off the push's path, and P5
+		// holds. The record is queued to the committer before any write
+		// the worker makes for the push, so it commits first; a crash
+		// before it commits leaves nothing to resend (at most once), and
+		// the publisher, not yet answered, was told nothing was accepted.
+		// An id given by the caller must first pass the committer's check
+		// among the answered ones.
+		d.route(l, push)
+	}
+	if err := committed(); err != nil {
+		if fresh {
+			// Already routed: the push ends through its worker, which
+			// does the bookkeeping; only this caller hears of the failure.
+			d.log.Error("dispatch: push sent without its record", "tid", tid, "err", err)
+			return tid, err
+		}
 		d.mu.Lock()
 		delete(d.inflight, tid)
 		d.pending--
@@ -237,7 +256,9 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 	d.setPending()
 	logline.Log(ctx, d.log, slog.LevelDebug, "push accepted", slog.String("tid", tid), slog.String("provider", string(l.name)),
 		slog.String("channel", string(push.Channel)), slog.String("type", string(push.Sealed.Type)))
-	d.route(l, push)
+	if !fresh {
+		d.route(l, push)
+	}
 	return tid, nil
 }
 
@@ -267,14 +288,6 @@ func (d *Dispatcher) accept(tid string, job Job) (*Push, *lane, error) {
 	}
 	reg.Key = nil
 	return &Push{TrackingID: tid, Registration: reg, Channel: ch, Sealed: sealed, Accepted: d.cfg.Now()}, l, nil
-}
-
-// persistNew stores a new push unless its tracking id was seen before
-// (fresh: Submit made the id up, so it cannot have been). It returns once
-// the push is committed, in a transaction shared with the other writes
-// waiting at that moment.
-func (d *Dispatcher) persistNew(p *Push, fresh bool) error {
-	return d.store.do(&writeOp{kind: opNew, tid: p.TrackingID, val: encodePush(p), fresh: fresh})
 }
 
 func (d *Dispatcher) refused(err error) {
@@ -504,10 +517,15 @@ func (d *Dispatcher) persist(p *Push) error {
 }
 
 // finish ends a push: removes it from the store, remembers its tracking id
-// for DoneTTL, and records the final outcome. It does not wait for the
-// commit; the push stops being pending once it is committed.
+// for DoneTTL unless it was made up here (nobody can submit it again), and
+// records the final outcome. It does not wait for the commit; the push
+// stops being pending once it is committed.
 func (d *Dispatcher) finish(l *lane, p *Push, outcome string) {
-	d.store.async(&writeOp{kind: opFinish, tid: p.TrackingID, val: []byte(outcome)}, func(err error) {
+	op := &writeOp{kind: opFinish, tid: p.TrackingID, val: []byte(outcome)}
+	if p.fresh {
+		op = &writeOp{kind: opForget, tid: p.TrackingID}
+	}
+	d.store.async(op, func(err error) {
 		d.finished(l, p, outcome, err)
 	})
 }

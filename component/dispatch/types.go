@@ -82,6 +82,9 @@ type Push struct {
 	Sealed       payload.Sealed  `json:"sealed"`
 	Accepted     time.Time       `json:"accepted"`
 	Attempts     int             `json:"attempts"`
+	// fresh (in memory only): Submit made the tracking id up, so no
+	// caller can submit it again and its answer needs no record (P5).
+	fresh bool
 }
 
 // DeviceToken is the provider token this push goes to.

@@ -163,7 +163,7 @@ func RunC2S(ctx context.Context, cfg Config) (Result, error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cpu0 := selfCPU()
+	cpu0 := SelfCPU()
 	var srv0 time.Duration
 	if cfg.ServerPID > 0 {
 		srv0, _ = ProcessCPU(cfg.ServerPID)
@@ -193,7 +193,7 @@ func RunC2S(ctx context.Context, cfg Config) (Result, error) {
 		}
 	}
 	last := time.Now()
-	res := Result{Pairs: cfg.Pairs, Elapsed: last.Sub(start), ClientCPU: selfCPU() - cpu0}
+	res := Result{Pairs: cfg.Pairs, Elapsed: last.Sub(start), ClientCPU: SelfCPU() - cpu0}
 	if cfg.ServerPID > 0 {
 		if s1, err := ProcessCPU(cfg.ServerPID); err == nil {
 			res.ServerCPU = s1 - srv0
@@ -287,7 +287,8 @@ func (p *pair) receive(start time.Time) error {
 	}
 }
 
-func selfCPU() time.Duration {
+// SelfCPU is the CPU time (user and system) this process has used.
+func SelfCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
