@@ -164,7 +164,8 @@ func (c *c2s) handleStreamIQ(st *stream, iq *stanza.Element) bool {
 	}
 	reply.Set("from", "")
 	reply.Set("to", st.from)
-	st.send(func(b []byte) []byte { return stanza.Append(b, reply, stanza.NSClient) })
+	// A stanza like any other: XEP-0198 counts it (and would resend it).
+	st.deliver(jsm.Entry{Stanza: reply})
 	return true
 }
 

@@ -144,3 +144,24 @@ func TestResumeAdoptedCountBeyondHanded(t *testing.T) {
 		t.Fatal("a second resumption claiming more than was sent accepted")
 	}
 }
+
+// A stanza the router answers itself (a session request after <enable/>)
+// counts for XEP-0198 but has no queue Seq: acknowledging it trims
+// nothing and never moves the acknowledged Seq back.
+func TestAckOfUnqueuedStanza(t *testing.T) {
+	srv, _ := New(DefaultConfig(), nil, Stores{})
+	st := &stream{srv: srv, id: 1, sm: true}
+	es := entries(5, 6)
+	st.deliver(es[0])
+	st.deliver(jsm.Entry{Stanza: stanza.New(stanza.NSClient, "iq", "type", "result", "id", "s1")})
+	if through, err := st.handleAck(2); err != nil || through != 5 || st.ackedSeq != 5 {
+		t.Fatalf("ack of 5 and the answer: trim through %d (acked Seq %d), %v; want 5", through, st.ackedSeq, err)
+	}
+	st.deliver(es[1])
+	st.deliver(jsm.Entry{Stanza: stanza.New(stanza.NSClient, "iq", "type", "result", "id", "s2")})
+	st.detach()
+	acked, err := st.resume(drained(t), 4)
+	if err != nil || acked != 6 {
+		t.Fatalf("resume over 6 and an answer: acked through %d, %v; want 6", acked, err)
+	}
+}

@@ -82,3 +82,23 @@ func TestClientStateRecorded(t *testing.T) {
 		t.Fatalf("devices after <inactive/>: %+v", devs)
 	}
 }
+
+// XEP-0198 counts every stanza the server writes, the answers to a legacy
+// session request or a second bind after <enable/> too: otherwise the
+// client's count runs ahead of the server's and its acknowledgement ends
+// the stream (handled-count-too-high), or covers a stanza it never got.
+func TestStreamAnswersCountedForSM(t *testing.T) {
+	n := startTestNode(t, nil)
+	n.addUser("sam", "pw")
+	c := xmpptest.Login(t, n.c2s(), "localhost", "sam", "pw", "phone")
+	c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+	c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	c.Send(`<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>` +
+		`<iq type='set' id='b2'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>again</resource></bind></iq>`)
+	c.Expect("session answer", func(e *stanza.Element) bool { return e.Get("id") == "s1" })
+	c.Expect("bind refused", func(e *stanza.Element) bool { return e.Get("id") == "b2" })
+	c.Send(`<a xmlns='urn:xmpp:sm:3' h='2'/><r xmlns='urn:xmpp:sm:3'/>`)
+	if el := c.Expect("ack", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM || e.Name.Local == "error" }); !el.Is(stanza.NSSM, "a") || el.Get("h") != "2" {
+		t.Fatalf("after acknowledging both answers: %s, want <a h='2'/>", stanza.Marshal(el, ""))
+	}
+}
