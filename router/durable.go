@@ -46,8 +46,10 @@ func (st *stream) answerAckRequest() {
 		}
 		fail := func(err error) {
 			// Not durable: the stanza must not be acknowledged. The
-			// stream ends; the client resends what was not acked.
+			// stream ends, and cannot be resumed; the client resends what
+			// was not acked.
 			st.srv.log.Error("write before acknowledgement failed", "err", err)
+			st.setWriteErr(err)
 			st.close(&StreamError{Condition: "internal-server-error"})
 		}
 		for _, w := range waits {
@@ -70,7 +72,8 @@ func (st *stream) answerAckRequest() {
 }
 
 // settle waits until every write the client's stanzas caused is durable;
-// called before a resumption reports the client's count.
+// called before a resumption reports the client's count. An error means
+// some never will be: no count may cover them.
 func (st *stream) settle() error {
 	st.mu.Lock()
 	waits := st.durable
@@ -82,10 +85,56 @@ func (st *stream) settle() error {
 	}
 	for _, w := range waits {
 		if err := w(); err != nil {
+			st.setWriteErr(err)
 			return err
 		}
 	}
-	return nil
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.writeErr
+}
+
+// settleDetached raises the count the backup may report to what the
+// client sent before its connection dropped, once the writes those
+// stanzas caused are durable here and there (H4: a resumption on the
+// backup never reports a stanza a crash could lose). A resumption here
+// waits for it (settle follows the ackDone chain).
+func (st *stream) settleDetached() {
+	st.mu.Lock()
+	h := st.inCount
+	waits := st.durable
+	st.durable = nil
+	prev := st.ackDone
+	done := make(chan struct{})
+	st.ackDone = done
+	st.mu.Unlock()
+	go func() {
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
+		for _, w := range waits {
+			if err := w(); err != nil {
+				st.srv.log.Error("write of a dropped client's stanza failed", "err", err)
+				st.setWriteErr(err)
+				return
+			}
+		}
+		if w := st.srv.replicateHandled(st, h); w != nil {
+			if err := w(); err != nil {
+				st.setWriteErr(err)
+			}
+		}
+	}()
+}
+
+// setWriteErr records that a write a client stanza caused failed.
+func (st *stream) setWriteErr(err error) {
+	st.mu.Lock()
+	if st.writeErr == nil {
+		st.writeErr = err
+	}
+	st.mu.Unlock()
 }
 
 func (st *stream) sendAck(h uint32) {

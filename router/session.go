@@ -46,20 +46,7 @@ func (c *c2s) serveStream(st *stream) {
 		// the session behind its queue.
 		s.replicate(st)
 		if s.cfg.Cluster != nil && st.resumeID != "" {
-			// The client's last stanzas may still be on their way to
-			// disk and to the backup: the backup may report them handled
-			// only once they are there.
-			go func() {
-				if st.settle() != nil {
-					return // not durable: the client resends them on resuming
-				}
-				st.mu.Lock()
-				h := st.inCount
-				st.mu.Unlock()
-				if w := s.replicateHandled(st, h); w != nil {
-					s.background(w)
-				}
-			}()
+			st.settleDetached()
 		}
 		w.abandon()
 	default:

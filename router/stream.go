@@ -51,6 +51,9 @@ type stream struct {
 	// <a/> caused; ackDone closes when the last <a/> answer was sent.
 	durable []func() error
 	ackDone chan struct{}
+	// writeErr: a write one of the client's stanzas caused failed, so no
+	// count may cover it and the stream cannot be resumed.
+	writeErr error
 }
 
 // deliver writes one entry to the client, remembering it until the client

@@ -117,8 +117,14 @@ type clusterNode struct {
 	mu       sync.Mutex
 	replicas map[string]cluster.SessionRecord
 
-	// resyncMu: one resyncBackups at a time.
+	// resyncMu: one resyncBackups (or sweepStale) at a time.
 	resyncMu sync.Mutex
+	// changes counts membership changes; a sweep is pending while
+	// sweeping is set.
+	changes  atomic.Int64
+	sweeping atomic.Bool
+	// sweepDelay (nanoseconds): defaultSweepDelay; tests shorten it.
+	sweepDelay atomic.Int64
 	// bg counts the goroutines spawn started; none starts once stopping.
 	bgMu     sync.Mutex
 	bg       sync.WaitGroup
@@ -155,6 +161,7 @@ func newClusterNode(n *node, disk jsm.State) *clusterNode {
 		quit: make(chan struct{})}
 	cn.syncing.Store(true)
 	cn.round.Store(&syncRound{done: make(chan struct{}), fromDisk: true})
+	cn.sweepDelay.Store(int64(defaultSweepDelay))
 	return cn
 }
 
@@ -613,6 +620,10 @@ func (cn *clusterNode) ApplyAccount(_ string, r cluster.AccountRecord) error {
 		if err := cn.n.db.Accounts().Delete(j); err != nil && !errors.Is(err, store.ErrNoUser) {
 			return err
 		}
+		// Its offline messages may be here too (replicated, H2).
+		if err := cn.n.queue.DropOffline(r.User); err != nil {
+			return err
+		}
 		cn.n.router.Step(jsm.UserDeleted{User: j})
 		return nil
 	}
@@ -727,6 +738,7 @@ func (cn *clusterNode) awaitHome(el *stanza.Element) {
 // --- cluster.MembershipListener ---
 
 func (cn *clusterNode) NodeJoined(m cluster.Member) {
+	cn.scheduleSweep()
 	// Accounts live on every node: a newcomer (or a restarted node) gets
 	// them all, then the devices of the users it now serves.
 	cn.spawn(func() {
@@ -737,7 +749,10 @@ func (cn *clusterNode) NodeJoined(m cluster.Member) {
 		cn.handover(m)
 		// m holds nothing of the users it now backs up, or what it held
 		// before it left; a syncing node resyncs all of its users when done.
-		if !cn.syncing.Load() {
+		// After a partition both sides see the other join, and the side
+		// the others declared dead learns it a moment later (DeclaredDead):
+		// its stale copy must not replace what m served meanwhile.
+		if cn.pause(resyncDelay) && !cn.syncing.Load() {
 			cn.resyncBackups("member joined", func(_, backup string) bool { return backup == m.Name })
 		}
 	})
@@ -798,8 +813,8 @@ func (cn *clusterNode) handover(m cluster.Member) {
 	}
 }
 
-func (cn *clusterNode) NodeLeft(m cluster.Member)   { cn.startAdopt(m.Name) }
-func (cn *clusterNode) NodeFailed(m cluster.Member) { cn.startAdopt(m.Name) }
+func (cn *clusterNode) NodeLeft(m cluster.Member)   { cn.startAdopt(m.Name); cn.scheduleSweep() }
+func (cn *clusterNode) NodeFailed(m cluster.Member) { cn.startAdopt(m.Name); cn.scheduleSweep() }
 
 // startAdopt runs the takeover; stanzas for the users it concerns wait
 // for it in Home.
@@ -812,12 +827,13 @@ func (cn *clusterNode) startAdopt(lost string) {
 		// The users lost was primary or backup of have a new backup here
 		// or elsewhere, holding nothing of them yet. The copy waits for
 		// the takeover's first pushes (H3), which it would slow by a third
-		// of a second at 15 000 sessions; a second failure meanwhile is
-		// detected only after it anyway.
+		// of a second at 15 000 sessions. The price: a primary that fails
+		// in that second leaves its users' new backup with only what it
+		// received since the first failure.
+		was := cluster.NewPlacement(append(cn.c.Placement().Nodes(), lost))
 		if !cn.pause(resyncDelay) {
 			return
 		}
-		was := cluster.NewPlacement(append(cn.c.Placement().Nodes(), lost))
 		cn.resyncBackups("member lost", func(user, _ string) bool {
 			p, b := was.PrimaryBackup(user)
 			return p == lost || b == lost
@@ -828,6 +844,80 @@ func (cn *clusterNode) startAdopt(lost string) {
 // resyncDelay is how long after a takeover the new backups get their
 // copies; well under failure detection (2–3 s).
 const resyncDelay = time.Second
+
+// defaultSweepDelay is how long membership must stay unchanged before
+// this node drops what it holds of users it neither serves nor backs up.
+const defaultSweepDelay = 10 * time.Second
+
+// scheduleSweep runs sweepStale once membership has been quiet for
+// sweepDelay.
+func (cn *clusterNode) scheduleSweep() {
+	cn.changes.Add(1)
+	if !cn.sweeping.CompareAndSwap(false, true) {
+		return
+	}
+	cn.spawn(func() {
+		defer cn.sweeping.Store(false)
+		for {
+			seen := cn.changes.Load()
+			if !cn.pause(time.Duration(cn.sweepDelay.Load())) {
+				return
+			}
+			if cn.changes.Load() == seen {
+				cn.sweepStale()
+				return
+			}
+		}
+	})
+}
+
+// sweepStale drops the queues, sessions and offline messages this node
+// holds of users it is neither primary nor backup of: copies from a time
+// it was their backup. Kept, they would be served as they are should it
+// become their backup, then their primary, again without a full copy in
+// between for each device (a device gone meanwhile is in no copy).
+func (cn *clusterNode) sweepStale() {
+	cn.resyncMu.Lock()
+	defer cn.resyncMu.Unlock()
+	if cn.syncing.Load() {
+		return
+	}
+	self := cn.c.Name()
+	theirs := func(user string) bool {
+		p, b := cn.c.Placement().PrimaryBackup(user)
+		return p != "" && p != self && b != self
+	}
+	cn.mu.Lock()
+	sessions := 0
+	for dev := range cn.replicas {
+		if theirs(userOf(dev)) {
+			delete(cn.replicas, dev)
+			sessions++
+		}
+	}
+	cn.mu.Unlock()
+	var waits []func() error
+	for _, d := range cn.n.queue.Devices() {
+		if theirs(userOf(d.Device)) {
+			waits = append(waits, cn.n.queue.DropAsync(d.Device))
+		}
+	}
+	queues := len(waits)
+	for _, u := range cn.localUsers(theirs) {
+		if n, err := cn.n.queue.CountOffline(u); err == nil && n > 0 {
+			waits = append(waits, cn.n.queue.TrimOfflineAsync(u, ^uint64(0)))
+		}
+	}
+	for _, w := range waits {
+		if err := w(); err != nil {
+			cn.log.Error("cluster: stale copy not dropped", "err", err)
+		}
+	}
+	if sessions+len(waits) > 0 {
+		cn.log.Info("cluster: dropped copies of users this node no longer backs up", "sessions", sessions,
+			"queues", queues, "offline", len(waits)-queues)
+	}
+}
 
 // Resync: records for peer were dropped (replication backpressure); the
 // users it backs up get their whole state again (cluster.Resyncer).
@@ -843,6 +933,11 @@ func (cn *clusterNode) Resync(peer string) {
 func (cn *clusterNode) resyncBackups(why string, pick func(user, backup string) bool) {
 	cn.resyncMu.Lock()
 	defer cn.resyncMu.Unlock()
+	if cn.syncing.Load() {
+		// What this node holds is not settled yet: its own store may be
+		// stale. The resync at the end of the sync covers every user.
+		return
+	}
 	start := time.Now()
 	self := cn.c.Name()
 	place := cn.c.Placement()

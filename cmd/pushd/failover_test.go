@@ -18,15 +18,15 @@ import (
 // 127.0.0.1, each with its own c2s and component listeners.
 func clusterOf(t testing.TB, count int, mutate func(i int, c *fileConfig)) []*testNode {
 	t.Helper()
-	ports := peertest.FreePorts(t, 2*count)
 	var nodes []*testNode
 	for i := range count {
 		nodes = append(nodes, startTestNode(t, func(c *fileConfig) {
+			ports := peertest.FreePorts(t, 2)
 			c.Cluster.NodeName = fmt.Sprintf("n%d", i+1)
-			c.Cluster.Bind = peertest.Loopback(ports[2*i])
-			c.Cluster.Replication = peertest.Loopback(ports[2*i+1])
+			c.Cluster.Bind = peertest.Loopback(ports[0])
+			c.Cluster.Replication = peertest.Loopback(ports[1])
 			if i > 0 {
-				c.Cluster.Join = []string{peertest.Loopback(ports[0])}
+				c.Cluster.Join = []string{nodes[0].cfg.Cluster.Bind}
 			}
 			c.Cluster.SecretKey = "MDEyMzQ1Njc4OWFiY2RlZg==" // 16 bytes
 			if mutate != nil {

@@ -37,15 +37,20 @@ func startTestNode(t testing.TB, mutate func(*fileConfig)) *testNode {
 // (at debug level) to logs, for tests that scan it.
 func startTestNodeLogging(t testing.TB, logs io.Writer, mutate func(*fileConfig)) *testNode {
 	t.Helper()
-	cfg := defaultFileConfig()
-	cfg.DataDir = t.TempDir()
-	ports := peertest.FreePorts(t, 3)
-	cfg.C2S.Listen = peertest.Loopback(ports[0])
-	cfg.Component.Listen = peertest.Loopback(ports[1])
-	cfg.Admin.Listen = peertest.Loopback(ports[2])
-	if mutate != nil {
-		mutate(&cfg)
+	dir := t.TempDir()
+	config := func() fileConfig {
+		cfg := defaultFileConfig()
+		cfg.DataDir = dir
+		ports := peertest.FreePorts(t, 3)
+		cfg.C2S.Listen = peertest.Loopback(ports[0])
+		cfg.Component.Listen = peertest.Loopback(ports[1])
+		cfg.Admin.Listen = peertest.Loopback(ports[2])
+		if mutate != nil {
+			mutate(&cfg)
+		}
+		return cfg
 	}
+	cfg := config()
 	tl := &testLog{t: t}
 	// Registered first, so it runs last: once the node is stopped, late
 	// lines (memberlist's goroutines wind down on their own) are dropped.
@@ -57,6 +62,13 @@ func startTestNodeLogging(t testing.TB, logs io.Writer, mutate func(*fileConfig)
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	n, err := startNode(cfg, log)
+	// A port found free may be taken before the node binds it (other
+	// tests, outgoing connections): try again with others. mutate picks
+	// its own ports afresh each time it is called.
+	for try := 0; err != nil && strings.Contains(err.Error(), "address already in use") && try < 4; try++ {
+		cfg = config()
+		n, err = startNode(cfg, log)
+	}
 	if err != nil {
 		t.Fatalf("start node: %v", err)
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"pushd/cluster"
+	"pushd/internal/peertest"
 	"pushd/internal/stanza"
 	"pushd/internal/xmpptest"
 )
@@ -191,4 +193,66 @@ func TestReturningNodeForgetsWhatWasServedMeanwhile(t *testing.T) {
 	if el.Is(stanza.NSClient, "message") {
 		t.Fatalf("alice got %q again after her primary returned", el.ChildText(stanza.NSClient, "body"))
 	}
+}
+
+// H2 when the backup role moves on: a node that no longer backs a user up
+// drops its copy of her (once membership has been quiet a moment). Kept,
+// it would be served as it is should the role come back to it and her
+// primary fail before a full copy covered every device: a device that
+// logged out meanwhile is in no copy and would come back to life.
+func TestStaleBackupCopyDropped(t *testing.T) {
+	nodes := clusterOf(t, 3, func(_ int, c *fileConfig) {
+		c.Component.Accept = append(c.Component.Accept, componentAccept{Domain: failoverApp, Secret: appSecret})
+	})
+	// A user whose backup among n1–n3 is not her backup once n4 joins.
+	three := cluster.NewPlacement([]string{"n1", "n2", "n3"})
+	four := cluster.NewPlacement([]string{"n1", "n2", "n3", "n4"})
+	var name string
+	for i := 0; name == ""; i++ {
+		u := "alice" + strconv.Itoa(i)
+		p3, b3 := three.PrimaryBackup(u + "@localhost")
+		if p4, b4 := four.PrimaryBackup(u + "@localhost"); p4 == p3 && b4 == "n4" && b3 != "n4" {
+			name = u
+		}
+	}
+	alice := nodes[0].addUser(name, alicePW)
+	p, b := three.PrimaryBackup(alice)
+	fc := failoverCast{alice: alice, P: byName(nodes, p), B: byName(nodes, b)}
+	fc.bob, fc.bobHome = addBobAwayFrom(nodes)
+	for _, n := range nodes {
+		waitFor(t, "accounts on "+n.cluster.c.Name(), 10*time.Second, func() bool {
+			_, err := n.db.Accounts().Credentials(mustJID(t, fc.bob))
+			return err == nil
+		})
+	}
+	old := fc.B
+	old.cluster.sweepDelay.Store(int64(200 * time.Millisecond))
+
+	a := xmpptest.Login(t, fc.P.c2s(), "localhost", name, alicePW, "phone")
+	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+	a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	fc.hibernate(t, a)
+	d := fc.desk(t)
+	d.Send(fmt.Sprintf(`<message to='%s/phone' type='chat'><body>m1</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice))
+	d.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "1" })
+	dev := alice + "/phone"
+	held := func(n *testNode) (int, bool) {
+		count, _ := n.queue.Stats(dev)
+		n.cluster.mu.Lock()
+		_, session := n.cluster.replicas[dev]
+		n.cluster.mu.Unlock()
+		return count, session
+	}
+	waitFor(t, "her copy on her backup", 10*time.Second, func() bool { c, s := held(old); return c > 0 && s })
+
+	n4 := startTestNode(t, func(c *fileConfig) {
+		ports := peertest.FreePorts(t, 2)
+		c.Cluster.NodeName = "n4"
+		c.Cluster.Bind = peertest.Loopback(ports[0])
+		c.Cluster.Replication = peertest.Loopback(ports[1])
+		c.Cluster.Join = []string{nodes[0].cfg.Cluster.Bind}
+		c.Cluster.SecretKey = nodes[0].cfg.Cluster.SecretKey
+	})
+	waitFor(t, "her copy on n4, her new backup", 30*time.Second, func() bool { c, s := held(n4); return c > 0 && s })
+	waitFor(t, "her old backup's copy dropped", 30*time.Second, func() bool { c, s := held(old); return c == 0 && !s })
 }

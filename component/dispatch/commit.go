@@ -61,18 +61,23 @@ func newCommitter(db *badger.DB, cfg *Config) *committer {
 }
 
 // do hands op to the committer and waits for its commit.
-func (c *committer) do(op *writeOp) error { return c.start(op)() }
+func (c *committer) do(op *writeOp) error {
+	if !c.start(op) {
+		return ErrClosed
+	}
+	return c.wait(op)
+}
 
-// start hands op to the committer; the returned wait returns once op is
-// committed. Ops commit in the order they were started.
-func (c *committer) start(op *writeOp) (wait func() error) {
+// start hands op to the committer (false: it has stopped); wait(op) then
+// returns once op is committed. Ops commit in the order they were started.
+func (c *committer) start(op *writeOp) bool {
 	op.errc = make(chan error, 1)
 	select {
 	case c.ops <- op:
+		return true
 	case <-c.done:
-		return func() error { return ErrClosed }
+		return false
 	}
-	return func() error { return c.wait(op) }
 }
 
 func (c *committer) wait(op *writeOp) error {

@@ -224,8 +224,9 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 		d.refused(err)
 		return tid, err
 	}
-	committed := d.store.start(&writeOp{kind: opNew, tid: tid, val: encodePush(push), fresh: fresh})
-	if fresh {
+	op := &writeOp{kind: opNew, tid: tid, val: encodePush(push), fresh: fresh}
+	started := d.store.start(op)
+	if started && fresh {
 		// A push whose tracking id Submit made up goes to its worker while
 		// its record commits: the commit is off the push's path, and P5
 		// holds. The record is queued to the committer before any write
@@ -236,8 +237,12 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 		// among the answered ones.
 		d.route(l, push)
 	}
-	if err := committed(); err != nil {
-		if fresh {
+	err = ErrClosed
+	if started {
+		err = d.store.wait(op)
+	}
+	if err != nil {
+		if started && fresh {
 			// Already routed: the push ends through its worker, which
 			// does the bookkeeping; only this caller hears of the failure.
 			d.log.Error("dispatch: push sent without its record", "tid", tid, "err", err)
