@@ -25,10 +25,7 @@ func (st *stream) answerAckRequest() {
 		st.mu.Unlock()
 		return
 	}
-	h := st.inCount
-	waits := st.durable
-	st.durable = nil
-	prev := st.ackDone
+	h, waits, prev := st.takePendingLocked()
 	tell := st.srv.cfg.Cluster != nil && st.resumeID != "" && h != st.handled
 	if !tell && len(waits) == 0 && (prev == nil || isClosed(prev)) {
 		st.ackDone = nil
@@ -41,31 +38,13 @@ func (st *stream) answerAckRequest() {
 	st.mu.Unlock()
 	go func() {
 		defer close(done)
-		if prev != nil {
-			<-prev
-		}
-		fail := func(err error) {
+		if err := st.confirm(prev, waits, h, tell); err != nil {
 			// Not durable: the stanza must not be acknowledged. The
 			// stream ends, and cannot be resumed; the client resends what
 			// was not acked.
 			st.srv.log.Error("write before acknowledgement failed", "err", err)
-			st.setWriteErr(err)
 			st.close(&StreamError{Condition: "internal-server-error"})
-		}
-		for _, w := range waits {
-			if err := w(); err != nil {
-				fail(err)
-				return
-			}
-		}
-		// Only now: the backup may report h once what it covers is safe.
-		if tell {
-			if w := st.srv.replicateHandled(st, h); w != nil {
-				if err := w(); err != nil {
-					fail(err)
-					return
-				}
-			}
+			return
 		}
 		st.sendAck(h)
 	}()
@@ -76,18 +55,10 @@ func (st *stream) answerAckRequest() {
 // some never will be: no count may cover them.
 func (st *stream) settle() error {
 	st.mu.Lock()
-	waits := st.durable
-	st.durable = nil
-	prev := st.ackDone
+	_, waits, prev := st.takePendingLocked()
 	st.mu.Unlock()
-	if prev != nil {
-		<-prev
-	}
-	for _, w := range waits {
-		if err := w(); err != nil {
-			st.setWriteErr(err)
-			return err
-		}
+	if err := st.confirm(prev, waits, 0, false); err != nil {
+		return err
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -101,31 +72,49 @@ func (st *stream) settle() error {
 // waits for it (settle follows the ackDone chain).
 func (st *stream) settleDetached() {
 	st.mu.Lock()
-	h := st.inCount
-	waits := st.durable
-	st.durable = nil
-	prev := st.ackDone
+	h, waits, prev := st.takePendingLocked()
 	done := make(chan struct{})
 	st.ackDone = done
 	st.mu.Unlock()
 	go func() {
 		defer close(done)
-		if prev != nil {
-			<-prev
+		if err := st.confirm(prev, waits, h, true); err != nil {
+			st.srv.log.Error("write of a dropped client's stanza failed", "err", err)
 		}
-		for _, w := range waits {
-			if err := w(); err != nil {
-				st.srv.log.Error("write of a dropped client's stanza failed", "err", err)
-				st.setWriteErr(err)
-				return
-			}
+	}()
+}
+
+// confirm waits for the link before it in the ackDone chain (prev) and
+// for waits; then, with tell, lets the backup report h, since all it
+// covers is safe. A failure is recorded on the stream (writeErr).
+func (st *stream) confirm(prev chan struct{}, waits []func() error, h uint32, tell bool) error {
+	if prev != nil {
+		<-prev
+	}
+	for _, w := range waits {
+		if err := w(); err != nil {
+			st.setWriteErr(err)
+			return err
 		}
+	}
+	if tell {
 		if w := st.srv.replicateHandled(st, h); w != nil {
 			if err := w(); err != nil {
 				st.setWriteErr(err)
+				return err
 			}
 		}
-	}()
+	}
+	return nil
+}
+
+// takePendingLocked takes the client's count, the writes its stanzas
+// caused since they were last taken, and the last link of the ackDone
+// chain. st.mu is held.
+func (st *stream) takePendingLocked() (h uint32, waits []func() error, prev chan struct{}) {
+	h, waits, prev = st.inCount, st.durable, st.ackDone
+	st.durable = nil
+	return h, waits, prev
 }
 
 // setWriteErr records that a write a client stanza caused failed.
