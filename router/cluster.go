@@ -408,9 +408,13 @@ func (s *Server) Release(mine func(device string) bool, redirect string) []Hando
 	return out
 }
 
-// resyncChunk bounds how many devices Resync handles per hold of the
-// router's lock, so that routing goes on between chunks.
-const resyncChunk = 128
+// resyncChunk and resyncEntries bound how many devices, and how many
+// queued entries, Resync copies per hold of the router's lock, so that
+// routing goes on between chunks.
+const (
+	resyncChunk   = 128
+	resyncEntries = 4096
+)
 
 // Resync hands send, for each device among devices and the streams mine
 // selects, its whole replicated state: the session (when it can be
@@ -435,7 +439,6 @@ func (s *Server) Resync(devices []string, mine func(device string) bool, send fu
 	var waits []func() error
 	for len(devices) > 0 {
 		chunk := devices[:min(resyncChunk, len(devices))]
-		devices = devices[len(chunk):]
 		s.mu.Lock()
 		streams := make(map[string]*stream, len(chunk))
 		for _, dev := range chunk {
@@ -446,17 +449,25 @@ func (s *Server) Resync(devices []string, mine func(device string) bool, send fu
 				streams[st.from] = st
 			}
 		}
+		done, entries := 0, 0
 		for _, dev := range chunk {
-			waits = append(waits, s.resyncLocked(dev, streams[dev], send))
+			w, n := s.resyncLocked(dev, streams[dev], send)
+			waits = append(waits, w)
+			done++
+			if entries += n; entries >= resyncEntries {
+				break
+			}
 		}
 		s.mu.Unlock()
+		devices = devices[done:]
 	}
 	return waits
 }
 
-// resyncLocked is one device of Resync; s.mu is held.
-// st is the device's resumable stream, if any.
-func (s *Server) resyncLocked(dev string, st *stream, send func(Handover) func() error) func() error {
+// resyncLocked is one device of Resync; s.mu is held. st is the device's
+// resumable stream, if any. It returns the send's wait and how many
+// entries it copied.
+func (s *Server) resyncLocked(dev string, st *stream, send func(Handover) func() error) (wait func() error, entries int) {
 	h := Handover{Session: SessionState{Device: dev}}
 	if err := s.queue.Read(dev, 0, func(e jsm.Entry) error {
 		h.Entries = append(h.Entries, e)
@@ -465,7 +476,7 @@ func (s *Server) resyncLocked(dev string, st *stream, send func(Handover) func()
 		s.log.Error("queue read failed", "err", err)
 	}
 	if st == nil {
-		return send(h)
+		return send(h), len(h.Entries)
 	}
 	// Session records of a stream go out in the order their state was
 	// taken (recMu); this one too.
@@ -474,7 +485,7 @@ func (s *Server) resyncLocked(dev string, st *stream, send func(Handover) func()
 	if !st.ended {
 		h.Session = st.session()
 	}
-	return send(h)
+	return send(h), len(h.Entries)
 }
 
 // ResyncOffline is Resync for users' offline stores: send gets each
