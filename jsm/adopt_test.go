@@ -114,3 +114,39 @@ func adoptingMachine() (*Machine, time.Time, Registration) {
 	m.Step(now, ComponentUp{Domain: "push.localhost"})
 	return m, now, Registration{AppServer: jid.MustParse("push.localhost"), Node: "n1"}
 }
+
+// H2/M10 after a takeover: the offline messages replicated here count as
+// if stored here. A full store refuses more (resource-constraint, never a
+// silent drop), and a login fetches what is there.
+func TestAdoptOfflineCounts(t *testing.T) {
+	m, now, _ := adoptingMachine()
+	m.Step(now, Adopt{Offline: map[string]int{"alice@localhost": DefaultConfig().MaxOffline}})
+	m.Step(now, Bound{Stream: 1, JID: jid.MustParse("bob@localhost/desk")})
+	msg := stanza.New(stanza.NSClient, "message", "to", "alice@localhost", "type", "chat", "from", "bob@localhost/desk").
+		Add(stanza.New(stanza.NSClient, "body").AddText("one too many"))
+	var stored, bounced bool
+	for _, a := range m.Step(now, StanzaIn{Stream: 1, Stanza: msg}) {
+		switch a := a.(type) {
+		case StoreOffline:
+			stored = true
+		case Deliver:
+			bounced = a.Stream == 1 && a.Entry.Stanza.Get("type") == "error"
+		}
+	}
+	if stored || !bounced {
+		t.Fatalf("message to a full replicated offline store: stored %v, bounced %v", stored, bounced)
+	}
+
+	m, now, _ = adoptingMachine()
+	m.Step(now, Adopt{Offline: map[string]int{"alice@localhost": 2}})
+	m.Step(now, Bound{Stream: 2, JID: jid.MustParse("alice@localhost/phone")})
+	var flush bool
+	for _, a := range m.Step(now, StanzaIn{Stream: 2, Stanza: stanza.New(stanza.NSClient, "presence", "from", "alice@localhost/phone")}) {
+		if f, ok := a.(FlushOffline); ok && f.Stream == 2 {
+			flush = true
+		}
+	}
+	if !flush {
+		t.Fatal("login after a takeover does not fetch the replicated offline messages")
+	}
+}

@@ -179,10 +179,11 @@ type Adopt struct {
 	// failed primary had pushed for (Pushed): they trigger notifications
 	// here.
 	Unpushed map[string][]Entry
-	// Offline are the users (bare JID strings) whose offline store may
-	// hold messages replicated here while another node served them: jsm
-	// asks the store at their next login.
-	Offline []string
+	// Offline counts the messages in the offline store of each user (by
+	// bare JID string) this node serves from now on, replicated here
+	// while another node served them (-1: unknown, a login asks the
+	// store).
+	Offline map[string]int
 }
 
 // Release: another node serves these devices now (their user's primary

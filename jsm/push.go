@@ -609,10 +609,10 @@ func (m *Machine) stepAdopt(e Adopt) {
 		}
 	}
 	m.startRestored()
-	for _, bare := range e.Offline {
+	for bare, n := range e.Offline {
 		if j, err := jid.Parse(bare); err == nil {
 			if u := m.user(j); u != nil {
-				u.offlineUnknown = true
+				u.offline, u.offlineUnknown = max(n, 0), n < 0
 			}
 		}
 	}

@@ -110,6 +110,30 @@ func (s *Store) ReadOffline(user string) ([]jsm.Entry, error) {
 	return out, nil
 }
 
+// OfflineCounts returns how many offline messages each user that has some
+// holds, by bare JID string: one scan of the keys.
+func (s *Store) OfflineCounts() (map[string]int, error) {
+	counts := map[string]int{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.PrefetchValues = false
+		opt.Prefix = []byte{store.SpaceOffline}
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			// o <bare JID> 0x00 <seq>
+			if k := it.Item().Key(); len(k) > 1+1+8 {
+				counts[string(k[1:len(k)-9])]++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: offline counts: %w", err)
+	}
+	return counts, nil
+}
+
 // Offline sequence numbers are taken from the clock and kept increasing,
 // so that a replica can store a message under the primary's number (the
 // same message applied twice is stored once) and a node that takes over

@@ -37,6 +37,11 @@ func TestOfflineReplica(t *testing.T) {
 		t.Errorf("own number %d not after the replicated %d", seq, far+2)
 	}
 	must(t, s.TrimOfflineAsync(u, far+1)())
+	must(t, s.StoreOffline("v@example.test", msg(9, "other").Stanza))
+	if counts, err := s.OfflineCounts(); err != nil || counts[u] != 2 || counts["v@example.test"] != 1 || len(counts) != 2 {
+		t.Errorf("OfflineCounts = %v, %v; want %s 2, v 1", counts, err, u)
+	}
+	must(t, s.DropOffline("v@example.test"))
 	msgs, through, err := s.TakeOffline(u)
 	must(t, err)
 	if len(msgs) != 2 || through != seq {

@@ -239,9 +239,9 @@ func (s *Server) StepForwardedAsync(el *stanza.Element, size int) (wait func() e
 // replicated) and its registrations, so pushes go on from here; a session
 // with a resumption id can be resumed here with its counters (H4).
 // registrations adds push registrations of devices without a session (a
-// node's own store at start); offline are the users whose offline store
-// may hold replicated messages (jsm.Adopt).
-func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInfo, registrations map[string][]jsm.Registration, offline []string) {
+// node's own store at start); offline counts the offline messages of the
+// users it now serves (jsm.Adopt).
+func (s *Server) Adopt(sessions []AdoptedSession, queues map[string]jsm.QueueInfo, registrations map[string][]jsm.Registration, offline map[string]int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ev := jsm.Adopt{Queues: queues, Registrations: map[string][]jsm.Registration{}, Streams: map[string]jsm.StreamID{},

@@ -1129,13 +1129,24 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 		}
 	}
 	// The users this node serves from now on may have offline messages
-	// replicated here.
+	// replicated here: jsm learns how many (its bound, M10, and whether a
+	// login must fetch them).
 	cn.settledMu.Lock()
 	before := cn.settled
 	cn.settledMu.Unlock()
-	offline := cn.localUsers(func(user string) bool {
+	counts, err := cn.n.queue.OfflineCounts()
+	if err != nil {
+		cn.log.Error("cluster: counting offline messages", "err", err)
+	}
+	offline := map[string]int{}
+	for _, user := range cn.localUsers(func(user string) bool {
 		return place.Primary(user) == self && (before == nil || before.Primary(user) != self)
-	})
+	}) {
+		offline[user] = counts[user]
+		if err != nil {
+			offline[user] = -1 // unknown: the next login asks the store
+		}
+	}
 	settled := func(*cluster.Placement) *cluster.Placement { return place }
 	if len(devices) == 0 && len(offline) == 0 {
 		cn.settle(settled)
