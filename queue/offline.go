@@ -114,24 +114,28 @@ func (s *Store) ReadOffline(user string) ([]jsm.Entry, error) {
 // holds, by bare JID string: one scan of the keys.
 func (s *Store) OfflineCounts() (map[string]int, error) {
 	counts := map[string]int{}
-	err := s.db.View(func(txn *badger.Txn) error {
+	if err := s.eachOfflineKey(func(user string, _ uint64) { counts[user]++ }); err != nil {
+		return nil, fmt.Errorf("queue: offline counts: %w", err)
+	}
+	return counts, nil
+}
+
+// eachOfflineKey calls fn with the user and number of every offline
+// message (o <bare JID> 0x00 <seq>), keys only.
+func (s *Store) eachOfflineKey(fn func(user string, seq uint64)) error {
+	return s.db.View(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
 		opt.PrefetchValues = false
 		opt.Prefix = []byte{store.SpaceOffline}
 		it := txn.NewIterator(opt)
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			// o <bare JID> 0x00 <seq>
 			if k := it.Item().Key(); len(k) > 1+1+8 {
-				counts[string(k[1:len(k)-9])]++
+				fn(string(k[1:len(k)-9]), binary.BigEndian.Uint64(k[len(k)-8:]))
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("queue: offline counts: %w", err)
-	}
-	return counts, nil
 }
 
 // Offline sequence numbers are taken from the clock and kept increasing,
@@ -161,20 +165,7 @@ func (s *Store) seenOfflineSeq(seq uint64) {
 // loadOfflineSeq makes the next offline sequence number follow every one
 // stored.
 func (s *Store) loadOfflineSeq() error {
-	return s.db.View(func(txn *badger.Txn) error {
-		opt := badger.DefaultIteratorOptions
-		opt.PrefetchValues = false
-		opt.Prefix = []byte{store.SpaceOffline}
-		it := txn.NewIterator(opt)
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if len(k) >= 9 {
-				s.seenOfflineSeq(binary.BigEndian.Uint64(k[len(k)-8:]))
-			}
-		}
-		return nil
-	})
+	return s.eachOfflineKey(func(_ string, seq uint64) { s.seenOfflineSeq(seq) })
 }
 
 // DropOffline deletes user's offline messages (the account was deleted).
