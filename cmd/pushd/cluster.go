@@ -317,6 +317,9 @@ func (cn *clusterNode) stop() {
 	}
 	cn.bgMu.Unlock()
 	defer cn.bg.Wait()
+	if cn.c == nil {
+		return // join failed: only the background work to end
+	}
 	_ = cn.c.Leave()
 	_ = cn.c.Shutdown()
 }

@@ -186,6 +186,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 			n.cluster.sync(len(cfg.Cluster.Join) > 0)
 		}
 		if err != nil {
+			n.cluster.stop()
 			n.cluster = nil
 			n.close()
 			return nil, err
