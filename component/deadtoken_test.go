@@ -32,12 +32,7 @@ type deadEnv struct {
 
 func newDeadEnv(t *testing.T) *deadEnv {
 	t.Helper()
-	prov, srv, err := apnstest.NewTokenProvider(apnstest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	t.Cleanup(prov.Close)
+	prov, srv := apnstest.NewTokenProvider(t, apnstest.Options{})
 	db := testDB(t)
 	reg, err := OpenRegistry(db, nil)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"pushd/internal/stanza"
+	"pushd/internal/store"
 )
 
 // Stored values are one format byte and the stanza as it goes on a
@@ -64,6 +65,15 @@ func seqKey(prefix []byte, seq uint64) []byte {
 	copy(k, prefix)
 	binary.BigEndian.PutUint64(k[len(prefix):], seq)
 	return k
+}
+
+// splitKey reads a key of the queue or offline space: space byte, the
+// device or user, Sep, Seq.
+func splitKey(k []byte) (part string, seq uint64, ok bool) {
+	if len(k) < 1+1+8 || k[len(k)-9] != store.Sep {
+		return "", 0, false
+	}
+	return string(k[1 : len(k)-9]), binary.BigEndian.Uint64(k[len(k)-8:]), true
 }
 
 func keySeq(k []byte, prefixLen int) (uint64, bool) {

@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -82,30 +81,12 @@ func (s *Store) TakeOffline(user string) (msgs []*stanza.Element, through uint64
 func (s *Store) ReadOffline(user string) ([]jsm.Entry, error) {
 	s.settled(user)
 	var out []jsm.Entry
-	prefix := store.Prefix(store.SpaceOffline, user)
-	err := s.db.View(func(txn *badger.Txn) error {
-		opt := badger.DefaultIteratorOptions
-		opt.Prefix = prefix
-		it := txn.NewIterator(opt)
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			seq, ok := keySeq(it.Item().Key(), len(prefix))
-			if !ok {
-				return errors.New("corrupt offline key")
-			}
-			var el *stanza.Element
-			if err := it.Item().Value(func(v []byte) (err error) {
-				el, err = decode(v)
-				return err
-			}); err != nil {
-				return fmt.Errorf("offline %d: %w", seq, err)
-			}
-			out = append(out, jsm.Entry{Seq: seq, Stanza: el})
-		}
+	err := s.readPrefix(store.Prefix(store.SpaceOffline, user), 0, func(e jsm.Entry) error {
+		out = append(out, e)
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("queue: read offline: %w", err)
+		return nil, err
 	}
 	return out, nil
 }
@@ -121,7 +102,7 @@ func (s *Store) OfflineCounts() (map[string]int, error) {
 }
 
 // eachOfflineKey calls fn with the user and number of every offline
-// message (o <bare JID> 0x00 <seq>), keys only.
+// message, keys only.
 func (s *Store) eachOfflineKey(fn func(user string, seq uint64)) error {
 	return s.db.View(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
@@ -130,9 +111,11 @@ func (s *Store) eachOfflineKey(fn func(user string, seq uint64)) error {
 		it := txn.NewIterator(opt)
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			if k := it.Item().Key(); len(k) > 1+1+8 {
-				fn(string(k[1:len(k)-9]), binary.BigEndian.Uint64(k[len(k)-8:]))
+			user, seq, ok := splitKey(it.Item().Key())
+			if !ok {
+				return errors.New("corrupt offline key")
 			}
+			fn(user, seq)
 		}
 		return nil
 	})

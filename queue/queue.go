@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -276,8 +275,15 @@ func wrapWait(what string, w func() error) func() error {
 // runs outside any database transaction and may call the Store.
 func (s *Store) Read(device string, from uint64, fn func(jsm.Entry) error) error {
 	s.settled(device)
+	return s.readPrefix(store.Prefix(store.SpaceQueue, device), from, fn)
+}
+
+// readPrefix calls fn with the entries stored under prefix (a device's
+// queue or a user's offline store) of Seq >= from, in Seq order, a chunk
+// per transaction, until they end or fn returns an error (returned as it
+// is).
+func (s *Store) readPrefix(prefix []byte, from uint64, fn func(jsm.Entry) error) error {
 	const chunk = 256
-	prefix := store.Prefix(store.SpaceQueue, device)
 	for {
 		var batch []jsm.Entry
 		err := s.db.View(func(txn *badger.Txn) error {
@@ -290,7 +296,7 @@ func (s *Store) Read(device string, from uint64, fn func(jsm.Entry) error) error
 				item := it.Item()
 				seq, ok := keySeq(item.Key(), len(prefix))
 				if !ok {
-					return errors.New("corrupt queue key")
+					return errors.New("corrupt key")
 				}
 				var el *stanza.Element
 				if err := item.Value(func(v []byte) (err error) {
@@ -377,11 +383,10 @@ func (s *Store) loadIndex(prefix []byte) error {
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			item := it.Item()
-			k := item.Key()
-			if len(k) < 1+1+8 || k[len(k)-9] != store.Sep {
+			dev, seq, ok := splitKey(item.Key())
+			if !ok {
 				return errors.New("corrupt queue key")
 			}
-			dev := string(k[1 : len(k)-9])
 			d := fresh[dev]
 			if d == nil {
 				d = &devQueue{}
@@ -389,7 +394,7 @@ func (s *Store) loadIndex(prefix []byte) error {
 			}
 			size := item.ValueSize()
 			d.entries = append(d.entries, meta{
-				seq:      binary.BigEndian.Uint64(k[len(k)-8:]),
+				seq:      seq,
 				size:     size,
 				presence: item.UserMeta()&metaPresence != 0,
 			})

@@ -489,22 +489,28 @@ func (s *Server) resyncLocked(dev string, st *stream, send func(Handover) func()
 }
 
 // ResyncOffline is Resync for users' offline stores: send gets each
-// user's offline messages, under the router's lock.
+// user's offline messages, under the router's lock, in chunks bounded as
+// Resync's.
 func (s *Server) ResyncOffline(users []string, send func(user string, msgs []jsm.Entry) (wait func() error)) []func() error {
 	var waits []func() error
 	for len(users) > 0 {
 		chunk := users[:min(resyncChunk, len(users))]
-		users = users[len(chunk):]
 		s.mu.Lock()
+		done, entries := 0, 0
 		for _, u := range chunk {
+			done++
 			msgs, err := s.queue.ReadOffline(u)
 			if err != nil {
 				s.log.Error("offline read failed", "err", err)
 				continue
 			}
 			waits = append(waits, send(u, msgs))
+			if entries += len(msgs); entries >= resyncEntries {
+				break
+			}
 		}
 		s.mu.Unlock()
+		users = users[done:]
 	}
 	return waits
 }

@@ -94,10 +94,7 @@ func clusterConfig(cfg fileConfig, adminAddr string, log *slog.Logger, reg prome
 		}
 		cc.SecretKey = k
 	}
-	cc.Meta.C2SAddr = cs.C2SAdvertise
-	if cc.Meta.C2SAddr == "" {
-		cc.Meta.C2SAddr = cfg.C2S.Listen
-	}
+	cc.Meta.C2SAddr = c2sAdvertised(cfg)
 	cc.Meta.AdminAddr = adminAddr
 	cc.Meta.Build = version
 	return cc, nil
@@ -119,10 +116,10 @@ type clusterNode struct {
 
 	// resyncMu: one resyncBackups (or sweepStale) at a time.
 	resyncMu sync.Mutex
-	// changes counts membership changes; a sweep is pending while
-	// sweeping is set.
-	changes  atomic.Int64
-	sweeping atomic.Bool
+	// sweep runs sweepStale once membership has been quiet for
+	// sweepDelay; each change resets it.
+	sweepMu sync.Mutex
+	sweep   *time.Timer
 	// sweepDelay (nanoseconds): defaultSweepDelay; tests shorten it.
 	sweepDelay atomic.Int64
 	// bg counts the goroutines spawn started; none starts once stopping.
@@ -580,24 +577,37 @@ func parseStanza(b []byte) (*stanza.Element, error) {
 	return r.Next()
 }
 
-func (cn *clusterNode) ApplyQueueAppend(_ string, r cluster.QueueAppend) error {
-	entries, err := decodeEntries(r.Entries)
+// The queue, offline and stanza records are applied by ApplyAsync (the
+// replicator uses it); their Applier methods wait for it.
+
+func (cn *clusterNode) ApplyQueueAppend(from string, r cluster.QueueAppend) error {
+	return cn.applyNow(from, r)
+}
+func (cn *clusterNode) ApplyQueueTrim(from string, r cluster.QueueTrim) error {
+	return cn.applyNow(from, r)
+}
+func (cn *clusterNode) ApplyQueueRemove(from string, r cluster.QueueRemove) error {
+	return cn.applyNow(from, r)
+}
+func (cn *clusterNode) ApplyQueueDrop(from string, r cluster.QueueDrop) error {
+	return cn.applyNow(from, r)
+}
+func (cn *clusterNode) ApplyOfflineAdd(from string, r cluster.OfflineAdd) error {
+	return cn.applyNow(from, r)
+}
+func (cn *clusterNode) ApplyOfflineTrim(from string, r cluster.OfflineTrim) error {
+	return cn.applyNow(from, r)
+}
+func (cn *clusterNode) ApplyStanza(from string, r cluster.StanzaRecord) error {
+	return cn.applyNow(from, r)
+}
+
+func (cn *clusterNode) applyNow(from string, r cluster.Record) error {
+	w, err := cn.ApplyAsync(from, r)
 	if err != nil {
 		return err
 	}
-	return cn.n.queue.AppendAsync(r.Device, entries)()
-}
-
-func (cn *clusterNode) ApplyQueueTrim(_ string, r cluster.QueueTrim) error {
-	return cn.n.queue.TrimAsync(r.Device, r.Through)()
-}
-
-func (cn *clusterNode) ApplyQueueRemove(_ string, r cluster.QueueRemove) error {
-	return cn.n.queue.RemoveAsync(r.Device, r.Seqs)()
-}
-
-func (cn *clusterNode) ApplyQueueDrop(_ string, r cluster.QueueDrop) error {
-	return cn.n.queue.DropAsync(r.Device)()
+	return w()
 }
 
 func (cn *clusterNode) ApplySession(_ string, r cluster.SessionRecord) error {
@@ -642,31 +652,11 @@ func (cn *clusterNode) ApplyAccount(_ string, r cluster.AccountRecord) error {
 	return nil
 }
 
-func (cn *clusterNode) ApplyOfflineAdd(_ string, r cluster.OfflineAdd) error {
-	msgs, err := decodeEntries(r.Entries)
-	if err != nil {
-		return err
-	}
-	return cn.n.queue.PutOfflineAsync(r.User, msgs)()
-}
-
-func (cn *clusterNode) ApplyOfflineTrim(_ string, r cluster.OfflineTrim) error {
-	return cn.n.queue.TrimOfflineAsync(r.User, r.Through)()
-}
-
 func (cn *clusterNode) ApplyRegistry(_ string, r cluster.RegistryRecord) error {
 	if cn.n.push == nil {
 		return nil // no push component here: nothing to serve
 	}
 	return cn.n.push.registry.Import(r.Node, r.Data)
-}
-
-func (cn *clusterNode) ApplyStanza(from string, r cluster.StanzaRecord) error {
-	w, err := cn.ApplyAsync(from, r)
-	if err != nil {
-		return err
-	}
-	return w()
 }
 
 // ApplyAsync applies a peer's record at once and returns a wait for its
@@ -855,23 +845,15 @@ const defaultSweepDelay = 10 * time.Second
 // scheduleSweep runs sweepStale once membership has been quiet for
 // sweepDelay.
 func (cn *clusterNode) scheduleSweep() {
-	cn.changes.Add(1)
-	if !cn.sweeping.CompareAndSwap(false, true) {
+	cn.sweepMu.Lock()
+	defer cn.sweepMu.Unlock()
+	wait := time.Duration(cn.sweepDelay.Load())
+	if cn.sweep == nil {
+		// spawn runs nothing once the node stops.
+		cn.sweep = time.AfterFunc(wait, func() { cn.spawn(cn.sweepStale) })
 		return
 	}
-	cn.spawn(func() {
-		defer cn.sweeping.Store(false)
-		for {
-			seen := cn.changes.Load()
-			if !cn.pause(time.Duration(cn.sweepDelay.Load())) {
-				return
-			}
-			if cn.changes.Load() == seen {
-				cn.sweepStale()
-				return
-			}
-		}
-	})
+	cn.sweep.Reset(wait)
 }
 
 // sweepStale drops the queues, sessions and offline messages this node
@@ -906,8 +888,12 @@ func (cn *clusterNode) sweepStale() {
 		}
 	}
 	queues := len(waits)
-	for _, u := range cn.localUsers(theirs) {
-		if n, err := cn.n.queue.CountOffline(u); err == nil && n > 0 {
+	counts, err := cn.n.queue.OfflineCounts()
+	if err != nil {
+		cn.log.Error("cluster: counting offline messages", "err", err)
+	}
+	for u := range counts {
+		if theirs(u) {
 			waits = append(waits, cn.n.queue.TrimOfflineAsync(u, ^uint64(0)))
 		}
 	}
@@ -1102,14 +1088,18 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 				cn.forgetRegistrations(dev, regs)
 			}
 		}
+		var drops []func() error
 		for dev := range cn.disk.Queues {
 			switch {
 			case own(dev):
 				devices[dev] = true
 			case !devices[dev] && stale[userOf(dev)]:
-				if err := cn.n.queue.DropAsync(dev)(); err != nil {
-					cn.log.Error("cluster: stale queue not dropped", "err", err)
-				}
+				drops = append(drops, cn.n.queue.DropAsync(dev))
+			}
+		}
+		for _, w := range drops {
+			if err := w(); err != nil {
+				cn.log.Error("cluster: stale queue not dropped", "err", err)
 			}
 		}
 		for dev := range diskRegs {

@@ -21,14 +21,11 @@ func clusterOf(t testing.TB, count int, mutate func(i int, c *fileConfig)) []*te
 	var nodes []*testNode
 	for i := range count {
 		nodes = append(nodes, startTestNode(t, func(c *fileConfig) {
-			ports := peertest.FreePorts(t, 2)
-			c.Cluster.NodeName = fmt.Sprintf("n%d", i+1)
-			c.Cluster.Bind = peertest.Loopback(ports[0])
-			c.Cluster.Replication = peertest.Loopback(ports[1])
+			var join []*testNode
 			if i > 0 {
-				c.Cluster.Join = []string{nodes[0].cfg.Cluster.Bind}
+				join = nodes[:1]
 			}
-			c.Cluster.SecretKey = "MDEyMzQ1Njc4OWFiY2RlZg==" // 16 bytes
+			clusterMember(t, c, fmt.Sprintf("n%d", i+1), join...)
 			if mutate != nil {
 				mutate(i, c)
 			}
@@ -49,6 +46,31 @@ func clusterOf(t testing.TB, count int, mutate func(i int, c *fileConfig)) []*te
 		return true
 	})
 	return nodes
+}
+
+// clusterMember makes c the config of cluster member name on fresh ports
+// of 127.0.0.1, joining via join (none: the first member).
+func clusterMember(t testing.TB, c *fileConfig, name string, join ...*testNode) {
+	ports := peertest.FreePorts(t, 2)
+	c.Cluster.NodeName = name
+	c.Cluster.Bind = peertest.Loopback(ports[0])
+	c.Cluster.Replication = peertest.Loopback(ports[1])
+	for _, n := range join {
+		c.Cluster.Join = append(c.Cluster.Join, n.cfg.Cluster.Bind)
+	}
+	c.Cluster.SecretKey = "MDEyMzQ1Njc4OWFiY2RlZg==" // 16 bytes
+}
+
+// waitAccount waits until every node holds user's account (accounts are
+// copied to every member).
+func waitAccount(t testing.TB, nodes []*testNode, user string) {
+	t.Helper()
+	for _, n := range nodes {
+		waitFor(t, "the account on "+n.cluster.c.Name(), 10*time.Second, func() bool {
+			_, err := n.db.Accounts().Credentials(mustJID(t, user))
+			return err == nil
+		})
+	}
 }
 
 func byName(nodes []*testNode, name string) *testNode {
@@ -156,12 +178,7 @@ func newFailoverCast(t *testing.T, mutate func(c *fileConfig)) failoverCast {
 	primary, backup := nodes[0].cluster.c.Placement().PrimaryBackup(fc.alice)
 	fc.bob, fc.bobHome = addBobAwayFrom(nodes, primary, backup)
 	fc.P, fc.B = byName(nodes, primary), byName(nodes, backup)
-	for _, n := range nodes {
-		waitFor(t, "accounts on "+n.cluster.c.Name(), 10*time.Second, func() bool {
-			_, err := n.db.Accounts().Credentials(mustJID(t, fc.bob))
-			return err == nil
-		})
-	}
+	waitAccount(t, nodes, fc.bob)
 	return fc
 }
 
@@ -279,12 +296,7 @@ func TestFailoverOwnPush(t *testing.T) {
 		return len(d) == 1 && d[0].Detached && len(devs) == 1
 	})
 
-	check(t, P.cluster.c.Shutdown())
-	P.stopAbruptly()
-	waitFor(t, "the backup to take alice over", 30*time.Second, func() bool {
-		d := B.devices(t, alice)
-		return len(d) == 1 && d[0].Detached
-	})
+	failoverCast{alice: alice}.crash(t, P, B)
 	peertest.Slixmpp(t, "register.py", args(bobHome, bob, bobPW, "--mode", "send", "--to", alice, "--body", "after the crash")...)
 	reqs := apns.WaitRequests(1, 20*time.Second)
 	if len(reqs) != 1 || reqs[0].Token != tokAlice || reqs[0].Status != 200 {
@@ -331,12 +343,7 @@ func TestFailoverLiveSession(t *testing.T) {
 	a.Expect("alice's ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "2" })
 	b.ExpectBody("from alice")
 
-	check(t, P.cluster.c.Shutdown())
-	P.stopAbruptly()
-	waitFor(t, "the backup to take alice over", 30*time.Second, func() bool {
-		d := B.devices(t, alice)
-		return len(d) == 1 && d[0].Detached
-	})
+	fc.crash(t, P, B)
 	// Her registration came with her session: the backup pushes.
 	b.Send(fmt.Sprintf(`<message to='%s/phone' type='chat'><body>after</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice))
 	b.Expect("ack of 4", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "4" })

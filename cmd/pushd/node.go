@@ -161,12 +161,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		}
 	}
 	if pushOn {
-		opts := pushOptions{Metrics: reg, Logger: log, Node: reachable(cfg.C2S.Listen)}
-		if n.cluster != nil {
-			if cfg.Cluster.C2SAdvertise != "" {
-				opts.Node = cfg.Cluster.C2SAdvertise
-			}
-		}
+		opts := pushOptions{Metrics: reg, Logger: log, Node: reachable(c2sAdvertised(cfg))}
 		n.push, n.pushRun, err = startInProcessPush(cfg.pushFileConfig, n.db, pushDomain, pushSecret,
 			n.router.ServeComponentConn, opts)
 		if err != nil {
@@ -400,6 +395,14 @@ func (n *node) clusterAdmin() admin.Cluster {
 
 // reachable is a listen address as a client may dial it: "" for a
 // wildcard host, which names no node.
+// c2sAdvertised is where clients reach this node's c2s listener.
+func c2sAdvertised(cfg fileConfig) string {
+	if a := cfg.Cluster.C2SAdvertise; a != "" {
+		return a
+	}
+	return cfg.C2S.Listen
+}
+
 func reachable(listen string) string {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil || host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {

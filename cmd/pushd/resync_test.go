@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"pushd/cluster"
-	"pushd/internal/peertest"
 	"pushd/internal/stanza"
 	"pushd/internal/xmpptest"
 )
@@ -101,12 +100,7 @@ func addUserPlacedAs(t *testing.T, nodes []*testNode, prefix, like string) strin
 		name := prefix + strconv.Itoa(i)
 		if p, b := place.PrimaryBackup(name + "@localhost"); p == wantP && b == wantB {
 			user := nodes[0].addUser(name, bobPW)
-			for _, n := range nodes {
-				waitFor(t, "account on "+n.cluster.c.Name(), 10*time.Second, func() bool {
-					_, err := n.db.Accounts().Credentials(mustJID(t, user))
-					return err == nil
-				})
-			}
+			waitAccount(t, nodes, user)
 			return user
 		}
 	}
@@ -219,12 +213,7 @@ func TestStaleBackupCopyDropped(t *testing.T) {
 	p, b := three.PrimaryBackup(alice)
 	fc := failoverCast{alice: alice, P: byName(nodes, p), B: byName(nodes, b)}
 	fc.bob, fc.bobHome = addBobAwayFrom(nodes)
-	for _, n := range nodes {
-		waitFor(t, "accounts on "+n.cluster.c.Name(), 10*time.Second, func() bool {
-			_, err := n.db.Accounts().Credentials(mustJID(t, fc.bob))
-			return err == nil
-		})
-	}
+	waitAccount(t, nodes, fc.bob)
 	old := fc.B
 	old.cluster.sweepDelay.Store(int64(200 * time.Millisecond))
 
@@ -245,14 +234,7 @@ func TestStaleBackupCopyDropped(t *testing.T) {
 	}
 	waitFor(t, "her copy on her backup", 10*time.Second, func() bool { c, s := held(old); return c > 0 && s })
 
-	n4 := startTestNode(t, func(c *fileConfig) {
-		ports := peertest.FreePorts(t, 2)
-		c.Cluster.NodeName = "n4"
-		c.Cluster.Bind = peertest.Loopback(ports[0])
-		c.Cluster.Replication = peertest.Loopback(ports[1])
-		c.Cluster.Join = []string{nodes[0].cfg.Cluster.Bind}
-		c.Cluster.SecretKey = nodes[0].cfg.Cluster.SecretKey
-	})
+	n4 := startTestNode(t, func(c *fileConfig) { clusterMember(t, c, "n4", nodes[0]) })
 	waitFor(t, "her copy on n4, her new backup", 30*time.Second, func() bool { c, s := held(n4); return c > 0 && s })
 	waitFor(t, "her old backup's copy dropped", 30*time.Second, func() bool { c, s := held(old); return c == 0 && !s })
 }

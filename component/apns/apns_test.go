@@ -50,13 +50,7 @@ func rootsOf(srv *apnstest.Server) *x509.CertPool {
 // verifies the JWT signature.
 func newTokenProvider(t testing.TB) (*apns.Provider, *apnstest.Server) {
 	t.Helper()
-	p, srv, err := apnstest.NewTokenProvider(apnstest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	t.Cleanup(p.Close)
-	return p, srv
+	return apnstest.NewTokenProvider(t, apnstest.Options{})
 }
 
 var key = [32]byte{1, 2, 3}

@@ -44,13 +44,7 @@ func openDB(t testing.TB, dir string) *badger.DB {
 
 func newAPNS(t testing.TB) (*apns.Provider, *apnstest.Server) {
 	t.Helper()
-	p, srv, err := apnstest.NewTokenProvider(apnstest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	t.Cleanup(p.Close)
-	return p, srv
+	return apnstest.NewTokenProvider(t, apnstest.Options{})
 }
 
 // clock is the injected clock: Now is fixed unless advanced; Sleep records
