@@ -1,9 +1,7 @@
 package router
 
 import (
-	"strconv"
 	"sync"
-	"time"
 
 	"mellium.im/xmpp/jid"
 
@@ -19,7 +17,9 @@ type Cluster interface {
 	// node, whose clients connect at c2sAddr.
 	Home(user string) (here bool, node, c2sAddr string)
 	// Serving names the node that serves user now, without waiting for a
-	// takeover or a sync as Home may ("" if none is known).
+	// takeover or a sync as Home may: "" while none is known, or while
+	// this node takes the user over (stanzas are then held, in order,
+	// until Home says it is done).
 	Serving(user string) string
 	// Forward hands a stanza to node, where its recipient lives; wait
 	// returns once the node holds what the stanza caused durably.
@@ -69,58 +69,22 @@ type SessionState struct {
 // AdoptedSession is a replicated session this node takes over.
 type AdoptedSession = SessionState
 
-// homeOf returns the node a stanza must be forwarded to, or "" when its
-// recipient lives here (or is not a user of this domain).
-func (s *Server) homeOf(el *stanza.Element) string {
+// homeOf returns the stanza's recipient (a bare JID) and the node it
+// must be forwarded to, or node "" when the recipient lives here (or is
+// not a user of this domain).
+func (s *Server) homeOf(el *stanza.Element) (user, node string) {
 	if s.cfg.Cluster == nil {
-		return ""
+		return "", ""
 	}
 	to, err := jid.Parse(el.Get("to"))
 	if err != nil || to.Localpart() == "" || to.Domainpart() != s.domain.Domainpart() {
-		return ""
+		return "", ""
 	}
-	here, node, _ := s.cfg.Cluster.Home(to.Bare().String())
-	if here {
-		return ""
+	user = to.Bare().String()
+	if here, node, _ := s.cfg.Cluster.Home(user); !here {
+		return user, node
 	}
-	return node
-}
-
-// forwardRetry bounds how long a stanza for an unreachable node waits for
-// the cluster to declare it dead and name a new home (H3's detection takes
-// 2–3 s on a LAN).
-const forwardRetry = 15 * time.Second
-
-// forward sends el to node; if that fails, it asks again where the
-// recipient lives until the cluster has moved them, and delivers there
-// (BEHAVIOUR H1: forwarded stanzas wait, bounded, then go to the new
-// primary). The returned wait is what the sender's ack depends on.
-func (s *Server) forward(node string, el *stanza.Element) func() error {
-	// An id lets the recipient's node drop a copy: a stanza resent to a
-	// new primary may have reached the old one, and its backup, already.
-	el.Add(stanza.New(stanza.NSInternal, "fwd", "id", s.forwardPrefix+strconv.FormatUint(s.forwardSeq.Add(1), 36)))
-	first := s.cfg.Cluster.Forward(node, el)
-	return func() error {
-		err := first()
-		deadline := time.Now().Add(forwardRetry)
-		// Capped low: the wait ends when membership names a new home, and
-		// a retry is only a placement lookup and a dial.
-		for backoff := 50 * time.Millisecond; err != nil && time.Now().Before(deadline); backoff = min(2*backoff, 250*time.Millisecond) {
-			time.Sleep(backoff)
-			to, perr := jid.Parse(el.Get("to"))
-			if perr != nil {
-				return err
-			}
-			// Resending is safe: the recipient's node drops copies by id.
-			here, next, _ := s.cfg.Cluster.Home(to.Bare().String())
-			if here {
-				return s.StepForwarded(el, 0)
-			}
-			node = next
-			err = s.cfg.Cluster.Forward(node, el)()
-		}
-		return err
-	}
+	return user, ""
 }
 
 // session captures the stream's session for its backup. A detached
@@ -223,15 +187,7 @@ func (s *Server) StepForwardedAsync(el *stanza.Element, size int) (wait func() e
 	if id := forwardID(el); id != "" && !s.forwards.add(id) {
 		return func() error { return nil } // a copy of one already routed
 	}
-	waits := s.step(jsm.Forwarded{Stanza: el, Size: size})
-	return func() error {
-		for _, w := range waits {
-			if err := w(); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+	return joinWaits(s.stepPastLanes(jsm.Forwarded{Stanza: el, Size: size}))
 }
 
 // Adopt takes over devices whose user's primary failed (H3): each comes

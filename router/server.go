@@ -114,11 +114,15 @@ type Server struct {
 	forwardPrefix string
 	forwardSeq    atomic.Uint64
 	forwards      seenSet
-	conns         sync.WaitGroup
-	closing       chan struct{}
-	lnMu          sync.Mutex
-	lns           []net.Listener
-	live          map[net.Conn]struct{}
+	// lanes keep forwarded stanzas in order per user (forward.go);
+	// pastLanes: the stanza being routed must not join one (s.mu).
+	lanes     lanes
+	pastLanes bool
+	conns     sync.WaitGroup
+	closing   chan struct{}
+	lnMu      sync.Mutex
+	lns       []net.Listener
+	live      map[net.Conn]struct{}
 }
 
 // New returns a Server around machine. It serves nothing until Serve.
@@ -421,7 +425,8 @@ func (s *Server) execute(a jsm.Action) {
 		if c := s.cfg.Cluster; c != nil {
 			to, err := jid.Parse(a.Stanza.Get("to"))
 			if err == nil {
-				s.replicated = append(s.replicated, s.forward(c.Serving(to.Bare().String()), a.Stanza.Copy()))
+				user := to.Bare().String()
+				s.replicated = append(s.replicated, s.forward(user, c.Serving(user), a.Stanza.Copy()))
 			}
 		}
 	case jsm.Enqueue:

@@ -120,9 +120,11 @@ func (c *c2s) readStanzas(st *stream) error {
 			// session manager first (sent carbons, last activity, rosters,
 			// directed presence), which forwards what is for the other
 			// node.
-			if node := s.homeOf(el); node != "" && el.Name.Local == "iq" {
-				st.addDurable([]func() error{s.forward(node, el)})
-				continue
+			if el.Name.Local == "iq" {
+				if user, node := s.homeOf(el); node != "" {
+					st.addDurable([]func() error{s.forward(user, node, el)})
+					continue
+				}
 			}
 			st.addDurable(s.step(jsm.StanzaIn{Stream: st.id, Stanza: el, Size: c.r.LastSize()}))
 		case el.Name.Space == stanza.NSSM:

@@ -93,7 +93,12 @@ func TestChaosFailover(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("PUSHD_CHAOS_DEVICES")); err == nil && v > 0 {
 		devices = v
 	}
-	const senders, perSender, window = 6, 150, 10
+	// Senders write a batch of window messages every pace, without
+	// waiting for acknowledgements (up to maxUnacked outstanding), from
+	// before the kill until a while after the takeover: the detection
+	// window between them is full of messages (issue 11).
+	const senders, window, maxUnacked = 6, 5, 2000
+	const pace, tail = 20 * time.Millisecond, time.Second
 	// Every node's push component talks to one APNS test server, so the
 	// test sees which pushes go out, and when, whichever node sends them.
 	provider := testAPNS(t)
@@ -174,7 +179,8 @@ func TestChaosFailover(t *testing.T) {
 	sentAt := make(map[string]time.Time)  // body → no later than it was sent
 	ackedAt := make(map[string]time.Time) // body → no earlier than it was queued
 	var wg sync.WaitGroup
-	halfway := make(chan struct{}, senders)
+	started := make(chan struct{}, senders)
+	stop := make(chan struct{}) // closed a while after the takeover
 	for si, su := range sendUsers {
 		c := xmpptest.Login(t, proc(all.Primary(su+"@localhost")).c2s, "localhost", su, "pw", "desk")
 		c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
@@ -182,65 +188,105 @@ func TestChaosFailover(t *testing.T) {
 		wg.Add(1)
 		go func(si int, c *xmpptest.Client) {
 			defer wg.Done()
-			var signalled sync.Once
-			half := func() { signalled.Do(func() { halfway <- struct{}{} }) }
-			defer half() // a sender that stops early must not hold the kill back
 			type sentMsg struct{ dev, body string }
-			var pending []sentMsg
-			handled := 0
-			for k := 0; k < perSender; {
-				var b strings.Builder
-				batch := len(pending)
-				for w := 0; w < window && k < perSender; w, k = w+1, k+1 {
-					dev := devUsers[(k*7+si*13)%devices]
-					body := fmt.Sprintf("s%d-%d", si, k)
-					fmt.Fprintf(&b, `<message to='%s@localhost/phone' type='chat'><body>%s</body></message>`, dev, body)
-					pending = append(pending, sentMsg{dev, body})
-				}
-				b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
-				now := time.Now()
-				mu.Lock()
-				for _, m := range pending[batch:] {
-					if _, ok := sentAt[m.body]; !ok {
-						sentAt[m.body] = now
-					}
-				}
-				mu.Unlock()
-				if err := c.TrySend(b.String()); err != nil {
-					t.Logf("sender %d stopped at %d: %v", si, k, err)
-					return
-				}
-				for handled < k {
+			var (
+				pmu     sync.Mutex
+				pending []sentMsg // written, not yet acknowledged, in order
+				handled int
+			)
+			// The reader: what the sender's server acknowledges is what
+			// must arrive.
+			readDone := make(chan struct{})
+			go func() {
+				defer close(readDone)
+				for {
 					el, err := c.Next()
 					if err != nil {
-						// Unacknowledged: the checker does not count these.
-						t.Logf("sender %d stopped at %d (acked %d): %v", si, k, handled, err)
+						pmu.Lock()
+						t.Logf("sender %d: %d unacknowledged at its end: %v", si, len(pending), err)
+						pmu.Unlock()
 						return
 					}
 					if el.Is(stanza.NSStream, "error") {
 						t.Logf("sender %d: stream error %s", si, el)
 					}
-					if el.Is(stanza.NSSM, "a") {
-						h, _ := strconv.Atoi(el.Get("h"))
-						mu.Lock()
-						now := time.Now()
-						for _, m := range pending[:h-handled] {
-							acked[m.dev] = append(acked[m.dev], m.body)
-							ackedAt[m.body] = now
+					if !el.Is(stanza.NSSM, "a") {
+						continue
+					}
+					h, _ := strconv.Atoi(el.Get("h"))
+					pmu.Lock()
+					now := time.Now()
+					mu.Lock()
+					for _, m := range pending[:h-handled] {
+						acked[m.dev] = append(acked[m.dev], m.body)
+						ackedAt[m.body] = now
+					}
+					mu.Unlock()
+					pending, handled = pending[h-handled:], h
+					left := len(pending)
+					pmu.Unlock()
+					select {
+					case <-stop:
+						if left == 0 {
+							_ = c.Conn.Close()
+							return
 						}
-						mu.Unlock()
-						pending = pending[h-handled:]
-						handled = h
+					default:
 					}
 				}
-				if k >= perSender/2 {
-					half()
+			}()
+			var signalled sync.Once
+			defer signalled.Do(func() { started <- struct{}{} }) // a sender that stops early must not hold the kill back
+			tick := time.NewTicker(pace)
+			defer tick.Stop()
+			for k, batches := 0, 0; ; batches++ {
+				select {
+				case <-stop:
+					// One more <a/> after the last: the reader ends on it.
+					_ = c.TrySend(`<r xmlns='urn:xmpp:sm:3'/>`)
+					<-readDone
+					return
+				case <-readDone:
+					return
+				case <-tick.C:
+				}
+				pmu.Lock()
+				full := len(pending) >= maxUnacked
+				pmu.Unlock()
+				if full {
+					continue
+				}
+				var b strings.Builder
+				var batch []sentMsg
+				for range window {
+					dev := devUsers[(k*7+si*13)%devices]
+					body := fmt.Sprintf("s%d-%d", si, k)
+					fmt.Fprintf(&b, `<message to='%s@localhost/phone' type='chat'><body>%s</body></message>`, dev, body)
+					batch = append(batch, sentMsg{dev, body})
+					k++
+				}
+				b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
+				now := time.Now()
+				mu.Lock()
+				for _, m := range batch {
+					sentAt[m.body] = now
+				}
+				mu.Unlock()
+				pmu.Lock()
+				pending = append(pending, batch...)
+				pmu.Unlock()
+				if err := c.TrySend(b.String()); err != nil {
+					t.Logf("sender %d stopped at %d: %v", si, k, err)
+					return
+				}
+				if batches == 10 {
+					signalled.Do(func() { started <- struct{}{} })
 				}
 			}
 		}(si, c)
 	}
 	for range senders {
-		<-halfway
+		<-started
 	}
 	victim := proc("n2")
 	// Whether a message was sent after the kill.
@@ -265,7 +311,11 @@ func TestChaosFailover(t *testing.T) {
 	waitFor(t, "the survivors to adopt n2's devices", 60*time.Second, func() bool {
 		return proc("n1").metric("pushd_streams_detached")+proc("n3").metric("pushd_streams_detached") == float64(devices)
 	})
+	adoptedAt := time.Now()
 	t.Logf("H3: %d devices adopted %v after SIGKILL", onVictim, time.Since(killed).Round(10*time.Millisecond))
+	// The senders go on a while past the takeover, then wait for their
+	// last acknowledgements.
+	time.AfterFunc(tail, func() { close(stop) })
 	select {
 	case f := <-firstPush:
 		t.Logf("H3: first push from n2's successors %v after SIGKILL", f.at.Sub(killed).Round(10*time.Millisecond))
@@ -273,7 +323,22 @@ func TestChaosFailover(t *testing.T) {
 		t.Fatal("H3: no push from n2's successors within 30 s of the kill")
 	}
 	wg.Wait()
-	t.Logf("the load ended %v after SIGKILL", time.Since(killed).Round(10*time.Millisecond))
+	mu.Lock()
+	inWindow, ackedCount := 0, 0
+	for _, bodies := range acked {
+		for _, b := range bodies {
+			ackedCount++
+			if at := sentAt[b]; !at.Before(killed) && at.Before(adoptedAt) {
+				inWindow++
+			}
+		}
+	}
+	mu.Unlock()
+	t.Logf("the load ended %v after SIGKILL: %d messages acknowledged, %d of them sent between the kill and the takeover",
+		time.Since(killed).Round(10*time.Millisecond), ackedCount, inWindow)
+	if inWindow == 0 {
+		t.Fatal("no message was sent in the detection window: the test does not test it")
+	}
 	// Pushes resumed for all of n2's devices: each one that was sent a
 	// message after the kill was pushed for one of them.
 	mu.Lock()

@@ -113,6 +113,8 @@ type clusterNode struct {
 	// by device.
 	mu       sync.Mutex
 	replicas map[string]cluster.SessionRecord
+	// resyncDue: peers whose resync (records dropped) is scheduled.
+	resyncDue map[string]bool
 
 	// resyncMu: one resyncBackups (or sweepStale) at a time.
 	resyncMu sync.Mutex
@@ -134,6 +136,8 @@ type clusterNode struct {
 	settledMu sync.Mutex
 	settled   *cluster.Placement
 	settledCh chan struct{} // closed and replaced when settled changes
+	// settledNow is settled for readers on the routing path.
+	settledNow atomic.Pointer[cluster.Placement]
 
 	// disk is what this node's own store held at start. In a cluster it is
 	// served only once the other members handed over what they hold for
@@ -153,7 +157,7 @@ type clusterNode struct {
 }
 
 func newClusterNode(n *node, disk jsm.State) *clusterNode {
-	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord),
+	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord), resyncDue: make(map[string]bool),
 		disk: disk, ended: make(map[string]bool), servedElsewhere: make(map[string]bool), joined: make(chan struct{}), settledCh: make(chan struct{}),
 		quit: make(chan struct{})}
 	cn.syncing.Store(true)
@@ -387,21 +391,46 @@ func (cn *clusterNode) settle(next func(*cluster.Placement) *cluster.Placement) 
 	cn.settledMu.Lock()
 	defer cn.settledMu.Unlock()
 	cn.settled = next(cn.settled)
+	cn.settledNow.Store(cn.settled)
 	close(cn.settledCh)
 	cn.settledCh = make(chan struct{})
 }
 
-func (cn *clusterNode) Serving(user string) string { return cn.c.Placement().Primary(user) }
+// Serving names the node whose session manager holds user's devices:
+// the placement's primary, or "" while that is this node and it has not
+// taken the user over yet (a member failed and the takeover runs, or the
+// node syncs). Stanzas routed meanwhile wait, in order, in the router's
+// lane for the user instead of reaching a session manager that does not
+// hold the user's devices yet (H2: they would go to the offline store,
+// unpushed, and overtake what the old primary queued).
+func (cn *clusterNode) Serving(user string) string {
+	p := cn.c.Placement().Primary(user)
+	if p != cn.c.Name() {
+		return p
+	}
+	if cn.syncing.Load() {
+		return ""
+	}
+	if s := cn.settledNow.Load(); s != nil {
+		if was := s.Primary(user); was != "" && was != p {
+			return ""
+		}
+	}
+	return p
+}
 
-// remote is jsm's Config.Remote: whether another member serves user.
+// remote is jsm's Config.Remote: whether user's devices are held
+// elsewhere, or not held here yet (Serving).
 func (cn *clusterNode) remote(user string) bool {
 	select {
 	case <-cn.joined:
 	default:
 		return false // not yet a member: everyone is served here
 	}
-	p := cn.c.Placement().Primary(user)
-	return p != "" && p != cn.c.Name()
+	if cn.c.Placement().Primary(user) == "" {
+		return false // no member known: everyone is served here
+	}
+	return cn.Serving(user) != cn.c.Name()
 }
 
 func (cn *clusterNode) Forward(node string, st *stanza.Element) func() error {
@@ -910,8 +939,24 @@ func (cn *clusterNode) sweepStale() {
 
 // Resync: records for peer were dropped (replication backpressure); the
 // users it backs up get their whole state again (cluster.Resyncer).
+// Called from within a Send, under the router's lock: it only schedules.
+// A slow backup drops records in bursts; one resync covers a burst.
 func (cn *clusterNode) Resync(peer string) {
-	cn.spawn(func() { cn.resyncBackups("records dropped", func(_, backup string) bool { return backup == peer }) })
+	cn.mu.Lock()
+	due := cn.resyncDue[peer]
+	cn.resyncDue[peer] = true
+	cn.mu.Unlock()
+	if due {
+		return
+	}
+	cn.spawn(func() {
+		cn.resyncMu.Lock()
+		defer cn.resyncMu.Unlock()
+		cn.mu.Lock()
+		delete(cn.resyncDue, peer) // a drop from now on is not covered: it schedules another
+		cn.mu.Unlock()
+		cn.resyncLocked("records dropped", func(_, backup string) bool { return backup == peer })
+	})
 }
 
 // resyncBackups sends the whole replicated state of each device of the
@@ -922,6 +967,11 @@ func (cn *clusterNode) Resync(peer string) {
 func (cn *clusterNode) resyncBackups(why string, pick func(user, backup string) bool) {
 	cn.resyncMu.Lock()
 	defer cn.resyncMu.Unlock()
+	cn.resyncLocked(why, pick)
+}
+
+// resyncLocked is resyncBackups with resyncMu held.
+func (cn *clusterNode) resyncLocked(why string, pick func(user, backup string) bool) {
 	if cn.syncing.Load() {
 		// What this node holds is not settled yet: its own store may be
 		// stale. The resync at the end of the sync covers every user.

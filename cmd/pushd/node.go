@@ -104,7 +104,11 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	if cfg.Cluster.enabled() {
 		// Served after the other members hand over (clusterNode.sync).
 		state.Queues, state.Registrations = nil, nil
-		jcfg.Remote = func(user string) bool { return n.cluster != nil && n.cluster.remote(user) }
+		// Stanzas for a user still on their way through the router's lane
+		// (the user moved) go after them.
+		jcfg.Remote = func(user string) bool {
+			return n.cluster != nil && (n.router.Forwarding(user) || n.cluster.remote(user))
+		}
 	}
 	machine := jsm.New(jcfg, state)
 

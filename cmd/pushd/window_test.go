@@ -1,0 +1,133 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"pushd/cluster"
+	"pushd/component/payload"
+	"pushd/internal/stanza"
+	"pushd/internal/xmpptest"
+)
+
+// H2's detection window as issue 11's observation 1 saw it: three pushd
+// processes, alice's phone hibernated with pushd's own push component,
+// her primary killed with SIGKILL; messages sent at once after the kill,
+// from a sender homed on her backup and one on the third node, are
+// acknowledged, pushed by the new primary, and come on resumption there
+// after the earlier five, once each. (The chaos test sends through the
+// whole window from every survivor.)
+func TestDetectionWindowProcesses(t *testing.T) {
+	defer func(d time.Duration) { xmpptest.Timeout = d }(xmpptest.Timeout)
+	xmpptest.Timeout = 30 * time.Second
+	provider := testAPNS(t)
+	procs := startClusterProcs(t, provider.section(), "n1", "n2", "n3")
+	byProc := map[string]*clusterProc{}
+	for _, p := range procs {
+		byProc[p.name] = p
+	}
+	waitFor(t, "three members", 30*time.Second, func() bool {
+		raw, err := procs[0].admin(t).ClusterStatus()
+		return err == nil && strings.Count(string(raw), `"alive"`) == 3
+	})
+	place := cluster.NewPlacement([]string{"n1", "n2", "n3"})
+	pName, bName := place.PrimaryBackup("alice@localhost")
+	P, B := byProc[pName], byProc[bName]
+	adm := procs[0].admin(t)
+	check(t, adm.AddUser("alice", "pw"))
+	var senders []string // one homed on each survivor
+	for _, home := range []string{bName, otherThan(pName, bName)} {
+		for i := 0; ; i++ {
+			u := fmt.Sprintf("snd%d", i)
+			if place.Primary(u+"@localhost") == home && !slices.Contains(senders, u) {
+				check(t, adm.AddUser(u, "pw"))
+				senders = append(senders, u)
+				break
+			}
+		}
+	}
+	for _, p := range procs {
+		waitFor(t, "accounts on "+p.name, 30*time.Second, func() bool {
+			l, err := p.admin(t).ListUsers()
+			return err == nil && len(l) == 1+len(senders)
+		})
+	}
+	pushes := newPushLog(provider.Server)
+	a := xmpptest.Login(t, P.c2s, "localhost", "alice", "pw", "phone")
+	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+	smID := a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") }).Get("id")
+	pushes.register(t, a, "alice")
+	a.Send(`<presence/>`)
+	_ = a.Conn.Close()
+	waitFor(t, "alice hibernating", 20*time.Second, func() bool { return P.metric("pushd_streams_detached") == 1 })
+
+	var clients []*xmpptest.Client
+	for _, u := range senders {
+		c := xmpptest.Login(t, byProc[place.Primary(u+"@localhost")].c2s, "localhost", u, "pw", "desk")
+		c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+		c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+		clients = append(clients, c)
+	}
+	var want []string
+	send := func(c *xmpptest.Client, h int, bodies ...string) {
+		var b strings.Builder
+		for _, body := range bodies {
+			fmt.Fprintf(&b, `<message to='alice@localhost' type='chat'><body>%s</body></message>`, body)
+		}
+		b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
+		c.Send(b.String())
+		c.Expect("ack of "+bodies[0], func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == strconv.Itoa(h) })
+		want = append(want, bodies...)
+	}
+	send(clients[0], 5, "before 0", "before 1", "before 2", "before 3", "before 4")
+
+	check(t, P.proc.Cmd.Process.Signal(syscall.SIGKILL))
+	<-P.proc.Done()
+	killed := time.Now()
+	firstPush := pushes.first(killed, func(dev string) bool { return dev == "alice" },
+		func(p payload.Payload) bool { return p.Node == B.c2s })
+	// Both senders write at once, in the detection window: one homed on
+	// the backup, one on the third node.
+	send(clients[0], 6, "window b")
+	send(clients[1], 1, "window s")
+	select {
+	case f := <-firstPush:
+		t.Logf("first push from the new primary %v after SIGKILL", f.at.Sub(killed).Round(10*time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatal("M3/H3: no push from the new primary for the window's messages")
+	}
+	r := xmpptest.Dial(t, B.c2s, "localhost")
+	r.StartTLS()
+	if cond := r.AuthPlain("alice", "pw"); cond != "" {
+		t.Fatal(cond)
+	}
+	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='0' previd='` + smID + `'/><iq type='get' id='end'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	if el := r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
+		t.Fatalf("M5: alice did not resume on the new primary: %s", el)
+	}
+	var got []string
+	r.Expect("ping", func(e *stanza.Element) bool {
+		if e.Is(stanza.NSClient, "message") {
+			got = append(got, e.ChildText(stanza.NSClient, "body"))
+		}
+		return e.Get("id") == "end"
+	})
+	if !slices.Equal(got[:min(5, len(got))], want[:5]) || len(got) != len(want) || !slices.Contains(got, "window b") || !slices.Contains(got, "window s") {
+		t.Fatalf("H2/M5: alice's resumption brought %q, want %q once each, the first five first", got, want)
+	}
+}
+
+// otherThan names the member of n1–n3 that is neither a nor b.
+func otherThan(a, b string) string {
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if n != a && n != b {
+			return n
+		}
+	}
+	return ""
+}
