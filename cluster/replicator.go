@@ -47,9 +47,17 @@ type ReplicatorConfig struct {
 	// that long once).
 	AckTimeout time.Duration
 	// MaxPendingBytes bounds the unacknowledged records kept per peer
-	// (default 64 MiB, one device queue's worth of M9): past it Send blocks
-	// (backpressure) until its context ends.
+	// (default 64 MiB, one device queue's worth of M9): past it Send waits
+	// for room at most MaxBlock, then drops the records (ErrBackpressure,
+	// degraded) and tells the Resyncer.
 	MaxPendingBytes int
+	// MaxBlock bounds how long a Send waits for room in a full backlog
+	// (default 0: not at all). Callers submit records while they hold
+	// their own locks (the router's, to keep records in routing order), so
+	// a slow peer that made them wait would stall every sender of the
+	// node, not only those whose backup it is; dropping and resyncing
+	// costs that peer's users a full copy later instead.
+	MaxBlock time.Duration
 	// MaxFrame bounds the records carried by one frame (default 1 MiB); a
 	// larger Send is split over several frames. Must stay below the
 	// transport's frame limit.
@@ -184,7 +192,7 @@ func NewReplicator(cfg ReplicatorConfig, t Transport, app Applier) (*Replicator,
 // ctx.Err() when ctx ends first. An empty peer gives ErrNoBackup at once.
 //
 // Send blocks only while the peer's unacknowledged records exceed
-// MaxPendingBytes, and at most until ctx ends.
+// MaxPendingBytes, and at most MaxBlock or until ctx ends.
 func (r *Replicator) Send(ctx context.Context, peer string, recs ...Record) (wait func() error) {
 	if peer == "" {
 		r.setNoBackup(true)
@@ -205,8 +213,10 @@ func (r *Replicator) Send(ctx context.Context, peer string, recs ...Record) (wai
 		return errWait(err)
 	}
 	var last *frame
+	bounded, cancel := context.WithTimeout(ctx, r.cfg.MaxBlock)
+	defer cancel()
 	for _, f := range frames {
-		if err := l.enqueue(ctx, f, start); err != nil {
+		if err := l.enqueue(bounded, f, start); err != nil {
 			if errors.Is(err, ErrBackpressure) {
 				r.m.degraded.WithLabelValues("backpressure").Inc()
 				r.log.Error("alarm: replication backlog full, records dropped, backup needs a resync",

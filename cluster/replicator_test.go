@@ -355,18 +355,28 @@ func TestReplicatorDegradedModes(t *testing.T) {
 	}
 }
 
+// A backup that stops acknowledging fills its backlog; past the bound a
+// Send drops its records at once (degraded) rather than block its caller,
+// who holds the router's lock, and the Resyncer hears of it (issue 11:
+// a slow backup must not stall routing for everyone).
 func TestReplicatorBackpressure(t *testing.T) {
-	p := newPair(t, "mem", ReplicatorConfig{AckTimeout: 100 * time.Millisecond, MaxPendingBytes: 4096})
+	told := make(chan string, 4)
+	p := newPair(t, "mem", ReplicatorConfig{AckTimeout: 100 * time.Millisecond, MaxPendingBytes: 4096, Resyncer: resyncFunc(func(peer string) { told <- peer })})
 	p.kill()
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
 	big := QueueAppend{Device: "d", Entries: []Entry{{Seq: 1, Stanza: make([]byte, 3000)}}}
-	_ = p.send.Send(ctx, "b", big) // queued: the first always fits
-	err := p.send.Send(ctx, "b", big)()
-	if !errors.Is(err, ErrBackpressure) {
-		t.Fatalf("over the bound: %v", err)
+	_ = p.send.Send(context.Background(), "b", big) // queued: the first always fits
+	err := p.send.Send(context.Background(), "b", big)()
+	if !errors.Is(err, ErrBackpressure) || !errors.Is(err, ErrDegraded) {
+		t.Fatalf("over the bound: %v, want ErrBackpressure (degraded)", err)
+	}
+	if peer := <-told; peer != "b" {
+		t.Fatalf("resync asked for %q, want b", peer)
 	}
 }
+
+type resyncFunc func(peer string)
+
+func (f resyncFunc) Resync(peer string) { f(peer) }
 
 func TestMemTransportIsolate(t *testing.T) {
 	net := NewMemNetwork()
