@@ -140,6 +140,7 @@ func runBenchCluster(ctx context.Context, exe string, o benchClusterOptions, out
 	fmt.Fprintf(out, "  %-34s %8s\n", "devices adopted", f.adopted.Round(10*time.Millisecond))
 	fmt.Fprintf(out, "  %-34s %8s  (%d pushes for %d messages sent after the kill)\n", "first push from a survivor",
 		f.firstPush.Round(10*time.Millisecond), f.pushes, f.sent)
+	fmt.Fprintf(out, "  %-34s %8d acknowledged, %d arrived\n", "sent in the detection window", f.acked, f.arrived)
 	return nil
 }
 
@@ -393,6 +394,10 @@ type failoverResult struct {
 	login                    time.Duration
 	dead, adopted, firstPush time.Duration
 	pushes, sent             int
+	// acked and arrived count the messages sent during the detection
+	// window: acknowledged to their sender, and delivered when their
+	// device came back on its new primary (H2: equal).
+	acked, arrived int
 }
 
 // benchFailover suspends o.Sessions push-enabled devices, kills the
@@ -467,8 +472,9 @@ func benchFailover(ctx context.Context, nodes []*benchNode, home func(user strin
 	}()
 	fill := make(chan error, 1)
 	go func() {
-		_, err := bench.Fill(ctx, bench.FillConfig{Addr: home(sender).c2s, Domain: "localhost", Sender: bench.Credentials{User: sender, Password: benchPassword},
+		res, err := bench.Fill(ctx, bench.FillConfig{Addr: home(sender).c2s, Domain: "localhost", Sender: bench.Credentials{User: sender, Password: benchPassword},
 			To: to, PerRecipient: 1, Window: 8, InsecureTLS: true})
+		r.acked = res.Sent - res.Bounced
 		fill <- err
 	}()
 	<-victim.done
@@ -511,7 +517,30 @@ func benchFailover(ctx context.Context, nodes []*benchNode, home func(user strin
 		}
 		return false, fmt.Errorf("%d of %d devices pushed", len(got), r.sent)
 	})
-	return r, err
+	if err != nil {
+		return r, err
+	}
+	// Each device written to comes back on its new primary and gets
+	// what was queued for it (M5).
+	var names []string
+	byName := map[string]*benchNode{}
+	for _, n := range survivors {
+		names = append(names, n.name)
+		byName[n.name] = n
+	}
+	after := cluster.NewPlacement(names)
+	for _, u := range onVictim[:len(to)] {
+		got, err := bench.Collect(ctx, byName[after.Primary(u+"@localhost")].c2s, "localhost",
+			bench.Credentials{User: u, Password: benchPassword}, "idle", true)
+		if err != nil {
+			return r, fmt.Errorf("%s back on its new primary: %w", u, err)
+		}
+		r.arrived += got
+	}
+	if r.arrived != r.acked {
+		return r, fmt.Errorf("H2: %d messages sent during the detection window acknowledged, %d arrived", r.acked, r.arrived)
+	}
+	return r, nil
 }
 
 // benchAPNS is the bench's APNS provider, and the one payload key every

@@ -174,3 +174,30 @@ func ProcessCPU(pid int) (time.Duration, error) {
 	const clkTck = 100 // USER_HZ on Linux
 	return time.Duration(ut+st) * time.Second / clkTck, nil
 }
+
+// Collect logs cred in with resource, which takes the device of that
+// resource over with its queue (BEHAVIOUR M5: a new stream bound with the
+// same resource gets what was queued), and counts the messages delivered
+// before the answer to a ping that follows them.
+func Collect(ctx context.Context, addr, domain string, cred Credentials, resource string, insecure bool) (int, error) {
+	c, err := dial(ctx, dialConfig{addr: addr, domain: domain, cred: cred, resource: resource, insecure: insecure, presence: true})
+	if err != nil {
+		return 0, err
+	}
+	defer c.close()
+	c.raw.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := c.send("<iq type='get' id='collect1' to='" + domain + "'><ping xmlns='urn:xmpp:ping'/></iq>"); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 0, 4096)
+	tmp := make([]byte, 4096)
+	for !bytes.Contains(buf, []byte("collect1")) {
+		n, err := c.r.Read(tmp)
+		buf = append(buf, tmp[:n]...)
+		if err != nil {
+			return 0, err
+		}
+	}
+	end := bytes.Index(buf, []byte("collect1"))
+	return bytes.Count(buf[:end], []byte("<message")), nil
+}
