@@ -11,6 +11,16 @@ func (st *stream) addDurable(waits []func() error) {
 		return
 	}
 	st.mu.Lock()
+	if !st.sm {
+		// No <a/> will ever ask for them: awaited in the background, so
+		// that they neither pile up here nor leave a forwarding lane open
+		// (forward.go: a lane closes when its stanzas are confirmed).
+		st.mu.Unlock()
+		for _, w := range waits {
+			st.srv.background(w)
+		}
+		return
+	}
 	st.durable = append(st.durable, waits...)
 	st.mu.Unlock()
 }

@@ -31,6 +31,7 @@ const (
 	onP = iota
 	takingOver
 	servedHere
+	onQ // a live node that takes what it is sent
 )
 
 func (c *moveCluster) at() int {
@@ -52,6 +53,41 @@ func (c *moveCluster) remote(user string) bool {
 	return user == "alice@localhost" && c.at() != servedHere
 }
 
+// startLaneServer runs a router whose cluster is mc, with alice and bob.
+func startLaneServer(t *testing.T, mc *moveCluster) (*Server, *gatedQueue) {
+	t.Helper()
+	alice, bob := jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost")
+	var srv *Server
+	jcfg := jsm.DefaultConfig()
+	jcfg.Remote = func(user string) bool { return srv.Forwarding(user) || mc.remote(user) }
+	machine := jsm.New(jcfg, jsm.State{Users: []jid.JID{alice, bob}})
+	q := &gatedQueue{gate: make(chan struct{}), q: map[string][]jsm.Entry{}}
+	close(q.gate)
+	cfg := DefaultConfig()
+	cfg.C2SListen, cfg.ComponentListen = "127.0.0.1:0", ""
+	cfg.RequireTLS, cfg.AllowPlainWithoutTLS = false, true
+	cfg.Cluster = mc
+	var err error
+	srv, err = New(cfg, machine, Stores{Accounts: onePassword{}, Queue: q, Rosters: noRosters{}, PushRegistrations: noRegs{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		if mc.at() == takingOver {
+			mc.set(servedHere)
+		}
+		cancel()
+		<-done
+	})
+	return srv, q
+}
+
 func (c *moveCluster) Home(user string) (bool, string, string) {
 	if user != "alice@localhost" {
 		return true, "", ""
@@ -61,6 +97,8 @@ func (c *moveCluster) Home(user string) (bool, string, string) {
 		return false, "P", "127.0.0.1:1"
 	case takingOver:
 		<-c.takeover
+	case onQ:
+		return false, "Q", "127.0.0.1:2"
 	}
 	return true, "", ""
 }
@@ -74,6 +112,8 @@ func (c *moveCluster) Serving(user string) string {
 		return "P"
 	case takingOver:
 		return ""
+	case onQ:
+		return "Q"
 	}
 	return "here"
 }
@@ -82,6 +122,9 @@ func (c *moveCluster) Forward(node string, st *stanza.Element) func() error {
 	c.mu.Lock()
 	c.sent = append(c.sent, st.ChildText(stanza.NSClient, "body"))
 	c.mu.Unlock()
+	if node == "Q" {
+		return nop
+	}
 	return func() error { return errors.New("P is gone") }
 }
 
@@ -117,36 +160,8 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // here, and lands there in the order bob sent it, before what he sends
 // once she is served here; none of it goes to the offline store.
 func TestForwardLaneKeepsOrderAcrossTakeover(t *testing.T) {
-	alice, bob := jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost")
 	mc := &moveCluster{takeover: make(chan struct{})}
-	var srv *Server
-	jcfg := jsm.DefaultConfig()
-	jcfg.Remote = func(user string) bool { return srv.Forwarding(user) || mc.remote(user) }
-	machine := jsm.New(jcfg, jsm.State{Users: []jid.JID{alice, bob}})
-	q := &gatedQueue{gate: make(chan struct{}), q: map[string][]jsm.Entry{}}
-	close(q.gate)
-	cfg := DefaultConfig()
-	cfg.C2SListen, cfg.ComponentListen = "127.0.0.1:0", ""
-	cfg.RequireTLS, cfg.AllowPlainWithoutTLS = false, true
-	cfg.Cluster = mc
-	var err error
-	srv, err = New(cfg, machine, Stores{Accounts: onePassword{}, Queue: q, Rosters: noRosters{}, PushRegistrations: noRegs{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() {
-		if mc.at() != servedHere {
-			mc.set(servedHere)
-		}
-		cancel()
-		<-done
-	}()
+	srv, q := startLaneServer(t, mc)
 
 	b := xmpptest.Dial(t, srv.Addr("c2s"), "localhost")
 	if cond := b.AuthPlain("bob", "pw"); cond != "" {
@@ -198,7 +213,10 @@ func TestForwardLaneKeepsOrderAcrossTakeover(t *testing.T) {
 	if want := []string{"m1", "m2", "m3", "m4"}; !slices.Equal(got, want) {
 		t.Fatalf("alice's queue holds %q, want %q", got, want)
 	}
-	if srv.Forwarding("alice@localhost") {
+	srv.mu.Lock()
+	open := srv.Forwarding("alice@localhost")
+	srv.mu.Unlock()
+	if open {
 		t.Error("alice's lane still open once everything was delivered")
 	}
 }
@@ -211,4 +229,23 @@ func heldOf(s *Server, user string) int {
 		return 0
 	}
 	return len(l.held) + len(l.sent)
+}
+
+// A client without XEP-0198 never asks for acknowledgements: its
+// forwarded stanzas are confirmed all the same, and their lane closes.
+func TestForwardLaneClosesWithoutStreamManagement(t *testing.T) {
+	mc := &moveCluster{takeover: make(chan struct{}), phase: onQ}
+	srv, _ := startLaneServer(t, mc)
+	b := xmpptest.Dial(t, srv.Addr("c2s"), "localhost")
+	if cond := b.AuthPlain("bob", "pw"); cond != "" {
+		t.Fatal(cond)
+	}
+	b.Bind("desk")
+	b.Send(`<message to='alice@localhost/phone' type='chat'><body>hi</body></message>`)
+	waitUntil(t, "the message forwarded to alice's node", func() bool { return mc.forwarded() == 1 })
+	waitUntil(t, "alice's lane closed", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return !srv.Forwarding("alice@localhost")
+	})
 }
