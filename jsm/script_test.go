@@ -6,10 +6,9 @@ package jsm
 // -update` rewrites the expected output from what the machine does; read
 // the diff before committing it.
 //
-// A block is a command line, optional input lines, a line "----", and
-// the expected output up to a blank line. Lines starting with # between
-// blocks are comments. The harness also plays the router's stores, so
-// that a script shows what a client would really receive:
+// Scripts are replayed by internal/scripttest. The harness also plays the
+// router's stores, so that a script shows what a client would really
+// receive:
 //
 //	init                  body: config k=v…, user JID, item USER CONTACT SUB [ask] [pending] [name=N] [group=G]…, offline USER N,
 //	                      queue DEVICE FIRST LAST (a queue left in the store), registration DEVICE APPSERVER [NODE] [secret=S] [alg=A key=B64]
@@ -39,8 +38,6 @@ import (
 	"encoding/base64"
 	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,92 +46,17 @@ import (
 
 	"mellium.im/xmpp/jid"
 
+	"pushd/internal/scripttest"
 	"pushd/internal/stanza"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.txt with the actual output")
 
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) { runScript(t, f) })
-	}
-}
-
-type block struct {
-	line     int      // 1-based line of the command
-	raw      []string // comment or blank lines before the command, kept verbatim
-	cmd      string
-	input    []string
-	expected []string
-}
-
-func parseScript(t *testing.T, path string) (blocks []block, trailer []string) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	var raw []string
-	for i := 0; i < len(lines); {
-		l := lines[i]
-		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "#") {
-			raw = append(raw, l)
-			i++
-			continue
-		}
-		b := block{line: i + 1, raw: raw, cmd: l}
-		raw = nil
-		i++
-		for ; i < len(lines) && lines[i] != "----"; i++ {
-			b.input = append(b.input, lines[i])
-		}
-		if i == len(lines) {
-			t.Fatalf("%s:%d: missing ----", path, b.line)
-		}
-		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
-			b.expected = append(b.expected, lines[i])
-		}
-		blocks = append(blocks, b)
-	}
-	return blocks, raw
-}
-
-func runScript(t *testing.T, path string) {
-	blocks, trailer := parseScript(t, path)
-	h := newHarness()
-	var out strings.Builder
-	failed := false
-	for _, b := range blocks {
-		got := h.run(t, path, b)
-		if len(got) == 0 {
-			got = []string{"ok"}
-		}
-		if !*update && !slices.Equal(got, b.expected) {
-			failed = true
-			t.Errorf("%s:%d: %s\n--- want\n%s\n--- got\n%s", path, b.line, b.cmd,
-				strings.Join(b.expected, "\n"), strings.Join(got, "\n"))
-		}
-		for _, r := range b.raw {
-			out.WriteString(r + "\n")
-		}
-		out.WriteString(b.cmd + "\n")
-		for _, in := range b.input {
-			out.WriteString(in + "\n")
-		}
-		out.WriteString("----\n" + strings.Join(got, "\n") + "\n")
-	}
-	for _, r := range trailer {
-		out.WriteString(r + "\n")
-	}
-	if *update && !failed {
-		if err := os.WriteFile(path, []byte(out.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scripttest.RunDir(t, "testdata", *update, func(t *testing.T) func(scripttest.Block) []string {
+		h := newHarness()
+		return func(b scripttest.Block) []string { return h.run(t, b) }
+	})
 }
 
 // harness plays the router: streams, their unacked entries, and the queue
@@ -163,11 +85,11 @@ func newHarness() *harness {
 	}
 }
 
-func (h *harness) run(t *testing.T, path string, b block) []string {
+func (h *harness) run(t *testing.T, b scripttest.Block) []string {
 	t.Helper()
-	f := strings.Fields(b.cmd)
+	f := b.Fields()
 	fail := func(format string, args ...any) []string {
-		t.Fatalf("%s:%d: %s", path, b.line, fmt.Sprintf(format, args...))
+		t.Fatalf("line %d: %s", b.Line, fmt.Sprintf(format, args...))
 		return nil
 	}
 	arg := func(i int) string {
@@ -191,7 +113,7 @@ func (h *harness) run(t *testing.T, path string, b block) []string {
 		return j
 	}
 	xmlIn := func() *stanza.Element {
-		r := stanza.NewReader(strings.NewReader("<stream xmlns='jabber:client'>"+strings.Join(b.input, "")), stanza.DefaultLimits())
+		r := stanza.NewReader(strings.NewReader("<stream xmlns='jabber:client'>"+strings.Join(b.Input, "")), stanza.DefaultLimits())
 		if _, err := r.Header(); err != nil {
 			fail("header: %v", err)
 		}
@@ -206,7 +128,7 @@ func (h *harness) run(t *testing.T, path string, b block) []string {
 		// A new machine: the router's streams and stores start empty too.
 		*h = *newHarness()
 		cfg, st := DefaultConfig(), State{Rosters: map[string][]RosterItem{}, Offline: map[string]int{}}
-		for _, l := range b.input {
+		for _, l := range b.Input {
 			lf := strings.Fields(l)
 			if len(lf) == 0 || strings.HasPrefix(lf[0], "#") {
 				continue

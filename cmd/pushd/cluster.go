@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -24,6 +23,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"pushd/cluster"
+	"pushd/cluster/failover"
 	"pushd/internal/admin"
 	"pushd/internal/stanza"
 	"pushd/internal/store"
@@ -42,6 +42,8 @@ type clusterSection struct {
 	// SecretKey is base64 of 16, 24 or 32 bytes; it encrypts gossip and
 	// seals replication.
 	SecretKey string `toml:"secret_key"`
+	// sweepDelay shortens failover.Config.SweepDelay in tests.
+	sweepDelay time.Duration
 	// C2SAdvertise is the address clients are redirected to when their
 	// sessions live on this node (default: [c2s] listen).
 	C2SAdvertise string `toml:"c2s_advertise"`
@@ -113,153 +115,34 @@ type clusterNode struct {
 	// by device.
 	mu       sync.Mutex
 	replicas map[string]cluster.SessionRecord
-	// resyncDue: peers whose resync (records dropped) is scheduled.
-	resyncDue map[string]bool
-
-	// resyncMu: one resyncBackups (or sweepStale) at a time.
-	resyncMu sync.Mutex
-	// sweep runs sweepStale once membership has been quiet for
-	// sweepDelay; each change resets it.
-	sweepMu sync.Mutex
-	sweep   *time.Timer
-	// sweepDelay (nanoseconds): defaultSweepDelay; tests shorten it.
-	sweepDelay atomic.Int64
 	// bg counts the goroutines spawn started; none starts once stopping.
 	bgMu     sync.Mutex
 	bg       sync.WaitGroup
 	stopping bool
 	quit     chan struct{} // closed by stop
 
-	// settled is the placement under which this node holds every device
-	// of the users it is primary for; a user whose primary it became
-	// since (a member failed) waits in Home until the takeover is done.
-	settledMu sync.Mutex
-	settled   *cluster.Placement
-	settledCh chan struct{} // closed and replaced when settled changes
-	// settledNow is settled for readers on the routing path.
-	settledNow atomic.Pointer[cluster.Placement]
+	// fo is the failover protocol, stepped by run alone; view is what it
+	// last published (failover.go).
+	fo    *failover.Machine
+	inbox inbox
+	view  atomic.Pointer[viewState]
 
 	// disk is what this node's own store held at start. In a cluster it is
 	// served only once the other members handed over what they hold for
 	// this node's users (they may have taken them over while it was
 	// gone, and what it has is then stale): syncing until then.
-	disk    jsm.State
-	syncing atomic.Bool
-	round   atomic.Pointer[syncRound]
-	ended   map[string]bool // members whose HandoverEnd arrived
-	// servedElsewhere are the users another member served while this
-	// node was away (HandoverEnd.Served): its own store's copy of them is
-	// stale.
-	servedElsewhere map[string]bool
+	disk jsm.State
 	// joined closes once c is set: membership events may come from
 	// inside cluster.New.
 	joined chan struct{}
 }
 
-func newClusterNode(n *node, disk jsm.State) *clusterNode {
-	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord), resyncDue: make(map[string]bool),
-		disk: disk, ended: make(map[string]bool), servedElsewhere: make(map[string]bool), joined: make(chan struct{}), settledCh: make(chan struct{}),
-		quit: make(chan struct{})}
-	cn.syncing.Store(true)
-	cn.round.Store(&syncRound{done: make(chan struct{}), fromDisk: true})
-	cn.sweepDelay.Store(int64(defaultSweepDelay))
+func newClusterNode(n *node, disk jsm.State, fcfg failover.Config) *clusterNode {
+	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord),
+		disk: disk, joined: make(chan struct{}), quit: make(chan struct{}), fo: failover.New(fcfg)}
+	cn.inbox.signal = make(chan struct{}, 1)
+	cn.publish(cn.fo.View())
 	return cn
-}
-
-// syncRound is one wait for the others' handovers: at start, and again
-// after the others declared this node dead.
-type syncRound struct {
-	done     chan struct{}
-	once     sync.Once
-	fromDisk bool // serve the own store's devices nobody handed over
-}
-
-// syncWait bounds how long a (re)joining node waits for the others'
-// handovers before it serves what it has.
-const syncWait = 5 * time.Second
-
-// sync waits, in the background, for every live member's HandoverEnd (or
-// syncWait), then takes over this node's users: the sessions handed to it
-// and, for devices nobody handed over, its own store's.
-func (cn *clusterNode) sync(joining bool) {
-	cn.spawn(func() {
-		deadline := time.Now().Add(syncWait)
-		if joining {
-			// Give membership a moment to learn the others.
-			for len(cn.c.Members()) < 2 && time.Now().Before(deadline) {
-				if !cn.pause(20 * time.Millisecond) {
-					return
-				}
-			}
-		}
-		for time.Now().Before(deadline) {
-			if cn.allEnded() {
-				break
-			}
-			if !cn.pause(20 * time.Millisecond) {
-				return
-			}
-		}
-		cn.finishSync()
-	})
-}
-
-func (cn *clusterNode) allEnded() bool {
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	for _, m := range cn.c.Members() {
-		if m.Name != cn.c.Name() && m.State.Live() && !cn.ended[m.Name] {
-			return false
-		}
-	}
-	return true
-}
-
-func (cn *clusterNode) finishSync() {
-	r := cn.round.Load()
-	r.once.Do(func() {
-		cn.adoptOwned(r.fromDisk)
-		cn.syncing.Store(false)
-		close(r.done)
-		// The backups of this node's users may hold nothing of them, or
-		// what they held before it left.
-		cn.spawn(func() { cn.resyncBackups("rejoined", func(string, string) bool { return true }) })
-	})
-}
-
-// DeclaredDead: the others took this node's users over while it was
-// paused or cut off (cluster.DeathListener). What it holds for them is
-// stale: it forgets it, sends their live clients back to itself (they
-// resume on the session handed over), and waits for the handovers that
-// follow its return, as at start.
-func (cn *clusterNode) DeclaredDead() {
-	if !cn.awaitJoined() || cn.syncing.Load() {
-		return
-	}
-	cn.mu.Lock()
-	cn.ended, cn.servedElsewhere = make(map[string]bool), make(map[string]bool)
-	cn.mu.Unlock()
-	cn.round.Store(&syncRound{done: make(chan struct{})})
-	cn.syncing.Store(true)
-	// Nothing held here is settled any more: the sync that follows
-	// serves every user of this node afresh.
-	cn.settle(func(*cluster.Placement) *cluster.Placement { return nil })
-	self := cn.c.Name()
-	place := cn.c.Placement()
-	m, _ := cn.c.Member(self)
-	n := cn.n.router.Forget(func(dev string) bool { return place.Primary(userOf(dev)) == self }, m.Meta.C2SAddr)
-	cn.log.Warn("cluster: this node was declared dead; its users were taken over: resynchronising", "devices", n)
-	cn.sync(false)
-}
-
-func (cn *clusterNode) ApplyHandoverEnd(from string, r cluster.HandoverEnd) error {
-	cn.mu.Lock()
-	cn.ended[from] = true
-	for _, u := range r.Served {
-		cn.servedElsewhere[u] = true
-	}
-	cn.mu.Unlock()
-	return nil
 }
 
 // join starts membership and replication; the router must exist (peers
@@ -332,106 +215,7 @@ func userOf(device string) string {
 	return device
 }
 
-// --- router.Cluster ---
-
-func (cn *clusterNode) Home(user string) (bool, string, string) {
-	primary := cn.c.Placement().Primary(user)
-	if primary == "" || primary == cn.c.Name() {
-		if cn.syncing.Load() {
-			// This node's users wait until what others held for them is
-			// here (bounded by syncWait).
-			select {
-			case <-cn.round.Load().done:
-			case <-time.After(2 * syncWait):
-			}
-		}
-		cn.awaitTakeover(user)
-		return true, "", ""
-	}
-	m, _ := cn.c.Member(primary)
-	return false, primary, m.Meta.C2SAddr
-}
-
-// awaitTakeover holds a stanza for a user whose primary this node became
-// when a member failed, until it has taken that member's devices over:
-// membership publishes the new placement before the takeover starts, and
-// a stanza routed in between would find no device and go to the offline
-// store instead of the device's queue, without a push. Bounded by
-// adoptWait.
-func (cn *clusterNode) awaitTakeover(user string) {
-	self := cn.c.Name()
-	var deadline <-chan time.Time // made only when a stanza must wait: this runs for every one
-	for {
-		cn.settledMu.Lock()
-		s, changed := cn.settled, cn.settledCh
-		cn.settledMu.Unlock()
-		if s == nil || s.Primary(user) == self || s.Primary(user) == "" {
-			return
-		}
-		if deadline == nil {
-			t := time.NewTimer(adoptWait)
-			defer t.Stop()
-			deadline = t.C
-		}
-		select {
-		case <-changed:
-		case <-deadline:
-			cn.log.Warn("cluster: takeover not done in time; routing anyway", "user", cn.n.router.Redact(user))
-			return
-		}
-	}
-}
-
-// adoptWait bounds how long a stanza waits for a takeover.
-const adoptWait = 10 * time.Second
-
-// settle records the placement under which this node now holds every
-// device of its users, computed from the one recorded before.
-func (cn *clusterNode) settle(next func(*cluster.Placement) *cluster.Placement) {
-	cn.settledMu.Lock()
-	defer cn.settledMu.Unlock()
-	cn.settled = next(cn.settled)
-	cn.settledNow.Store(cn.settled)
-	close(cn.settledCh)
-	cn.settledCh = make(chan struct{})
-}
-
-// Serving names the node whose session manager holds user's devices:
-// the placement's primary, or "" while that is this node and it has not
-// taken the user over yet (a member failed and the takeover runs, or the
-// node syncs). Stanzas routed meanwhile wait, in order, in the router's
-// lane for the user instead of reaching a session manager that does not
-// hold the user's devices yet (H2: they would go to the offline store,
-// unpushed, and overtake what the old primary queued).
-func (cn *clusterNode) Serving(user string) string {
-	p := cn.c.Placement().Primary(user)
-	if p != cn.c.Name() {
-		return p
-	}
-	if cn.syncing.Load() {
-		return ""
-	}
-	if s := cn.settledNow.Load(); s != nil {
-		if was := s.Primary(user); was != "" && was != p {
-			return ""
-		}
-	}
-	return p
-}
-
-// remote is jsm's Config.Remote: whether user's devices are held
-// elsewhere, or not held here yet (Serving).
-func (cn *clusterNode) remote(user string) bool {
-	select {
-	case <-cn.joined:
-	default:
-		return false // not yet a member: everyone is served here
-	}
-	if cn.c.Placement().Primary(user) == "" {
-		return false // no member known: everyone is served here
-	}
-	return cn.Serving(user) != cn.c.Name()
-}
+// --- router.Cluster (Home, Serving: failover.go) ---
 
 func (cn *clusterNode) Forward(node string, st *stanza.Element) func() error {
 	w := cn.c.Forward(context.Background(), node, cluster.StanzaRecord{Stanza: stanza.Marshal(st, stanza.NSClient)})
@@ -736,72 +520,18 @@ func (cn *clusterNode) ApplyAsync(from string, rec cluster.Record) (func() error
 	return nil, fmt.Errorf("cluster: unknown record %T", rec)
 }
 
-// awaitHome holds a forwarded stanza whose recipient this node does not
-// yet consider its own: the sender's node noticed a failure first, and
-// routing it before this node has adopted the recipient's devices would
-// miss them. The wait is bounded by failure detection (2–3 s).
-func (cn *clusterNode) awaitHome(el *stanza.Element) {
-	to, err := jid.Parse(el.Get("to"))
-	if err != nil {
-		return
-	}
-	user := to.Bare().String()
-	deadline := time.Now().Add(adoptWait)
-	for time.Now().Before(deadline) {
-		if here, _, _ := cn.Home(user); here {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	here, node, _ := cn.Home(user)
-	cn.log.Warn("cluster: forwarded stanza for a user this node does not hold", "user", cn.n.router.Redact(user), "here", here, "home", node)
-}
-
-// --- cluster.MembershipListener ---
-
-func (cn *clusterNode) NodeJoined(m cluster.Member) {
-	cn.scheduleSweep()
-	// Accounts live on every node: a newcomer (or a restarted node) gets
-	// them all, then the devices of the users it now serves.
-	cn.spawn(func() {
-		if !cn.awaitJoined() || m.Name == cn.c.Name() {
-			return
-		}
-		cn.sendAccounts(m.Name)
-		cn.handover(m)
-		// m holds nothing of the users it now backs up, or what it held
-		// before it left; a syncing node resyncs all of its users when done.
-		// After a partition both sides see the other join, and the side
-		// the others declared dead learns it a moment later (DeclaredDead):
-		// its stale copy must not replace what m served meanwhile.
-		if cn.pause(resyncDelay) && !cn.syncing.Load() {
-			cn.resyncBackups("member joined", func(_, backup string) bool { return backup == m.Name })
-		}
-	})
-}
-
 // handover gives a member that joined (or came back) the devices of the
 // users it now serves (H4 fallback): their queue replaces whatever stale
 // copy it has, their session lets the client resume there; HandoverEnd
 // follows, after which it serves them.
-func (cn *clusterNode) handover(m cluster.Member) {
+// before is the placement under which this node held its users until m
+// came (failover.Welcome).
+func (cn *clusterNode) handover(m cluster.Member, before *cluster.Placement) {
 	// A node still syncing holds no devices yet: it releases nothing and
 	// just says so, which keeps two joining nodes from waiting on each
 	// other.
 	place := cn.c.Placement()
-	cn.settledMu.Lock()
-	before := cn.settled
-	cn.settledMu.Unlock()
 	hs := cn.n.router.Release(func(dev string) bool { return place.Primary(userOf(dev)) == m.Name }, m.Meta.C2SAddr)
-	// A member that joins only takes users away (rendezvous hashing), so
-	// what this node holds still covers the settled placement plus it;
-	// should it fail again, its users wait here for their takeover.
-	cn.settle(func(s *cluster.Placement) *cluster.Placement {
-		if s == nil || s.Has(m.Name) {
-			return s
-		}
-		return cluster.NewPlacement(append(s.Nodes(), m.Name))
-	})
 	var recs []cluster.Record
 	for _, h := range hs {
 		dev := h.Session.Device
@@ -835,67 +565,13 @@ func (cn *clusterNode) handover(m cluster.Member) {
 	}
 }
 
-func (cn *clusterNode) NodeLeft(m cluster.Member)   { cn.startAdopt(m.Name); cn.scheduleSweep() }
-func (cn *clusterNode) NodeFailed(m cluster.Member) { cn.startAdopt(m.Name); cn.scheduleSweep() }
-
-// startAdopt runs the takeover; stanzas for the users it concerns wait
-// for it in Home.
-func (cn *clusterNode) startAdopt(lost string) {
-	cn.spawn(func() {
-		if !cn.awaitJoined() {
-			return
-		}
-		cn.adopt(lost)
-		// The users lost was primary or backup of have a new backup here
-		// or elsewhere, holding nothing of them yet. The copy waits for
-		// the takeover's first pushes (H3), which it would slow by a third
-		// of a second at 15 000 sessions. The price: a primary that fails
-		// in that second leaves its users' new backup with only what it
-		// received since the first failure.
-		was := cluster.NewPlacement(append(cn.c.Placement().Nodes(), lost))
-		if !cn.pause(resyncDelay) {
-			return
-		}
-		cn.resyncBackups("member lost", func(user, _ string) bool {
-			p, b := was.PrimaryBackup(user)
-			return p == lost || b == lost
-		})
-	})
-}
-
-// resyncDelay is how long after a takeover the new backups get their
-// copies; well under failure detection (2–3 s).
-const resyncDelay = time.Second
-
-// defaultSweepDelay is how long membership must stay unchanged before
-// this node drops what it holds of users it neither serves nor backs up.
-const defaultSweepDelay = 10 * time.Second
-
-// scheduleSweep runs sweepStale once membership has been quiet for
-// sweepDelay.
-func (cn *clusterNode) scheduleSweep() {
-	cn.sweepMu.Lock()
-	defer cn.sweepMu.Unlock()
-	wait := time.Duration(cn.sweepDelay.Load())
-	if cn.sweep == nil {
-		// spawn runs nothing once the node stops.
-		cn.sweep = time.AfterFunc(wait, func() { cn.spawn(cn.sweepStale) })
-		return
-	}
-	cn.sweep.Reset(wait)
-}
-
 // sweepStale drops the queues, sessions and offline messages this node
 // holds of users it is neither primary nor backup of: copies from a time
 // it was their backup. Kept, they would be served as they are should it
 // become their backup, then their primary, again without a full copy in
 // between for each device (a device gone meanwhile is in no copy).
+// The failover machine runs one such job at a time, never while syncing.
 func (cn *clusterNode) sweepStale() {
-	cn.resyncMu.Lock()
-	defer cn.resyncMu.Unlock()
-	if cn.syncing.Load() {
-		return
-	}
 	self := cn.c.Name()
 	theirs := func(user string) bool {
 		p, b := cn.c.Placement().PrimaryBackup(user)
@@ -937,46 +613,13 @@ func (cn *clusterNode) sweepStale() {
 	}
 }
 
-// Resync: records for peer were dropped (replication backpressure); the
-// users it backs up get their whole state again (cluster.Resyncer).
-// Called from within a Send, under the router's lock: it only schedules.
-// A slow backup drops records in bursts; one resync covers a burst.
-func (cn *clusterNode) Resync(peer string) {
-	cn.mu.Lock()
-	due := cn.resyncDue[peer]
-	cn.resyncDue[peer] = true
-	cn.mu.Unlock()
-	if due {
-		return
-	}
-	cn.spawn(func() {
-		cn.resyncMu.Lock()
-		defer cn.resyncMu.Unlock()
-		cn.mu.Lock()
-		delete(cn.resyncDue, peer) // a drop from now on is not covered: it schedules another
-		cn.mu.Unlock()
-		cn.resyncLocked("records dropped", func(_, backup string) bool { return backup == peer })
-	})
-}
-
 // resyncBackups sends the whole replicated state of each device of the
 // users this node serves whose backup pick selects: the backup's copy is
 // dropped and replaced by the queue and session held here, and the offline
 // store likewise (H2). Until it is done, what the backup holds of them is
 // incomplete. One resync runs at a time.
+// The failover machine runs one at a time, never while syncing.
 func (cn *clusterNode) resyncBackups(why string, pick func(user, backup string) bool) {
-	cn.resyncMu.Lock()
-	defer cn.resyncMu.Unlock()
-	cn.resyncLocked(why, pick)
-}
-
-// resyncLocked is resyncBackups with resyncMu held.
-func (cn *clusterNode) resyncLocked(why string, pick func(user, backup string) bool) {
-	if cn.syncing.Load() {
-		// What this node holds is not settled yet: its own store may be
-		// stale. The resync at the end of the sync covers every user.
-		return
-	}
 	start := time.Now()
 	self := cn.c.Name()
 	place := cn.c.Placement()
@@ -1047,7 +690,6 @@ func (cn *clusterNode) localUsers(keep func(user string) bool) []string {
 	}
 	return users
 }
-func (cn *clusterNode) NodeUpdated(cluster.Member) {}
 
 func (cn *clusterNode) sendAccounts(to string) {
 	users, err := cn.n.db.Accounts().List()
@@ -1079,22 +721,13 @@ func (cn *clusterNode) sendAccounts(to string) {
 	}
 }
 
-// adopt takes over, at once, the users whose primary was the lost node
-// and whose primary is now this node (H3), then re-replicates them to
-// their new backup.
-func (cn *clusterNode) adopt(lost string) {
-	n := cn.adoptOwned(false)
-	if n > 0 {
-		cn.log.Warn("cluster: took over the sessions of a lost node", "node", lost, "sessions", n)
-	}
-}
-
-// adoptOwned serves every replicated session whose user's primary is now
-// this node and, with fromDisk, every device of its own store that no
-// session covers; it returns how many sessions it took over.
-func (cn *clusterNode) adoptOwned(fromDisk bool) int {
+// adoptOwned carries out a failover.Adopt: it serves every replicated
+// session whose user's primary is now this node and, with FromDisk, every
+// device of its own store that no session covers; it returns how many
+// sessions it took over.
+func (cn *clusterNode) adoptOwned(a failover.Adopt) int {
 	self := cn.c.Name()
-	place := cn.c.Placement()
+	place, before := a.Placement, a.Before
 	cn.mu.Lock()
 	var sessions []router.AdoptedSession
 	devices := map[string]bool{}
@@ -1119,10 +752,11 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 	}
 	cn.mu.Unlock()
 	var diskRegs map[string][]jsm.Registration
-	if fromDisk {
-		cn.mu.Lock()
-		stale := maps.Clone(cn.servedElsewhere)
-		cn.mu.Unlock()
+	if a.FromDisk {
+		stale := map[string]bool{}
+		for _, u := range a.Stale {
+			stale[u] = true
+		}
 		// This node's own devices nobody handed over, unless another
 		// member served their user meanwhile: then they were delivered,
 		// logged out of or moved to the offline store there.
@@ -1174,9 +808,6 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 	// The users this node serves from now on may have offline messages
 	// replicated here: jsm learns how many (its bound, M10, and whether a
 	// login must fetch them).
-	cn.settledMu.Lock()
-	before := cn.settled
-	cn.settledMu.Unlock()
 	counts, err := cn.n.queue.OfflineCounts()
 	if err != nil {
 		cn.log.Error("cluster: counting offline messages", "err", err)
@@ -1190,13 +821,10 @@ func (cn *clusterNode) adoptOwned(fromDisk bool) int {
 			offline[user] = -1 // unknown: the next login asks the store
 		}
 	}
-	settled := func(*cluster.Placement) *cluster.Placement { return place }
 	if len(devices) == 0 && len(offline) == 0 {
-		cn.settle(settled)
 		return 0
 	}
 	cn.n.router.Adopt(sessions, queues, diskRegs, offline)
-	cn.settle(settled)
 	return len(sessions)
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"mellium.im/xmpp/jid"
 
+	"pushd/cluster/failover"
 	"pushd/component"
 	"pushd/internal/admin"
 	"pushd/internal/stanza"
@@ -142,7 +143,12 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		rcfg.ComponentSecrets[pushDomain] = pushSecret
 	}
 	if cfg.Cluster.enabled() {
-		n.cluster = newClusterNode(n, disk)
+		fcfg := failover.DefaultConfig(cfg.Cluster.NodeName)
+		fcfg.SyncWait = syncWait
+		if cfg.Cluster.sweepDelay > 0 {
+			fcfg.SweepDelay = cfg.Cluster.sweepDelay
+		}
+		n.cluster = newClusterNode(n, disk, fcfg)
 		rcfg.Cluster = n.cluster
 	}
 	n.router, err = router.New(rcfg, machine, router.Stores{

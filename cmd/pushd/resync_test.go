@@ -169,7 +169,7 @@ func TestReturningNodeForgetsWhatWasServedMeanwhile(t *testing.T) {
 	cfg.Cluster.Join = []string{B.cfg.Cluster.Bind}
 	P2 := startTestNode(t, func(c *fileConfig) { *c = cfg })
 	waitFor(t, "her primary serving again", 30*time.Second, func() bool {
-		return !P2.cluster.syncing.Load() && P2.cluster.c.Placement().Primary(alice) == cfg.Cluster.NodeName
+		return !P2.cluster.syncingNow() && P2.cluster.c.Placement().Primary(alice) == cfg.Cluster.NodeName
 	})
 	if n, _ := P2.queue.Stats(alice + "/phone"); n != 0 {
 		t.Errorf("the returned node still holds %d stale entries for alice's phone", n)
@@ -197,6 +197,7 @@ func TestReturningNodeForgetsWhatWasServedMeanwhile(t *testing.T) {
 func TestStaleBackupCopyDropped(t *testing.T) {
 	nodes := clusterOf(t, 3, func(_ int, c *fileConfig) {
 		c.Component.Accept = append(c.Component.Accept, componentAccept{Domain: failoverApp, Secret: appSecret})
+		c.Cluster.sweepDelay = 200 * time.Millisecond
 	})
 	// A user whose backup among n1–n3 is not her backup once n4 joins.
 	three := cluster.NewPlacement([]string{"n1", "n2", "n3"})
@@ -215,7 +216,6 @@ func TestStaleBackupCopyDropped(t *testing.T) {
 	fc.bob, fc.bobHome = addBobAwayFrom(nodes)
 	waitAccount(t, nodes, fc.bob)
 	old := fc.B
-	old.cluster.sweepDelay.Store(int64(200 * time.Millisecond))
 
 	a := xmpptest.Login(t, fc.P.c2s(), "localhost", name, alicePW, "phone")
 	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
