@@ -309,19 +309,19 @@ func (c *c2s) redirectClaimed(hdr xml.StartElement) error {
 
 // seeOtherHost is the stream error that sends a client to the node at
 // addr, the host:port the cluster advertises for it ([cluster]
-// c2s_advertise, checked when the config is read). What the clients we
-// test with make of it: slixmpp 1.8.3 splits host and port (5222 when
-// absent; an IPv6 literal in brackets), connects there with the same JID
-// and 'to', and verifies the new host's certificate against that host,
-// not the domain; @xmpp/client 0.14 keeps its service's scheme (xmpp: for
-// STARTTLS, so the address must be a STARTTLS listener for a client that
-// came in with STARTTLS), needs the port to build the service at all, and
-// checks the certificate against the domain. slixmpp gives up after 5
-// redirects in a row; @xmpp/client follows every one, so a node must
-// never send a client to an address that sends it back (placement is the
-// same on every member once membership has settled). An empty address
-// (the primary's meta is not known yet) would send slixmpp nowhere and
-// @xmpp/client to a broken service: such a client is told to try again.
+// c2s_advertise, checked when the config is read: a port and a host a
+// client can dial). What the clients we test with make of it:
+// @xmpp/client 0.14 connects to addr with its service's scheme (xmpp:,
+// STARTTLS, for a client that came in that way: addr must be a STARTTLS
+// listener), needs the port to build that service, checks the
+// certificate against the domain, and follows every redirect, without a
+// limit. slixmpp 1.8.3 parses host and port (5222 when absent, IPv6 in
+// brackets) but then reconnects to its JID's domain on 5222 through SRV,
+// not to addr (testdata/peers/peerlib.py works around it): in a
+// deployment it lands wherever DNS sends it, is sent on again, and gives
+// up after 5 redirects in a row. An empty address would send slixmpp
+// nowhere and @xmpp/client to a broken service: such a client is told to
+// try again instead.
 func seeOtherHost(addr string) *StreamError {
 	if addr == "" {
 		return &StreamError{Condition: "internal-server-error", Text: "the node serving this account is not known yet; try again"}

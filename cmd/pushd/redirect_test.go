@@ -1,8 +1,11 @@
 package main
 
 import (
+	"log/slog"
 	"slices"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"pushd/internal/peertest"
 )
@@ -69,4 +72,36 @@ func TestXMPPJSSeeOtherHost(t *testing.T) {
 		t.Fatalf("chat failed: %v", res)
 	}
 	checkRedirectedChat(t, res, P, "0", "1")
+}
+
+// H7: see-other-host carries [cluster] c2s_advertise, else [c2s] listen;
+// a member whose address no client can dial, or that lacks the port
+// @xmpp/client needs, does not start.
+func TestC2SAdvertiseChecked(t *testing.T) {
+	for _, c := range []struct {
+		listen, advertise string
+		ok                bool
+	}{
+		{"127.0.0.1:5222", "", true},
+		{"0.0.0.0:5222", "", false},
+		{"[::]:5222", "", false},
+		{"", "", false},
+		{"0.0.0.0:5222", "192.0.2.2:5222", true},
+		{"0.0.0.0:5222", "[2001:db8::2]:5222", true},
+		{"0.0.0.0:5222", "node2.example.net:5222", true},
+		{"0.0.0.0:5222", "192.0.2.2", false},
+		{"0.0.0.0:5222", ":5222", false},
+		{"0.0.0.0:5222", "192.0.2.2:xmpp", false},
+	} {
+		cfg := defaultFileConfig()
+		cfg.Cluster.NodeName = "n1"
+		cfg.C2S.Listen, cfg.Cluster.C2SAdvertise = c.listen, c.advertise
+		cc, err := clusterConfig(cfg, "", slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+		if (err == nil) != c.ok {
+			t.Errorf("listen %q, c2s_advertise %q: %v, want ok=%v", c.listen, c.advertise, err, c.ok)
+		}
+		if want := c.advertise; err == nil && want != "" && cc.Meta.C2SAddr != want {
+			t.Errorf("c2s_advertise %q: meta has %q", want, cc.Meta.C2SAddr)
+		}
+	}
 }
