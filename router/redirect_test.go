@@ -44,20 +44,30 @@ func done() error { return nil }
 // alice lives on another node, at addr.
 func redirectRouter(t *testing.T, addr string) *Server {
 	t.Helper()
-	users := []jid.JID{jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost"), jid.MustParse("carol@localhost")}
 	certFile, keyFile := peertest.SelfSigned(t, t.TempDir(), "localhost")
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return testRouter(t, func(cfg *Config) {
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		cfg.Cluster = placed{away: map[string]bool{"alice@localhost": true}, addr: addr}
+	}, jsm.DefaultConfig())
+}
+
+// testRouter serves localhost on a free port of 127.0.0.1 for alice, bob
+// and carol (password "pw"), in the clear unless mutate sets TLS.
+func testRouter(t *testing.T, mutate func(*Config), jcfg jsm.Config) *Server {
+	t.Helper()
+	users := []jid.JID{jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost"), jid.MustParse("carol@localhost")}
 	cfg := DefaultConfig()
 	cfg.C2SListen, cfg.ComponentListen = "127.0.0.1:0", ""
-	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	cfg.Cluster = placed{away: map[string]bool{"alice@localhost": true}, addr: addr}
+	cfg.RequireTLS, cfg.AllowPlainWithoutTLS = false, true
+	mutate(&cfg)
 	open := make(chan struct{})
 	close(open)
 	q := &gatedQueue{gate: open, q: map[string][]jsm.Entry{}}
-	srv, err := New(cfg, jsm.New(jsm.DefaultConfig(), jsm.State{Users: users}),
+	srv, err := New(cfg, jsm.New(jcfg, jsm.State{Users: users}),
 		Stores{Accounts: onePassword{}, Queue: q, Rosters: noRosters{}, PushRegistrations: noRegs{}})
 	if err != nil {
 		t.Fatal(err)
