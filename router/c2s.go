@@ -104,17 +104,29 @@ func (c *c2s) handshakeTLS() error {
 	return nil
 }
 
-// openStream reads the client's stream header and answers with ours and
-// the features of this stage.
-func (c *c2s) openStream() error {
+// readHeader reads and checks the header of a new stream (the first, or
+// one restarted after TLS or SASL); ours is not sent yet.
+func (c *c2s) readHeader() (xml.StartElement, error) {
 	c.r = stanza.NewReader(c.conn, c.srv.cfg.Limits)
 	c.sentHd = false
 	hdr, err := c.r.Header()
 	if err != nil {
+		return hdr, err
+	}
+	return hdr, c.checkHeader(hdr, stanza.NSClient)
+}
+
+// openStream reads the client's stream header and answers with ours and
+// the features of this stage.
+func (c *c2s) openStream() error {
+	hdr, err := c.readHeader()
+	if err != nil {
 		return err
 	}
-	if err := c.checkHeader(hdr, stanza.NSClient); err != nil {
-		return err
+	if c.secure && !c.authed {
+		if err := c.redirectClaimed(hdr); err != nil {
+			return err
+		}
 	}
 	c.header("")
 	c.out = append(c.out, "<stream:features>"...)
@@ -215,11 +227,18 @@ func (c *c2s) negotiate() (*stream, error) {
 				return nil, err
 			}
 			if ok {
+				c.authed = true
 				if here, _, addr := c.home(); !here {
 					// This user's sessions live on another node (H1).
-					return nil, &StreamError{Condition: "see-other-host", Content: addr}
+					// The client has restarted its stream on <success/>
+					// and parses from a fresh header: the error goes
+					// after ours, in the new stream (RFC 6120 §4.3.2,
+					// §6.4.6), which fail writes.
+					if _, err := c.readHeader(); err != nil {
+						return nil, err
+					}
+					return nil, seeOtherHost(addr)
 				}
-				c.authed = true
 				if err := c.openStream(); err != nil {
 					return nil, err
 				}
@@ -250,6 +269,64 @@ func (c *c2s) home() (here bool, node, c2sAddr string) {
 		return true, "", ""
 	}
 	return c.srv.cfg.Cluster.Home(c.user.String())
+}
+
+// redirectClaimed returns see-other-host when the stream header names, in
+// 'from' (RFC 6120 §4.7.1), a user of this domain whose sessions live on
+// another node, so that the client goes there before it authenticates
+// here for nothing.
+//
+// The claim is not authenticated, and that is harmless: placement is a
+// hash of the JID over the member list, whether or not the account
+// exists, so the answer tells only which node would serve that name, and
+// the client that lied is the only one sent away; the JID it
+// authenticates as is checked again after SASL. It is done only once the
+// stream is under TLS (the caller's condition): RFC 6120 §4.9.3.19 says a
+// server SHOULD NOT redirect before, where anyone on the path could
+// forge the error. Neither slixmpp 1.8.3 nor @xmpp/client 0.14 sends
+// 'from'; they are redirected after SASL.
+func (c *c2s) redirectClaimed(hdr xml.StartElement) error {
+	if c.srv.cfg.Cluster == nil {
+		return nil
+	}
+	var from string
+	for _, a := range hdr.Attr {
+		if a.Name.Space == "" && a.Name.Local == "from" {
+			from = a.Value
+		}
+	}
+	user, err := jid.Parse(from)
+	if err != nil || user.Localpart() == "" || !strings.EqualFold(user.Domainpart(), c.srv.domain.Domainpart()) {
+		return nil // no claim, or not one of ours: SASL decides
+	}
+	here, _, addr := c.srv.cfg.Cluster.Home(user.Bare().String())
+	if here || addr == "" {
+		return nil
+	}
+	c.srv.log.Debug("redirected before authentication", "user", c.srv.Redact(user.Bare().String()))
+	return seeOtherHost(addr)
+}
+
+// seeOtherHost is the stream error that sends a client to the node at
+// addr, the host:port the cluster advertises for it ([cluster]
+// c2s_advertise, checked when the config is read: a port and a host a
+// client can dial). What the clients we test with make of it:
+// @xmpp/client 0.14 connects to addr with its service's scheme (xmpp:,
+// STARTTLS, for a client that came in that way: addr must be a STARTTLS
+// listener), needs the port to build that service, checks the
+// certificate against the domain, and follows every redirect, without a
+// limit. slixmpp 1.8.3 parses host and port (5222 when absent, IPv6 in
+// brackets) but then reconnects to its JID's domain on 5222 through SRV,
+// not to addr (testdata/peers/peerlib.py works around it): in a
+// deployment it lands wherever DNS sends it, is sent on again, and gives
+// up after 5 redirects in a row. An empty address would send slixmpp
+// nowhere and @xmpp/client to a broken service: such a client is told to
+// try again instead.
+func seeOtherHost(addr string) *StreamError {
+	if addr == "" {
+		return &StreamError{Condition: "internal-server-error", Text: "the node serving this account is not known yet; try again"}
+	}
+	return &StreamError{Condition: "see-other-host", Content: addr}
 }
 
 // bind binds the requested resource (or a random one) and returns the new

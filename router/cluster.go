@@ -315,7 +315,7 @@ func (s *Server) Forget(mine func(device string) bool, redirect string) int {
 			continue
 		}
 		s.forget(st)
-		st.close(&StreamError{Condition: "see-other-host", Content: redirect})
+		st.close(seeOtherHost(redirect))
 		devices = append(devices, st.from)
 	}
 	// Devices without a stream (restored, adopted) go too.
@@ -341,7 +341,7 @@ func (s *Server) Release(mine func(device string) bool, redirect string) []Hando
 		if w != nil {
 			s.cfg.Metrics.detached.Inc()
 			s.stepLocked(jsm.Detached{Stream: st.id, Unacked: st.detach()})
-			w.close(appendStreamError(nil, &StreamError{Condition: "see-other-host", Content: redirect}))
+			w.close(appendStreamError(nil, seeOtherHost(redirect)))
 		}
 		if st.resumeID != "" {
 			out = append(out, Handover{Session: st.session()})

@@ -51,9 +51,12 @@ type Config struct {
 	// WriteTimeout bounds one write to a peer (default 30 s); a peer that
 	// does not read is treated as gone.
 	WriteTimeout time.Duration
-	// ResumeTimeout is announced to XEP-0198 clients as the longest time a
-	// stream may stay detached (default 300 s); jsm enforces it.
-	ResumeTimeout time.Duration
+	// ResumeTimeout is how long a detached XEP-0198 stream stays
+	// resumable (default 300 s), and PushResumeTimeout the same for a
+	// device with push enabled (default 24 h, M10); jsm enforces them,
+	// <enabled max=…/> announces the longer (resumeMax).
+	ResumeTimeout     time.Duration
+	PushResumeTimeout time.Duration
 	// ResumeLocation, when set, is announced in <enabled location=…/> as
 	// the host:port where the client should resume (default empty).
 	ResumeLocation string
@@ -90,6 +93,7 @@ func DefaultConfig() Config {
 		WriteTimeout:       30 * time.Second,
 		TickInterval:       time.Second,
 		ResumeTimeout:      300 * time.Second,
+		PushResumeTimeout:  24 * time.Hour,
 		AckRequestEvery:    5,
 	}
 }

@@ -158,6 +158,9 @@ func New(cfg Config, machine *jsm.Machine, stores Stores) (*Server, error) {
 	if cfg.ResumeTimeout == 0 {
 		cfg.ResumeTimeout = def.ResumeTimeout
 	}
+	if cfg.PushResumeTimeout == 0 {
+		cfg.PushResumeTimeout = def.PushResumeTimeout
+	}
 	if cfg.AckRequestEvery == 0 {
 		cfg.AckRequestEvery = def.AckRequestEvery
 	}

@@ -196,7 +196,7 @@ func (c *c2s) handleSM(st *stream, el *stanza.Element) error {
 			b = append(b, `<enabled xmlns="urn:xmpp:sm:3"`...)
 			if resume {
 				b = append(b, ` id="`+id+`" resume="true" max="`...)
-				b = strconv.AppendInt(b, int64(s.cfg.ResumeTimeout/time.Second), 10)
+				b = strconv.AppendInt(b, int64(s.resumeMax()/time.Second), 10)
 				b = append(b, '"')
 				if s.cfg.ResumeLocation != "" {
 					b = append(b, ` location="`+s.cfg.ResumeLocation+`"`...)
@@ -229,6 +229,21 @@ func (c *c2s) handleSM(st *stream, el *stanza.Element) error {
 		return errUnsupportedType
 	}
 	return nil
+}
+
+// resumeMax is the max of <enabled/> (XEP-0198 §5): the longest this
+// device's stream may stay resumable, the longer of the two timeouts
+// whether or not it has push now. Which one applies is settled only when
+// the stream detaches (jsm, M10), and phones mostly enable push after
+// <enable/>, when nothing can be announced again. A client may take max
+// as the time after which resuming is pointless and bind afresh: told the
+// short timeout, a phone woken by a push after an hour would drop a
+// session the server still holds, and the resumption that 24 h of
+// hibernation exists for. Told the long one, a device whose session has
+// ended tries <resume/>, gets <failed/> and binds: one round trip, and
+// nothing lost, as its queue has moved to the offline store.
+func (s *Server) resumeMax() time.Duration {
+	return max(s.cfg.ResumeTimeout, s.cfg.PushResumeTimeout)
 }
 
 // bucket is a token bucket limiting the elements one connection sends.

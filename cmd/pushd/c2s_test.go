@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"pushd/internal/peertest"
 	"pushd/internal/stanza"
@@ -35,11 +36,13 @@ func TestSCRAMMechanisms(t *testing.T) {
 }
 
 // Direct TLS (XEP-0368) on its own listener, and the XEP-0198 <enabled/>
-// carrying the resume location when one is configured.
+// carrying the resume location when one is configured and, as max, the
+// push resume timeout (issue 11: a device may enable push after it).
 func TestDirectTLSAndResumeLocation(t *testing.T) {
 	n := startTestNode(t, func(c *fileConfig) {
 		c.C2S.TLSListen = peertest.Loopback(peertest.FreePort(t))
 		c.C2S.ResumeLocation = "xmpp.example.org:5222"
+		c.C2S.PushResumeTimeout = duration(2 * time.Hour)
 	})
 	n.addUser("tess", "pw")
 	c := xmpptest.DialTLS(t, n.router.Addr("tls"), "localhost")
@@ -55,7 +58,7 @@ func TestDirectTLSAndResumeLocation(t *testing.T) {
 	if !el.Is(stanza.NSSM, "enabled") || el.Get("resume") != "true" || el.Get("id") == "" {
 		t.Fatalf("enable: %s", el)
 	}
-	if el.Get("location") != "xmpp.example.org:5222" || el.Get("max") != "300" {
+	if el.Get("location") != "xmpp.example.org:5222" || el.Get("max") != "7200" {
 		t.Errorf("enabled location=%q max=%q", el.Get("location"), el.Get("max"))
 	}
 	// An unknown resumption id fails cleanly and the client may bind anew.

@@ -96,10 +96,31 @@ func clusterConfig(cfg fileConfig, adminAddr string, log *slog.Logger, reg prome
 		}
 		cc.SecretKey = k
 	}
-	cc.Meta.C2SAddr = c2sAdvertised(cfg)
+	c2sAddr := c2sAdvertised(cfg)
+	if err := checkRedirect(c2sAddr); err != nil {
+		return cc, fmt.Errorf("config: cluster.c2s_advertise (default [c2s] listen): %w", err)
+	}
+	cc.Meta.C2SAddr = c2sAddr
 	cc.Meta.AdminAddr = adminAddr
 	cc.Meta.Build = version
 	return cc, nil
+}
+
+// checkRedirect makes sure addr is what see-other-host may carry to a
+// client (RFC 6120 §4.9.3.19: a host and port): @xmpp/client cannot
+// follow it without the port, and a wildcard host names no node.
+func checkRedirect(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a TCP port", addr, port)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("%q names no host clients can reach; set the address they dial", addr)
+	}
+	return nil
 }
 
 // clusterNode joins the node to its cluster: it is the router's Cluster

@@ -125,6 +125,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	rcfg.RequireTLS = cfg.C2S.RequireTLS
 	rcfg.AllowPlainWithoutTLS = cfg.C2S.AllowPlainWithoutTLS
 	rcfg.ResumeTimeout = time.Duration(cfg.C2S.ResumeTimeout)
+	rcfg.PushResumeTimeout = time.Duration(cfg.C2S.PushResumeTimeout)
 	rcfg.ResumeLocation = cfg.C2S.ResumeLocation
 	rcfg.Limits = stanza.Limits{MaxBytes: cfg.C2S.MaxStanzaBytes, MaxDepth: cfg.C2S.MaxDepth}
 	rcfg.RateLimit, rcfg.RateBurst = cfg.C2S.RateLimit, cfg.C2S.RateBurst

@@ -26,9 +26,15 @@ type Client struct {
 	Conn   net.Conn
 	r      *stanza.Reader
 	domain string
-	// Features is the last <stream:features/> the server sent.
+	// Features is the last <stream:features/> the server sent; nil when
+	// the server answered a stream header with a stream error instead.
 	Features *stanza.Element
 	JID      string
+	// From, when set, goes in the 'from' of the stream headers Open sends
+	// (RFC 6120 §4.7.1).
+	From string
+	// pending is what the server sent in place of features, for Next.
+	pending *stanza.Element
 }
 
 // Timeout bounds every read.
@@ -37,27 +43,27 @@ var Timeout = 10 * time.Second
 // Dial connects and opens a stream to domain.
 func Dial(t testing.TB, addr, domain string) *Client {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, Timeout)
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
-	}
-	c := &Client{t: t, Conn: conn, domain: domain}
-	t.Cleanup(func() { _ = c.Conn.Close() })
-	c.Open()
-	return c
+	return DialAs(t, addr, domain, "")
 }
 
 // Open sends a stream header and reads the server's header and features.
 func (c *Client) Open() {
 	c.t.Helper()
-	c.Send(`<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='` + c.domain + `' version='1.0'>`)
+	from := ""
+	if c.From != "" {
+		from = ` from='` + c.From + `'`
+	}
+	c.Send(`<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='` + c.domain + `'` + from + ` version='1.0'>`)
 	c.ReadHeader()
 }
 
-// ReadHeader reads the server's stream header and features.
+// ReadHeader reads the server's stream header and features. A stream
+// error in place of the features (see-other-host after a restart) is
+// left for Next and StreamError.
 func (c *Client) ReadHeader() {
 	c.t.Helper()
 	c.r = stanza.NewReader(c.Conn, stanza.Limits{MaxBytes: 16 << 20, MaxDepth: 64})
+	c.pending = nil
 	_ = c.Conn.SetReadDeadline(time.Now().Add(Timeout))
 	if _, err := c.r.Header(); err != nil {
 		c.t.Fatalf("server header: %v", err)
@@ -65,6 +71,10 @@ func (c *Client) ReadHeader() {
 	f, err := c.Next()
 	if err != nil {
 		c.t.Fatalf("features: %v", err)
+	}
+	if f.Is(stanza.NSStream, "error") {
+		c.Features, c.pending = nil, f
+		return
 	}
 	c.Features = f
 }
@@ -88,6 +98,10 @@ func (c *Client) TrySend(raw string) error {
 
 // Next reads the next top-level element.
 func (c *Client) Next() (*stanza.Element, error) {
+	if el := c.pending; el != nil {
+		c.pending = nil
+		return el, nil
+	}
 	_ = c.Conn.SetReadDeadline(time.Now().Add(Timeout))
 	return c.r.Next()
 }
@@ -110,18 +124,26 @@ func (c *Client) Expect(what string, match func(*stanza.Element) bool) *stanza.E
 // condition it carried ("" if the stream closed without one).
 func (c *Client) StreamError() string {
 	c.t.Helper()
+	cond, _ := c.StreamErrorContent()
+	return cond
+}
+
+// StreamErrorContent is StreamError that also returns the condition
+// element's text: the address of see-other-host.
+func (c *Client) StreamErrorContent() (condition, content string) {
+	c.t.Helper()
 	for {
 		el, err := c.Next()
 		if err != nil {
-			return ""
+			return "", ""
 		}
 		if el.Is(stanza.NSStream, "error") {
 			for _, ch := range el.Elements() {
 				if ch.Name.Space == stanza.NSStreamErr && ch.Name.Local != "text" {
-					return ch.Name.Local
+					return ch.Name.Local, ch.Text()
 				}
 			}
-			return "?"
+			return "?", ""
 		}
 	}
 }
@@ -215,6 +237,19 @@ func (c *Client) Closed() bool {
 			return !(errors.As(err, &ne) && ne.Timeout()) || strings.Contains(err.Error(), "reset")
 		}
 	}
+}
+
+// DialAs is Dial with from in every stream header the client sends.
+func DialAs(t testing.TB, addr, domain, from string) *Client {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, Timeout)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	c := &Client{t: t, Conn: conn, domain: domain, From: from}
+	t.Cleanup(func() { _ = c.Conn.Close() })
+	c.Open()
+	return c
 }
 
 // DialRaw connects without opening a stream, for tests of bad headers.

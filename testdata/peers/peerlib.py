@@ -57,8 +57,27 @@ def client(jid, password, resource=None):
     def on_auth_failed(_):
         c.obs["auth_failed"] = True
 
+    def on_stream_error(err):
+        if err["condition"] == "see-other-host":
+            c.obs.setdefault("redirects", []).append(err["see_other_host"])
+
+    connect = c.connect
+
+    def follow(address=None, **kw):
+        # slixmpp 1.8.3 follows see-other-host by storing the new host and
+        # port in c.address and calling reconnect(), whose connect() has
+        # no address: ClientXMPP.connect would go to the JID's domain on
+        # 5222 (SRV) instead, and the host is resolved again with
+        # default_port, which drops the port. Go where the server said.
+        if address is None and c.obs.get("redirects"):
+            address = c.address
+            c.default_port = address[1]
+        return connect(address=address, **kw)
+
+    c.connect = follow
     c.add_event_handler("tls_success", on_tls)
     c.add_event_handler("failed_auth", on_auth_failed)
+    c.add_event_handler("stream_error", on_stream_error)
     return c
 
 

@@ -4,7 +4,8 @@
 // argv: --host H --port P --domain D --alice JID --alice-password PW
 //       --bob JID --bob-password PW [--messages N=3] [--timeout S=30]
 // JSON: {"ok", "alice": {...}, "bob": {...}}; each side has "tls", "mech",
-//   "subscribed_by", "presence_from", "bodies" (in order), "roster" ({jid: subscription}).
+//   "subscribed_by", "presence_from", "bodies" (in order), "roster" ({jid: subscription}),
+//   "redirects" (see-other-host addresses followed, in order).
 import { args, bare, body, connectClient, run, stopAll, waitFor, xml } from "./lib.mjs";
 
 const NS_ROSTER = "jabber:iq:roster";
@@ -62,6 +63,7 @@ async function main() {
     out[who] = {
       tls: side.xmpp.obs.tls, mech: side.xmpp.obs.mech, subscribed_by: side.subscribed_by,
       presence_from: side.presence_from, bodies: side.bodies, roster: side.roster,
+      redirects: side.xmpp.obs.redirects,
     };
   }
   await stopAll(alice.xmpp, bob.xmpp);

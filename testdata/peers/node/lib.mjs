@@ -14,6 +14,9 @@ export { xml };
 
 export const MECH = "SCRAM-SHA-256";
 
+const NS_STREAM = "http://etherx.jabber.org/streams";
+const NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams";
+
 // ScramSha256 follows the saslmechanisms interface used by @xmpp/sasl.
 // Strings are binary strings (atob/btoa), as @xmpp/base64 uses.
 class ScramSha256 {
@@ -73,7 +76,7 @@ function hmac(key, msg) {
 // resolves once online. It rejects if the server does not offer the mech.
 export async function connectClient({ host, port, domain, jid, password, resource, onStanza }) {
   const [local] = jid.split("@");
-  const obs = { mech: null, tls: false, online: 0 };
+  const obs = { mech: null, tls: false, online: 0, redirects: [] };
   const xmpp = client({
     service: `xmpp://${host}:${port}`,
     domain,
@@ -99,6 +102,14 @@ export async function connectClient({ host, port, domain, jid, password, resourc
   xmpp.on("error", (err) => log(`${jid}: error: ${err.message || err}`));
   xmpp.on("online", () => {
     obs.online += 1;
+  });
+  // @xmpp/connection follows see-other-host itself (no "error" event);
+  // the redirects are recorded from the element.
+  xmpp.on("element", (el) => {
+    if (el.is("error", NS_STREAM)) {
+      const to = el.getChildText("see-other-host", NS_STREAM_ERRORS);
+      if (to !== null) obs.redirects.push(to);
+    }
   });
   if (onStanza) xmpp.on("stanza", onStanza);
   xmpp.obs = obs;
