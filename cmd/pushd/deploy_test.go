@@ -258,7 +258,7 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
-	// 0 is fully locked down, 10 not at all; the unit scores about 1.6.
+	// 0 is fully locked down, 10 not at all; the unit scores about 1.4.
 	// --threshold is on the same scale times ten.
 	out, err = exec.Command("systemd-analyze", "security", "--offline=true", "--threshold=20", path).CombinedOutput()
 	if err != nil {
