@@ -2,14 +2,13 @@ package router
 
 import (
 	"context"
-	"crypto/sha256"
 	"sync"
 	"testing"
 	"time"
 
-	"mellium.im/sasl"
 	"mellium.im/xmpp/jid"
 
+	"pushd/internal/scram"
 	"pushd/internal/stanza"
 	"pushd/internal/xmpptest"
 	"pushd/jsm"
@@ -53,9 +52,11 @@ func (g *gatedQueue) Read(device string, from uint64, fn func(jsm.Entry) error) 
 // onePassword accepts every user with the password "pw".
 type onePassword struct{}
 
-func (onePassword) SaltedCredentials(user, mech string) ([]byte, []byte, int64, error) {
+func (onePassword) SCRAMCredentials(user, mech string) (scram.Credentials, error) {
+	m, _ := scram.ByName(mech)
 	salt := []byte("salt")
-	return salt, sasl.SCRAMSaltPassword(sha256.New, []byte("pw"), salt, 4096), 4096, nil
+	keys, err := m.DeriveKeys([]byte("pw"), salt, 4096)
+	return scram.Credentials{Salt: salt, Iterations: 4096, Keys: keys}, err
 }
 func (onePassword) VerifyPlain(user, password string) (bool, error) { return password == "pw", nil }
 

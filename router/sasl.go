@@ -8,6 +8,7 @@ import (
 	"mellium.im/sasl"
 	"mellium.im/xmpp/jid"
 
+	"pushd/internal/scram"
 	"pushd/internal/stanza"
 )
 
@@ -21,65 +22,72 @@ func isSASLFailure(err error) bool {
 	return errors.Is(err, errSASLFailed)
 }
 
+// Accounts authenticates users; user is the SASL username, the localpart
+// of a bare JID at the router's domain. It holds nothing password-equivalent
+// (S5): SCRAM is verified from StoredKey/ServerKey, PLAIN by deriving them.
+type Accounts interface {
+	SCRAMCredentials(user, mechanism string) (scram.Credentials, error)
+	VerifyPlain(user, password string) (bool, error)
+}
+
+// saslStepper is one mechanism's server side: internal/scram for SCRAM
+// (it verifies from StoredKey/ServerKey, S5), mellium.im/sasl for PLAIN.
+type saslStepper interface {
+	Step(in []byte) (more bool, out []byte, err error)
+}
+
 // saslExchange runs one mechanism to its end and returns the
 // authenticated bare JID. Errors from the mechanism are reported as
-// errSASLFailed without their text: mellium's SCRAM errors quote key
-// material, which must not reach logs.
+// errSASLFailed without their text: they may quote the client's messages,
+// which must not reach logs.
 func (c *c2s) saslExchange(mech string, auth *stanza.Element) (jid.JID, error) {
 	var user jid.JID
 	var userErr error
-	lookup := func(name []byte) (jid.JID, error) {
-		u, err := jid.New(string(name), c.srv.domain.Domainpart(), "")
+	lookup := func(name string) (jid.JID, error) {
+		u, err := jid.New(name, c.srv.domain.Domainpart(), "")
 		if err != nil {
 			return jid.JID{}, sasl.ErrAuthn
 		}
 		return u, nil
 	}
-	var m sasl.Mechanism
-	switch mech {
-	case "SCRAM-SHA-256":
-		m = sasl.ScramSha256
-	case "SCRAM-SHA-1":
-		m = sasl.ScramSha1
-	default:
-		m = sasl.Plain
-	}
-	fetch := func(name, identity []byte, mechanism string) ([]byte, []byte, int64, error) {
-		if !authzOK(identity, name, c.srv.domain.Domainpart()) {
-			return nil, nil, 0, sasl.ErrAuthn
-		}
-		u, err := lookup(name)
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		salt, salted, iter, err := c.srv.accounts.SaltedCredentials(u.Localpart(), mechanism)
-		if err != nil {
-			return nil, nil, 0, sasl.ErrAuthn
-		}
-		user = u
-		return salt, salted, iter, nil
-	}
-	permit := func(n *sasl.Negotiator) bool {
-		if mech != "PLAIN" {
+	var n saslStepper
+	if m, ok := scram.ByName(mech); ok {
+		n = scram.NewServer(m, func(name, identity string) (scram.Credentials, error) {
+			if !authzOK([]byte(identity), []byte(name), c.srv.domain.Domainpart()) {
+				return scram.Credentials{}, sasl.ErrAuthn
+			}
+			u, err := lookup(name)
+			if err != nil {
+				return scram.Credentials{}, err
+			}
+			creds, err := c.srv.accounts.SCRAMCredentials(u.Localpart(), mech)
+			if err != nil {
+				return scram.Credentials{}, err
+			}
+			// Set before the proof is checked; Step's error decides.
+			user = u
+			return creds, nil
+		})
+	} else {
+		permit := func(n *sasl.Negotiator) bool {
+			name, pass, identity := n.Credentials()
+			if !authzOK(identity, name, c.srv.domain.Domainpart()) {
+				return false
+			}
+			u, err := lookup(string(name))
+			if err != nil {
+				return false
+			}
+			ok, err := c.srv.accounts.VerifyPlain(u.Localpart(), string(pass))
+			if err != nil || !ok {
+				userErr = errSASLFailed
+				return false
+			}
+			user = u
 			return true
 		}
-		name, pass, identity := n.Credentials()
-		if !authzOK(identity, name, c.srv.domain.Domainpart()) {
-			return false
-		}
-		u, err := lookup(name)
-		if err != nil {
-			return false
-		}
-		ok, err := c.srv.accounts.VerifyPlain(u.Localpart(), string(pass))
-		if err != nil || !ok {
-			userErr = errSASLFailed
-			return false
-		}
-		user = u
-		return true
+		n = sasl.NewServer(sasl.Plain, permit)
 	}
-	n := sasl.NewServer(m, permit, sasl.SaltedCredentials(fetch))
 	data, err := decodeSASL(auth)
 	if err != nil {
 		return jid.JID{}, err

@@ -34,13 +34,6 @@ import (
 	"pushd/jsm"
 )
 
-// Accounts authenticates users; user is the SASL username, the localpart
-// of a bare JID at the router's domain.
-type Accounts interface {
-	SaltedCredentials(user, mechanism string) (salt, saltedPassword []byte, iterations int64, err error)
-	VerifyPlain(user, password string) (bool, error)
-}
-
 // Queue stores what jsm queues for suspended devices and the offline
 // messages of users with no available device. Writes do not wait: they
 // are committed in the order submitted (the router submits under its

@@ -337,9 +337,9 @@ func cmdComponent(args []string, stderr io.Writer) error {
 		fmt.Fprintln(stderr, componentUsage)
 		return flag.ErrHelp
 	}
-	cfg, err := loadComponentConfig(*configPath, true)
-	if err != nil {
-		return err
+	cfg, errs := componentConfig(*configPath)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
 	log, err := newLogger(cfg.Log.Level, stderr)
 	if err != nil {

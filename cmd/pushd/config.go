@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -113,7 +115,11 @@ func loadConfig(path string) (fileConfig, error) {
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		return c, fmt.Errorf("config %s: unknown key %q", path, und[0].String())
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = strconv.Quote(k.String())
+		}
+		return c, fmt.Errorf("config %s: unknown key %s", path, strings.Join(keys, ", "))
 	}
 	// Relative paths in the file are relative to the file, so that a
 	// config works whatever directory pushd is started from.

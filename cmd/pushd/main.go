@@ -23,6 +23,7 @@ commands:
   device    list or delete push registrations (device list|del)
   push      send a test push to a user's devices (push test JID)
   cluster   cluster status, or where a user lives (cluster status|where)
+  config    check a config file as serve or component would read it (config check FILE)
   bench     measure throughput, latency, memory and failover (bench c2s|push|cluster)
   version   print the version
 `
@@ -54,6 +55,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return cmdPush(args[1:], stdout, stderr)
 	case "cluster":
 		return cmdCluster(args[1:], stdout, stderr)
+	case "config":
+		return cmdConfig(args[1:], stdout, stderr)
 	case "bench":
 		return cmdBench(args[1:], stdout, stderr)
 	case "version":

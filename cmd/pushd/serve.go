@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -19,9 +20,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*configPath)
-	if err != nil {
-		return err
+	// The same checks as `pushd config check`, all reported at once.
+	cfg, errs := serveConfig(*configPath)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
 	log, err := newLogger(cfg.Log.Level, stderr)
 	if err != nil {

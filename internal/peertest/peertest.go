@@ -31,6 +31,9 @@ const (
 	PeerNode        = "node"         // node and npm
 	PeerSIPp        = "sipp"         // sipp from sip-tester
 	PeerEjabberd    = "ejabberd"     // erl and ejabberd's Erlang application
+	// PeerSystemdAnalyze is systemd-analyze (Debian package systemd), which
+	// checks the shipped unit.
+	PeerSystemdAnalyze = "systemd-analyze"
 )
 
 // Python is the interpreter that can import Debian's slixmpp; the python3

@@ -4,16 +4,15 @@ import (
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/dgraph-io/badger/v4"
 	"golang.org/x/text/secure/precis"
-	"mellium.im/sasl"
 	"mellium.im/xmpp/jid"
+
+	"pushd/internal/scram"
 )
 
 var (
@@ -22,7 +21,7 @@ var (
 	ErrNoUser = errors.New("store: no such user")
 	// ErrUserExists: Add for a name that is taken.
 	ErrUserExists = errors.New("store: user exists")
-	// ErrMechanism: SaltedCredentials for a mechanism whose credentials are
+	// ErrMechanism: SCRAMCredentials for a mechanism whose credentials are
 	// not kept.
 	ErrMechanism = errors.New("store: unsupported SASL mechanism")
 )
@@ -30,58 +29,89 @@ var (
 const saltLen = 16
 
 // Accounts holds the node's local accounts. For each it keeps a random salt,
-// the iteration count and the SCRAM salted passwords for SHA-1 and SHA-256;
-// never the password. Safe for concurrent use.
+// the iteration count and, for SCRAM-SHA-1 and SCRAM-SHA-256, the StoredKey
+// and ServerKey of RFC 5802 §3: never the password, and never the salted
+// password, which would let whoever reads it log in (BEHAVIOUR S5). Safe for
+// concurrent use.
 type Accounts struct{ db *DB }
 
 // account is the stored credential record.
 type account struct {
-	iterations int64
+	iterations int
 	salt       []byte
-	sha1       []byte // SaltedPassword for SCRAM-SHA-1
-	sha256     []byte // SaltedPassword for SCRAM-SHA-256 and PLAIN
+	sha1       scram.Keys // SCRAM-SHA-1
+	sha256     scram.Keys // SCRAM-SHA-256 and PLAIN
 }
 
-// Record layout: format 1 | uvarint iterations | uvarint len(salt) | salt |
-// 20 bytes SHA-1 | 32 bytes SHA-256. Binary, because it is fixed and read on
-// every login; the format byte leaves room for another hash later.
-const accountFormat = 1
+// Record layouts. Binary, because they are fixed and read on every login;
+// the first byte says which.
+//
+//	format 2: 2 | uvarint iterations | uvarint len(salt) | salt |
+//	          StoredKey SHA-1 (20) | ServerKey SHA-1 (20) |
+//	          StoredKey SHA-256 (32) | ServerKey SHA-256 (32)
+//	format 1: 1 | uvarint iterations | uvarint len(salt) | salt |
+//	          SaltedPassword SHA-1 (20) | SaltedPassword SHA-256 (32)
+//
+// Format 1 is what binaries before schema version 2 wrote. It is only read:
+// converted at Open (migrateAccounts) and when a node still running such a
+// binary replicates one (PutCredentials).
+const (
+	legacyAccountFormat = 1
+	accountFormat       = 2
+)
 
 func (a account) marshal() []byte {
-	b := make([]byte, 0, 1+binary.MaxVarintLen64*2+len(a.salt)+sha1.Size+sha256.Size)
+	b := make([]byte, 0, 1+binary.MaxVarintLen64*2+len(a.salt)+2*sha1.Size+2*sha256.Size)
 	b = append(b, accountFormat)
 	b = binary.AppendUvarint(b, uint64(a.iterations))
 	b = binary.AppendUvarint(b, uint64(len(a.salt)))
 	b = append(b, a.salt...)
-	b = append(b, a.sha1...)
-	return append(b, a.sha256...)
+	b = append(b, a.sha1.StoredKey...)
+	b = append(b, a.sha1.ServerKey...)
+	b = append(b, a.sha256.StoredKey...)
+	return append(b, a.sha256.ServerKey...)
 }
 
-func unmarshalAccount(b []byte) (account, error) {
-	bad := errors.New("store: corrupt account record")
-	if len(b) < 1 || b[0] != accountFormat {
-		return account{}, bad
+var errCorruptAccount = errors.New("store: corrupt account record")
+
+// unmarshalAccount reads either format; legacy reports format 1, whose
+// salted passwords it has already turned into keys.
+func unmarshalAccount(b []byte) (acc account, legacy bool, err error) {
+	if len(b) < 1 || (b[0] != accountFormat && b[0] != legacyAccountFormat) {
+		return account{}, false, errCorruptAccount
 	}
+	legacy = b[0] == legacyAccountFormat
 	b = b[1:]
 	iter, n := binary.Uvarint(b)
 	if n <= 0 || iter == 0 || iter > 1<<31 {
-		return account{}, bad
+		return account{}, false, errCorruptAccount
 	}
 	b = b[n:]
 	sl, n := binary.Uvarint(b)
-	if n <= 0 || sl > 1024 {
-		return account{}, bad
+	if n <= 0 || sl == 0 || sl > 1024 {
+		return account{}, false, errCorruptAccount
 	}
 	b = b[n:]
-	if uint64(len(b)) != sl+sha1.Size+sha256.Size {
-		return account{}, bad
+	if uint64(len(b)) < sl {
+		return account{}, false, errCorruptAccount
 	}
-	return account{
-		iterations: int64(iter),
-		salt:       b[:sl],
-		sha1:       b[sl : sl+sha1.Size],
-		sha256:     b[sl+sha1.Size:],
-	}, nil
+	acc = account{iterations: int(iter), salt: b[:sl]}
+	b = b[sl:]
+	if legacy {
+		if len(b) != sha1.Size+sha256.Size {
+			return account{}, false, errCorruptAccount
+		}
+		acc.sha1 = scram.SHA1.KeysFromSalted(b[:sha1.Size])
+		acc.sha256 = scram.SHA256.KeysFromSalted(b[sha1.Size:])
+		return acc, true, nil
+	}
+	if len(b) != 2*sha1.Size+2*sha256.Size {
+		return account{}, false, errCorruptAccount
+	}
+	acc.sha1 = scram.Keys{StoredKey: b[:sha1.Size], ServerKey: b[sha1.Size : 2*sha1.Size]}
+	b = b[2*sha1.Size:]
+	acc.sha256 = scram.Keys{StoredKey: b[:sha256.Size], ServerKey: b[sha256.Size:]}
+	return acc, false, nil
 }
 
 // prepare applies the SASLprep successor (PRECIS OpaqueString) that RFC
@@ -104,13 +134,14 @@ func (a *Accounts) newCredentials(password string) (account, error) {
 	if _, err := rand.Read(salt); err != nil {
 		return account{}, fmt.Errorf("store: salt: %w", err)
 	}
-	iter := a.db.cfg.ScramIterations
-	return account{
-		iterations: int64(iter),
-		salt:       salt,
-		sha1:       sasl.SCRAMSaltPassword(sha1.New, p, salt, iter),
-		sha256:     sasl.SCRAMSaltPassword(sha256.New, p, salt, iter),
-	}, nil
+	acc := account{iterations: a.db.cfg.ScramIterations, salt: salt}
+	if acc.sha1, err = scram.SHA1.DeriveKeys(p, salt, acc.iterations); err != nil {
+		return account{}, fmt.Errorf("store: %w", err)
+	}
+	if acc.sha256, err = scram.SHA256.DeriveKeys(p, salt, acc.iterations); err != nil {
+		return account{}, fmt.Errorf("store: %w", err)
+	}
+	return acc, nil
 }
 
 // bare checks that user is an account JID of this node and returns its key
@@ -278,7 +309,7 @@ func (a *Accounts) load(username string) (account, error) {
 		if err != nil {
 			return err
 		}
-		acc, err = unmarshalAccount(v)
+		acc, _, err = unmarshalAccount(v)
 		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
@@ -290,34 +321,37 @@ func (a *Accounts) load(username string) (account, error) {
 	return acc, nil
 }
 
-// SaltedCredentials answers mellium.im/sasl's SaltedCredentialsFetcher for
-// SCRAM-SHA-1 and SCRAM-SHA-256 (username is the localpart at the node's
-// domain). Unknown user: ErrNoUser.
-func (a *Accounts) SaltedCredentials(username, mechanism string) (salt, saltedPassword []byte, iterations int64, err error) {
+// SCRAMCredentials returns what internal/scram's server needs to verify a
+// SCRAM-SHA-1 or SCRAM-SHA-256 login (username is the localpart at the
+// node's domain). Unknown user: ErrNoUser.
+func (a *Accounts) SCRAMCredentials(username, mechanism string) (scram.Credentials, error) {
 	acc, err := a.load(username)
 	if err != nil {
-		return nil, nil, 0, err
+		return scram.Credentials{}, err
 	}
-	switch strings.TrimSuffix(mechanism, "-PLUS") {
-	case "SCRAM-SHA-1":
-		return acc.salt, acc.sha1, acc.iterations, nil
-	case "SCRAM-SHA-256":
-		return acc.salt, acc.sha256, acc.iterations, nil
+	c := scram.Credentials{Salt: acc.salt, Iterations: acc.iterations}
+	switch mechanism {
+	case scram.SHA1.Name:
+		c.Keys = acc.sha1
+	case scram.SHA256.Name:
+		c.Keys = acc.sha256
+	default:
+		return scram.Credentials{}, fmt.Errorf("%w: %s", ErrMechanism, mechanism)
 	}
-	return nil, nil, 0, fmt.Errorf("%w: %s", ErrMechanism, mechanism)
+	return c, nil
 }
 
 // dummySalt is hashed for unknown users so that VerifyPlain takes as long
 // for them as for a wrong password.
 var dummySalt = make([]byte, saltLen)
 
-// VerifyPlain checks a PLAIN login: it salts password as the account's
-// SCRAM-SHA-256 credential was salted and compares in constant time.
-// Unknown user: false and ErrNoUser.
+// VerifyPlain checks a PLAIN login: it derives the SCRAM-SHA-256 keys from
+// password with the account's salt and iteration count and compares them
+// in constant time. Unknown user: false and ErrNoUser.
 func (a *Accounts) VerifyPlain(username, password string) (bool, error) {
 	acc, err := a.load(username)
 	if errors.Is(err, ErrNoUser) {
-		_ = sasl.SCRAMSaltPassword(sha256.New, []byte(password), dummySalt, a.db.cfg.ScramIterations)
+		_, _ = scram.SHA256.DeriveKeys([]byte(password), dummySalt, a.db.cfg.ScramIterations)
 		return false, ErrNoUser
 	}
 	if err != nil {
@@ -327,13 +361,16 @@ func (a *Accounts) VerifyPlain(username, password string) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	got := sasl.SCRAMSaltPassword(sha256.New, p, acc.salt, int(acc.iterations))
-	return subtle.ConstantTimeCompare(got, acc.sha256) == 1, nil
+	got, err := scram.SHA256.DeriveKeys(p, acc.salt, acc.iterations)
+	if err != nil {
+		return false, fmt.Errorf("store: verify password: %w", err)
+	}
+	return got.Equal(acc.sha256), nil
 }
 
-// Credentials returns an account's stored record (salt, iterations, salted
-// passwords: never the password) for replication to the other nodes of a
-// cluster, which store it with PutCredentials.
+// Credentials returns an account's stored record (salt, iterations,
+// StoredKey and ServerKey: nothing that logs in) for replication to the
+// other nodes of a cluster, which store it with PutCredentials.
 func (a *Accounts) Credentials(user jid.JID) ([]byte, error) {
 	bare, err := a.bare(user)
 	if err != nil {
@@ -358,17 +395,68 @@ func (a *Accounts) Credentials(user jid.JID) ([]byte, error) {
 }
 
 // PutCredentials stores a record made by Credentials on another node,
-// creating or replacing the account. Replaying it is harmless.
+// creating or replacing the account. Replaying it is harmless. A record in
+// the old format (from a node not yet upgraded) is stored converted, so no
+// salted password reaches this node's disk.
 func (a *Accounts) PutCredentials(user jid.JID, record []byte) error {
 	bare, err := a.bare(user)
 	if err != nil {
 		return err
 	}
-	if _, err := unmarshalAccount(record); err != nil {
+	acc, legacy, err := unmarshalAccount(record)
+	if err != nil {
 		return fmt.Errorf("store: replicated account: %w", err)
+	}
+	if legacy {
+		record = acc.marshal()
 	}
 	if err := a.db.update(func(txn *badger.Txn) error { return txn.Set(accountKey(bare), record) }); err != nil {
 		return fmt.Errorf("store: put account: %w", err)
 	}
 	return nil
+}
+
+// migrateAccounts rewrites every format-1 record as format 2 (S5). Open
+// runs it on a database of schema version 1, before anything else can read
+// or write; the salted passwords are turned into keys without the
+// passwords, so every account keeps working. It may be interrupted and run
+// again: records already converted are left alone.
+func (a *Accounts) migrateAccounts() (int, error) {
+	wb := a.db.bdb.NewWriteBatch()
+	defer wb.Cancel()
+	n := 0
+	err := a.db.bdb.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte{SpaceAccount}
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			acc, legacy, err := unmarshalAccount(v)
+			if err != nil {
+				// Not fatal for the others: this account could not log in
+				// before either. The key is a JID: not logged (S3).
+				a.db.log.Warn("account record unreadable, left as it is", "err", err)
+				continue
+			}
+			if !legacy {
+				continue
+			}
+			if err := wb.Set(it.Item().KeyCopy(nil), acc.marshal()); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err == nil {
+		err = wb.Flush()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: migrate accounts to StoredKey/ServerKey: %w", err)
+	}
+	return n, nil
 }

@@ -5,7 +5,7 @@ package store
 // reserves its byte here first.
 //
 //	m "version"                          schema version of the database (one byte)
-//	a <bare JID>                         account: SCRAM salt, iterations, salted passwords
+//	a <bare JID>                         account: SCRAM salt, iterations, StoredKey/ServerKey
 //	r <bare JID> 0x00 <contact bare JID> roster item (JSON)
 //	q <device> 0x00 <seq, 8 bytes BE>    queued stanza of a device (package queue)
 //	o <bare JID> 0x00 <seq, 8 bytes BE>  offline message of a user (package queue)
@@ -53,5 +53,9 @@ func rosterKey(user, contact string) []byte {
 var versionKey = []byte{SpaceMeta, 'v', 'e', 'r', 's', 'i', 'o', 'n'}
 
 // schemaVersion is bumped by any change to the layout above that an older
-// binary would misread.
-const schemaVersion = 1
+// binary would misread. Open upgrades a database from the previous version
+// in place; an older binary refuses a newer database.
+//
+//	1  accounts kept SCRAM salted passwords
+//	2  accounts keep StoredKey/ServerKey (S5)
+const schemaVersion = 2

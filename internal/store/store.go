@@ -145,13 +145,13 @@ func Open(cfg Config) (*DB, error) {
 		return nil, fmt.Errorf("store: open database in %s: %w", cfg.Dir, err)
 	}
 	db := &DB{bdb: bdb, cfg: cfg, log: log}
+	db.accounts = &Accounts{db: db}
+	db.rosters = &Rosters{db: db}
+	db.pushRegs = &PushRegistrations{db: db}
 	if err := db.checkVersion(); err != nil {
 		_ = bdb.Close()
 		return nil, err
 	}
-	db.accounts = &Accounts{db: db}
-	db.rosters = &Rosters{db: db}
-	db.pushRegs = &PushRegistrations{db: db}
 	return db, nil
 }
 
@@ -186,24 +186,47 @@ func badgerOptions(cfg Config, log *slog.Logger) badger.Options {
 		WithLogger(slogAdapter{log: log})
 }
 
+// checkVersion stamps a new database with the schema version, upgrades one
+// of the previous version, and refuses any other.
 func (db *DB) checkVersion() error {
-	return db.bdb.Update(func(txn *badger.Txn) error {
+	var v []byte
+	err := db.bdb.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(versionKey)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return txn.Set(versionKey, []byte{schemaVersion})
-		}
 		if err != nil {
-			return fmt.Errorf("store: read schema version: %w", err)
+			return err
 		}
-		v, err := item.ValueCopy(nil)
-		if err != nil {
-			return fmt.Errorf("store: read schema version: %w", err)
-		}
-		if len(v) != 1 || v[0] != schemaVersion {
-			return fmt.Errorf("store: database has schema version %v, this binary reads %d", v, schemaVersion)
-		}
-		return nil
+		v, err = item.ValueCopy(nil)
+		return err
 	})
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+		return db.setVersion()
+	case err != nil:
+		return fmt.Errorf("store: read schema version: %w", err)
+	case len(v) == 1 && v[0] == schemaVersion:
+		return nil
+	case len(v) == 1 && v[0] == 1:
+		n, err := db.accounts.migrateAccounts()
+		if err != nil {
+			return err
+		}
+		// Only once every record is converted: an interrupted migration
+		// runs again at the next Open.
+		if err := db.setVersion(); err != nil {
+			return err
+		}
+		db.log.Info("store upgraded: accounts keep SCRAM StoredKey/ServerKey instead of salted passwords",
+			"from_version", 1, "to_version", schemaVersion, "accounts", n)
+		return nil
+	}
+	return fmt.Errorf("store: database has schema version %v, this binary reads %d", v, schemaVersion)
+}
+
+func (db *DB) setVersion() error {
+	if err := db.update(func(txn *badger.Txn) error { return txn.Set(versionKey, []byte{schemaVersion}) }); err != nil {
+		return fmt.Errorf("store: write schema version: %w", err)
+	}
+	return nil
 }
 
 // Badger returns the open badger database for the packages that keep their

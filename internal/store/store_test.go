@@ -3,10 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
-	"crypto/sha1"
-	"crypto/sha256"
 	"errors"
-	"hash"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -16,7 +13,6 @@ import (
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
-	"mellium.im/sasl"
 	"mellium.im/xmpp/jid"
 
 	"pushd/jsm"
@@ -215,100 +211,6 @@ func jidStrings(js []jid.JID) []string {
 		out = append(out, j.String())
 	}
 	return out
-}
-
-func TestSaltedCredentials(t *testing.T) {
-	db := openMem(t)
-	acc := db.Accounts()
-	if err := acc.Add(jid.MustParse("alice@example.test"), "secret"); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		mech string
-		hash func() hash.Hash
-		err  error
-	}{
-		{"SCRAM-SHA-1", sha1.New, nil},
-		{"SCRAM-SHA-256", sha256.New, nil},
-		{"SCRAM-SHA-256-PLUS", sha256.New, nil},
-		{"SCRAM-SHA-512", nil, ErrMechanism},
-	} {
-		salt, salted, iter, err := acc.SaltedCredentials("alice", tc.mech)
-		if !errors.Is(err, tc.err) {
-			t.Errorf("%s: %v", tc.mech, err)
-			continue
-		}
-		if err != nil {
-			continue
-		}
-		if iter != 4096 || len(salt) != saltLen {
-			t.Errorf("%s: iterations %d, salt %d bytes", tc.mech, iter, len(salt))
-		}
-		if want := sasl.SCRAMSaltPassword(tc.hash, []byte("secret"), salt, int(iter)); !bytes.Equal(salted, want) {
-			t.Errorf("%s: salted password does not match", tc.mech)
-		}
-	}
-	if _, _, _, err := acc.SaltedCredentials("nobody", "SCRAM-SHA-256"); !errors.Is(err, ErrNoUser) {
-		t.Errorf("unknown user: %v", err)
-	}
-}
-
-// TestSCRAMExchange runs mellium's SCRAM client against its server fed by
-// Accounts, as the router will.
-func TestSCRAMExchange(t *testing.T) {
-	db := openMem(t)
-	acc := db.Accounts()
-	if err := acc.Add(jid.MustParse("alice@example.test"), "secret"); err != nil {
-		t.Fatal(err)
-	}
-	fetch := func(user, _ []byte, mech string) ([]byte, []byte, int64, error) {
-		salt, sp, it, err := acc.SaltedCredentials(string(user), mech)
-		if err != nil {
-			return nil, nil, 0, sasl.ErrAuthn
-		}
-		return salt, sp, it, nil
-	}
-	for _, tc := range []struct {
-		mech       sasl.Mechanism
-		user, pass string
-		ok         bool
-	}{
-		{sasl.ScramSha256, "alice", "secret", true},
-		{sasl.ScramSha1, "alice", "secret", true},
-		{sasl.ScramSha256, "alice", "wrong", false},
-		{sasl.ScramSha256, "nobody", "secret", false},
-	} {
-		client := sasl.NewClient(tc.mech, sasl.Credentials(func() ([]byte, []byte, []byte) {
-			return []byte(tc.user), []byte(tc.pass), nil
-		}))
-		server := sasl.NewServer(tc.mech, nil, sasl.SaltedCredentials(fetch))
-		ok := exchange(client, server)
-		if ok != tc.ok {
-			t.Errorf("%s %s/%s: authenticated=%v", tc.mech.Name, tc.user, tc.pass, ok)
-		}
-	}
-}
-
-func exchange(client, server *sasl.Negotiator) bool {
-	_, resp, err := client.Step(nil)
-	if err != nil {
-		return false
-	}
-	for i := 0; i < 5; i++ {
-		more, chal, err := server.Step(resp)
-		if err != nil {
-			return false
-		}
-		cmore, cresp, err := client.Step(chal)
-		if err != nil {
-			return false
-		}
-		if !more && !cmore {
-			return server.State()&sasl.Errored == 0 && client.State()&sasl.Errored == 0
-		}
-		resp = cresp
-	}
-	return false
 }
 
 func TestAddConcurrentOneWinner(t *testing.T) {
