@@ -30,6 +30,9 @@ type c2s struct {
 	out    []byte // negotiation output, written synchronously
 	sentHd bool
 	bucket bucket
+	// relayedIn: another node logged this client in here (edgeAuth); it
+	// is not relayed again.
+	relayedIn bool
 }
 
 func (s *Server) serveC2S(conn net.Conn, directTLS bool) {
@@ -41,6 +44,9 @@ func (s *Server) serveC2S(conn net.Conn, directTLS bool) {
 		}
 	}
 	st, err := c.negotiate()
+	if errors.Is(err, errRelayed) {
+		return
+	}
 	if err != nil {
 		c.fail(err)
 		return
@@ -123,7 +129,7 @@ func (c *c2s) openStream() error {
 	if err != nil {
 		return err
 	}
-	if c.secure && !c.authed {
+	if c.secure && !c.authed && c.redirects() {
 		if err := c.redirectClaimed(hdr); err != nil {
 			return err
 		}
@@ -229,13 +235,23 @@ func (c *c2s) negotiate() (*stream, error) {
 			if ok {
 				c.authed = true
 				if here, _, addr := c.home(); !here {
-					// This user's sessions live on another node (H1).
+					// This user's sessions live on another node (H1):
+					// carried there (H7), or sent there.
+					if !c.redirects() && !c.relayedIn && addr != "" {
+						return nil, c.relay(addr)
+					}
 					// The client has restarted its stream on <success/>
 					// and parses from a fresh header: the error goes
 					// after ours, in the new stream (RFC 6120 §4.3.2,
-					// §6.4.6), which fail writes.
+					// §6.4.6), which fail writes. A stream another node
+					// relays here is not sent on: that node's view and
+					// this one's differ for a moment; the client is told
+					// to try again.
 					if _, err := c.readHeader(); err != nil {
 						return nil, err
+					}
+					if c.relayedIn {
+						addr = ""
 					}
 					return nil, seeOtherHost(addr)
 				}
@@ -262,6 +278,10 @@ func (c *c2s) negotiate() (*stream, error) {
 		}
 	}
 }
+
+// redirects reports whether clients of other nodes are sent there with
+// see-other-host rather than relayed (H7).
+func (c *c2s) redirects() bool { return c.srv.cfg.Redirect || c.srv.cfg.RelayKey == nil }
 
 // home says whether the authenticated user's sessions live on this node.
 func (c *c2s) home() (here bool, node, c2sAddr string) {
@@ -420,8 +440,13 @@ func (c *c2s) authenticate(auth *stanza.Element) (bool, error) {
 			cond = "invalid-mechanism"
 		}
 	}
-	if cond == "" {
-		user, err := c.saslExchange(mech, auth)
+	if cond == "" || mech == edgeMechanism && c.srv.cfg.RelayKey != nil && c.secure {
+		cond = ""
+		exchange := c.saslExchange
+		if mech == edgeMechanism {
+			exchange = func(_ string, auth *stanza.Element) (jid.JID, error) { return c.edgeAuth(auth) }
+		}
+		user, err := exchange(mech, auth)
 		switch {
 		case err == nil:
 			c.user = user

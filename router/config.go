@@ -57,6 +57,13 @@ type Config struct {
 	// <enabled max=…/> announces the longer (resumeMax).
 	ResumeTimeout     time.Duration
 	PushResumeTimeout time.Duration
+	// RelayKey, in a cluster, lets this node carry the stream of a client
+	// whose user another node serves to that node, and accept such streams
+	// (relay.go, H7); nil: such a client is sent there with see-other-host.
+	// Redirect sends it there even with a key (an operator who wants
+	// clients connected to their primary).
+	RelayKey []byte
+	Redirect bool
 	// ResumeLocation, when set, is announced in <enabled location=…/> as
 	// the host:port where the client should resume (default empty).
 	ResumeLocation string

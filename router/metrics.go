@@ -13,6 +13,7 @@ type Metrics struct {
 	resumes      *prometheus.CounterVec
 	publishes    prometheus.Counter
 	pushDisabled *prometheus.CounterVec
+	relayed      prometheus.Gauge
 }
 
 // NewMetrics registers the router's metrics on reg (nil: unregistered,
@@ -46,9 +47,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		pushDisabled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pushd_push_disabled_total", Help: "Push registrations removed because the app server refused a publish, by error condition.",
 		}, []string{"condition"}),
+		relayed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pushd_streams_relayed", Help: "Client streams this node carries to the node that serves their user (H7).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.streams, m.detached, m.stanzasIn, m.streamErrors, m.authFailures, m.resumes, m.publishes, m.pushDisabled)
+		reg.MustRegister(m.connections, m.streams, m.detached, m.stanzasIn, m.streamErrors, m.authFailures, m.resumes, m.publishes, m.pushDisabled, m.relayed)
 	}
 	return m
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -42,6 +44,9 @@ type clusterSection struct {
 	// SecretKey is base64 of 16, 24 or 32 bytes; it encrypts gossip and
 	// seals replication.
 	SecretKey string `toml:"secret_key"`
+	// Redirect sends a client whose user another member serves there
+	// (see-other-host) instead of carrying its stream there (H7).
+	Redirect bool `toml:"redirect"`
 	// sweepDelay shortens failover.Config.SweepDelay in tests.
 	sweepDelay time.Duration
 	// C2SAdvertise is the address clients are redirected to when their
@@ -50,6 +55,20 @@ type clusterSection struct {
 }
 
 func (c clusterSection) enabled() bool { return c.NodeName != "" }
+
+// relayKey is the key by which members log relayed clients in at each
+// other (router.Config.RelayKey), derived from the cluster's secret so
+// that it is not the gossip key itself; nil without a secret: clients of
+// other members are redirected.
+func relayKey(secret string) []byte {
+	k, err := base64.StdEncoding.DecodeString(secret)
+	if err != nil || len(k) == 0 {
+		return nil
+	}
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte("pushd edge relay key"))
+	return m.Sum(nil)
+}
 
 // clusterConfig maps [cluster] onto cluster.Config.
 func clusterConfig(cfg fileConfig, adminAddr string, log *slog.Logger, reg prometheus.Registerer) (cluster.Config, error) {

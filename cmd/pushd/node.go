@@ -151,6 +151,8 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		}
 		n.cluster = newClusterNode(n, disk, fcfg)
 		rcfg.Cluster = n.cluster
+		rcfg.Redirect = cfg.Cluster.Redirect
+		rcfg.RelayKey = relayKey(cfg.Cluster.SecretKey)
 	}
 	n.router, err = router.New(rcfg, machine, router.Stores{
 		Accounts: n.db.Accounts(), Queue: n.queue, Rosters: n.db.Rosters(), PushRegistrations: n.db.PushRegistrations(),

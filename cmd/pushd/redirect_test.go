@@ -11,10 +11,11 @@ import (
 )
 
 // redirectCast is two nodes, alice, who lives on P, and bob, who lives on
-// W: a client of alice's that connects to W is sent to P (H7).
-func redirectCast(t *testing.T) (alice, bob string, P, W *testNode) {
+// W: a client of alice's that connects to W is sent to P when redirect is
+// set, and carried there (relayed) otherwise (H7).
+func redirectCast(t *testing.T, redirect bool) (alice, bob string, P, W *testNode) {
 	t.Helper()
-	nodes := clusterOf(t, 2, nil)
+	nodes := clusterOf(t, 2, func(_ int, c *fileConfig) { c.Cluster.Redirect = redirect })
 	alice = nodes[0].addUser("alice", alicePW)
 	primary := nodes[0].cluster.c.Placement().Primary(alice)
 	bob, W = addBobAwayFrom(nodes, primary)
@@ -25,12 +26,17 @@ func redirectCast(t *testing.T) (alice, bob string, P, W *testNode) {
 }
 
 // checkRedirectedChat checks a chat.py / chat.mjs result in which alice
-// started at W and was sent to P once, and bob stayed at W.
+// started at W and was sent to P once (P nil: never, her stream was
+// carried), and bob stayed at W.
 func checkRedirectedChat(t *testing.T, res peertest.Result, P *testNode, messages ...string) {
 	t.Helper()
 	a, b := res.Sub("alice"), res.Sub("bob")
-	if got := a.Strings("redirects"); !slices.Equal(got, []string{P.c2s()}) {
-		t.Errorf("alice was redirected to %q, want once to her primary %s", got, P.c2s())
+	var want []string
+	if P != nil {
+		want = []string{P.c2s()}
+	}
+	if got := a.Strings("redirects"); !slices.Equal(got, want) {
+		t.Errorf("alice was redirected to %q, want %q", got, want)
 	}
 	if got := b.Strings("redirects"); len(got) != 0 {
 		t.Errorf("bob was redirected to %q, want none", got)
@@ -54,7 +60,7 @@ func checkRedirectedChat(t *testing.T, res peertest.Result, P *testNode, message
 // primary, follows see-other-host (sent in the stream restarted after
 // SASL), logs in at her primary and chats with bob across the nodes.
 func TestSlixmppSeeOtherHost(t *testing.T) {
-	alice, bob, P, W := redirectCast(t)
+	alice, bob, P, W := redirectCast(t, true)
 	res := peertest.Slixmpp(t, "chat.py", append(peertest.ServerArgs(t, W.c2s(), "localhost"),
 		"--alice", alice, "--alice-password", alicePW, "--bob", bob, "--bob-password", bobPW, "--messages", "2")...)
 	if !res.Bool("ok") {
@@ -65,13 +71,36 @@ func TestSlixmppSeeOtherHost(t *testing.T) {
 
 // H7 with @xmpp/client 0.14: the same as TestSlixmppSeeOtherHost.
 func TestXMPPJSSeeOtherHost(t *testing.T) {
-	alice, bob, P, W := redirectCast(t)
+	alice, bob, P, W := redirectCast(t, true)
 	res := peertest.Node(t, "chat.mjs", append(peertest.ServerArgs(t, W.c2s(), "localhost"),
 		"--alice", alice, "--alice-password", alicePW, "--bob", bob, "--bob-password", bobPW, "--messages", "2")...)
 	if !res.Bool("ok") {
 		t.Fatalf("chat failed: %v", res)
 	}
 	checkRedirectedChat(t, res, P, "0", "1")
+}
+
+// H7 with slixmpp and @xmpp/client, by default: alice connects to a node
+// that is not her primary and is served there, her stream carried to her
+// primary; she chats with bob, who lives on the node she reached.
+func TestAnyNodePeers(t *testing.T) {
+	for _, peer := range []string{"slixmpp", "xmppjs"} {
+		t.Run(peer, func(t *testing.T) {
+			alice, bob, _, W := redirectCast(t, false)
+			args := append(peertest.ServerArgs(t, W.c2s(), "localhost"),
+				"--alice", alice, "--alice-password", alicePW, "--bob", bob, "--bob-password", bobPW, "--messages", "2")
+			var res peertest.Result
+			if peer == "slixmpp" {
+				res = peertest.Slixmpp(t, "chat.py", args...)
+			} else {
+				res = peertest.Node(t, "chat.mjs", args...)
+			}
+			if !res.Bool("ok") {
+				t.Fatalf("chat failed: %v", res)
+			}
+			checkRedirectedChat(t, res, nil, "0", "1")
+		})
+	}
 }
 
 // H7: see-other-host carries [cluster] c2s_advertise, else [c2s] listen;
