@@ -1,0 +1,41 @@
+package main
+
+import (
+	"fmt"
+
+	"pushd/cluster"
+	"pushd/cluster/record"
+)
+
+// kindHandoverEnd is the failover protocol's record (H4 fallback): the
+// sender has sent a node that joined, or came back, every device of the
+// users it now serves; once every member has, it may serve them. Key:
+// empty; body: Served, a count and the bare JIDs of the users the sender
+// served while the receiver was away (what the receiver's own store holds
+// of them and was not handed over is stale). The value is fixed forever.
+const kindHandoverEnd cluster.Kind = 10
+
+func handoverEndRecord(served []string) cluster.Record {
+	b := record.AppendUvarint(nil, uint64(len(served)))
+	for _, u := range served {
+		b = record.AppendString(b, u)
+	}
+	return cluster.Record{Kind: kindHandoverEnd, Body: b}
+}
+
+func decodeHandoverEnd(r cluster.Record) (served []string, err error) {
+	if err := record.Check(r, kindHandoverEnd); err != nil {
+		return nil, err
+	}
+	d := record.NewDecoder(r.Body)
+	if n := d.Count(1); n > 0 {
+		served = make([]string, n)
+		for i := range served {
+			served[i] = d.String()
+		}
+	}
+	if err := d.Err(); err != nil {
+		return nil, fmt.Errorf("handover-end record: %w", err)
+	}
+	return served, nil
+}
