@@ -67,31 +67,31 @@ func OfflineTrimRecord(user string, through uint64) crecord.Record {
 	return crecord.Record{Kind: KindOfflineTrim, Key: user, Body: crecord.AppendUvarint(nil, through)}
 }
 
-// DecodeAppend reads a KindAppend crecord.
+// DecodeAppend reads a KindAppend record.
 func DecodeAppend(r crecord.Record) (device string, entries []jsm.Entry, err error) {
 	entries, err = decodeEntries(r, KindAppend)
 	return r.Key, entries, err
 }
 
-// DecodeOfflineAdd reads a KindOfflineAdd crecord.
+// DecodeOfflineAdd reads a KindOfflineAdd record.
 func DecodeOfflineAdd(r crecord.Record) (user string, entries []jsm.Entry, err error) {
 	entries, err = decodeEntries(r, KindOfflineAdd)
 	return r.Key, entries, err
 }
 
-// DecodeTrim reads a KindTrim crecord.
+// DecodeTrim reads a KindTrim record.
 func DecodeTrim(r crecord.Record) (device string, through uint64, err error) {
 	through, err = decodeThrough(r, KindTrim)
 	return r.Key, through, err
 }
 
-// DecodeOfflineTrim reads a KindOfflineTrim crecord.
+// DecodeOfflineTrim reads a KindOfflineTrim record.
 func DecodeOfflineTrim(r crecord.Record) (user string, through uint64, err error) {
 	through, err = decodeThrough(r, KindOfflineTrim)
 	return r.Key, through, err
 }
 
-// DecodeRemove reads a KindRemove crecord.
+// DecodeRemove reads a KindRemove record.
 func DecodeRemove(r crecord.Record) (device string, seqs []uint64, err error) {
 	if err := crecord.Check(r, KindRemove); err != nil {
 		return "", nil, err
@@ -109,7 +109,7 @@ func DecodeRemove(r crecord.Record) (device string, seqs []uint64, err error) {
 	return r.Key, seqs, nil
 }
 
-// DecodeDrop reads a KindDrop crecord.
+// DecodeDrop reads a KindDrop record.
 func DecodeDrop(r crecord.Record) (device string, err error) {
 	return r.Key, crecord.Check(r, KindDrop)
 }

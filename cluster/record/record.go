@@ -5,11 +5,10 @@
 // carries records and never looks inside a body.
 //
 // A kind is allocated by the package that owns the data, as an exported
-// constant whose value is fixed forever (it is the wire meaning).
-// Allocated so far: 1–4 and 11–12 queue, 5, 6 and 8 router, 7
-// internal/store, 9 component, 10 the failover protocol's HandoverEnd. The
-// node's assembly lists every kind in one cluster.Kinds literal, where a
-// number taken twice does not compile.
+// constant whose value is fixed forever (it is the wire meaning). The
+// node's assembly (cmd/pushd's clusterNode.kinds) lists every kind in one
+// cluster.Kinds literal: that list is where to find the next free number,
+// and a number taken twice there does not compile.
 //
 // A body is written with the Append functions and read with a Decoder: a
 // string or []byte is a uvarint length and the bytes, an integer a
