@@ -550,7 +550,8 @@ func (cn *clusterNode) registrationChanged(node string, rec []byte) func() error
 
 // kinds lists every record kind this node applies, each with its
 // owner's handler: the queue's and offline store's records go to the
-// queue's group commit, the others to what this node does with them.
+// queue's group commit, the others to what this node does with them. A
+// kind's number is its owner's; one taken twice here does not compile.
 func (cn *clusterNode) kinds() cluster.Kinds {
 	q := cn.n.queue
 	return cluster.Kinds{
