@@ -49,7 +49,7 @@ func Append(b []byte, r Record) []byte {
 }
 
 // Decode reads one record from the front of b and returns it with the
-// bytes that follow it. Its key and body alias b. Any kind decodes: what
+// bytes that follow it. Its body aliases b. Any kind decodes: what
 // a kind means is the receiver's business.
 func Decode(b []byte) (Record, []byte, error) {
 	d := NewDecoder(b)
