@@ -283,7 +283,7 @@ func (c *Cluster) Shutdown() error {
 
 // Forward sends records (stanzas) to the node where their recipient
 // lives, on the forwarding streams; wait returns once the node applied
-// them (for an AsyncStanzaApplier: made them durable). With an in-memory
+// them and their waits returned (Applier). With an in-memory
 // Config.Transport, forwards share the replication streams.
 func (c *Cluster) Forward(ctx context.Context, node string, recs ...Record) (wait func() error) {
 	if c.fwd == nil {

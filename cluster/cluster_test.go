@@ -132,7 +132,7 @@ func TestClusterJoinPlaceFailDetect(t *testing.T) {
 	if err := nodes[0].c.Send(ctx, "n1", appendRec("dev", 1))(); err != nil {
 		t.Fatalf("replicate n0 → n1: %v", err)
 	}
-	if err := nodes[0].c.Broadcast(ctx, AccountRecord{User: "a@x", Data: []byte("k")})(); err != nil {
+	if err := nodes[0].c.Broadcast(ctx, accountRec("a@x", []byte("k")))(); err != nil {
 		t.Fatalf("broadcast: %v", err)
 	}
 	for _, tn := range nodes[1:] {

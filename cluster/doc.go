@@ -7,8 +7,10 @@
 //
 // cluster owns sockets, goroutines and timers for those three concerns and
 // nothing else. It must never decide what happens to a stanza or a
-// session: records are opaque to it beyond their keys (device, seq), and
-// what a record means is the caller's Applier's business. jsm stays the
+// session: a record is a kind, a key and a body (package record), opaque
+// to it; each kind's codec lives with the package that owns the data, and
+// what a record means is the Applier's business, usually a Kinds the
+// node's assembly lists. Adding a kind changes nothing here. jsm stays the
 // only state machine; the cluster carries its records.
 //
 // The pieces can be used alone. Placement is a pure function of a member

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"pushd/cluster/record"
 )
 
 // MetaLimit is memberlist's bound on a node's metadata (memberlist.MetaMaxSize).
@@ -81,19 +83,19 @@ func DecodeNodeMeta(b []byte) (NodeMeta, error) {
 	if b[0] != metaVersion {
 		return m, fmt.Errorf("cluster: node metadata version %d, want %d", b[0], metaVersion)
 	}
-	d := decoder{b: b[1:]}
-	flags := d.byte()
+	d := record.NewDecoder(b[1:])
+	flags := d.Byte()
 	m.Leaving = flags&1 != 0
-	m.C2SAddr = d.string()
-	m.ClusterAddr = d.string()
-	m.AdminAddr = d.string()
-	m.Build = d.string()
-	m.Started = d.uvarint()
-	if d.err == nil && len(d.b) > 0 {
-		m.ForwardAddr = d.string()
+	m.C2SAddr = d.String()
+	m.ClusterAddr = d.String()
+	m.AdminAddr = d.String()
+	m.Build = d.String()
+	m.Started = d.Uvarint()
+	if d.More() {
+		m.ForwardAddr = d.String()
 	}
-	if d.err != nil {
-		return NodeMeta{}, fmt.Errorf("cluster: node metadata: %w", d.err)
+	if err := d.Err(); err != nil {
+		return NodeMeta{}, fmt.Errorf("cluster: node metadata: %w", err)
 	}
 	return m, nil
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"pushd/cluster/record"
 )
 
 // Errors of Replicator.Send's wait. Every "degraded" error wraps
@@ -90,7 +92,8 @@ func DefaultReplicatorConfig() ReplicatorConfig {
 //
 //	'H' version, epoch          sender → receiver, first
 //	'W' version, applied        receiver → sender, answer to H
-//	'D' seq, record...          sender → receiver; records as in record.go
+//	'D' seq, record...          sender → receiver; records as record.Append
+//	                            writes them: kind, key, body
 //	'A' seq                     receiver → sender: every D up to seq applied
 //
 // (integers are uvarints). seq numbers the frames a sender sent a peer
@@ -125,9 +128,11 @@ type Replicator struct {
 
 // protoVersion 2 added the HandoverEnd record and a SessionRecord's
 // AckedSeq (where version 1 had an unused Sent) and live sessions
-// (Suspended false); version 3 the offline store's records. An older peer
-// is refused rather than misread.
-const protoVersion = 3
+// (Suspended false); version 3 the offline store's records; version 4
+// made a record a kind, a key and a body (package record), the kinds
+// keeping version 3's type numbers, so that a kind is added without a
+// new version (issue 11). An older peer is refused rather than misread.
+const protoVersion = 4
 
 const (
 	msgHello   = 'H'
@@ -324,7 +329,7 @@ func (r *Replicator) encode(recs []Record) ([]*frame, int) {
 			cur = &frame{done: make(chan struct{})}
 		}
 		n := len(cur.body)
-		cur.body = AppendRecord(cur.body, rec)
+		cur.body = record.Append(cur.body, rec)
 		cur.records++
 		total += len(cur.body) - n
 	}
@@ -639,9 +644,9 @@ func (l *link) connect() (Stream, error) {
 		s.Close()
 		return nil, err
 	}
-	d := decoder{b: p}
-	kind, ver, applied := d.byte(), d.uvarint(), d.uvarint()
-	if d.err != nil || kind != msgWelcome {
+	d := record.NewDecoder(p)
+	kind, ver, applied := d.Byte(), d.Uvarint(), d.Uvarint()
+	if d.Err() != nil || kind != msgWelcome {
 		s.Close()
 		return nil, errors.New("cluster: replication: bad welcome")
 	}
@@ -676,9 +681,9 @@ func (l *link) pump(s Stream) error {
 				readErr <- err
 				return
 			}
-			d := decoder{b: p}
-			kind, seq := d.byte(), d.uvarint()
-			if d.err != nil || kind != msgAck {
+			d := record.NewDecoder(p)
+			kind, seq := d.Byte(), d.Uvarint()
+			if d.Err() != nil || kind != msgAck {
 				readErr <- errors.New("cluster: replication: bad acknowledgement")
 				return
 			}
@@ -771,9 +776,9 @@ func (r *Replicator) serve(s Stream) error {
 	if err != nil {
 		return err
 	}
-	d := decoder{b: p}
-	kind, ver, epoch := d.byte(), d.uvarint(), d.uvarint()
-	if d.err != nil || kind != msgHello {
+	d := record.NewDecoder(p)
+	kind, ver, epoch := d.Byte(), d.Uvarint(), d.Uvarint()
+	if d.Err() != nil || kind != msgHello {
 		return errors.New("cluster: replication: bad hello")
 	}
 	r.mu.Lock()
@@ -851,7 +856,7 @@ func (r *Replicator) serve(s Stream) error {
 	}
 
 	// Frames whose records are not yet durable are acknowledged in order by
-	// durableAcks once their waits return (AsyncApplier).
+	// durableAcks once their waits return.
 	type pendingAck struct {
 		seq   uint64
 		waits []func() error
@@ -871,19 +876,18 @@ func (r *Replicator) serve(s Stream) error {
 			ack(p.seq)
 		}
 	}()
-	async, _ := r.app.(AsyncApplier)
 
 	for {
 		p, err := s.ReadFrame()
 		if err != nil {
 			return err
 		}
-		d := decoder{b: p}
-		if d.byte() != msgData {
+		d := record.NewDecoder(p)
+		if d.Byte() != msgData {
 			return errors.New("cluster: replication: unexpected frame")
 		}
-		seq := d.uvarint()
-		if d.err != nil {
+		seq := d.Uvarint()
+		if d.Err() != nil {
 			return errors.New("cluster: replication: bad data frame")
 		}
 		if seq <= st.applied {
@@ -891,24 +895,21 @@ func (r *Replicator) serve(s Stream) error {
 			continue
 		}
 		// Records keep their byte slices: copy off the stream's buffer.
-		body := append([]byte(nil), d.b...)
+		body := append([]byte(nil), d.Rest()...)
 		n := 0
 		var waits []func() error
 		for len(body) > 0 {
-			rec, rest, err := DecodeRecord(body)
+			rec, rest, err := record.Decode(body)
 			if err != nil {
 				return err
 			}
-			if async != nil {
-				w, err := async.ApplyAsync(from, rec)
-				if err != nil {
-					r.m.applyErrors.Inc()
-					return fmt.Errorf("cluster: replication: apply %s from %s: %w", rec.Type(), from, err)
-				}
-				waits = append(waits, w)
-			} else if err := apply(r.app, from, rec); err != nil {
+			w, err := r.app.Apply(from, rec)
+			if err != nil {
 				r.m.applyErrors.Inc()
-				return fmt.Errorf("cluster: replication: apply %s from %s: %w", rec.Type(), from, err)
+				return fmt.Errorf("cluster: replication: apply kind %d from %s: %w", rec.Kind, from, err)
+			}
+			if w != nil {
+				waits = append(waits, w)
 			}
 			body = rest
 			n++

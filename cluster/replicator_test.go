@@ -9,100 +9,117 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"pushd/cluster/record"
 )
+
+// The kinds of these tests are defined here, as an owner package defines
+// its own: the cluster carries them without knowing them.
+const (
+	kindTestAppend  Kind = 1001 // key device; body seq, stanza
+	kindTestTrim    Kind = 1002 // key device; body through
+	kindTestSession Kind = 1003 // key device; body SMID
+	kindTestAccount Kind = 1004 // key user; body credentials
+)
+
+func appendRec(dev string, seq uint64) Record {
+	return appendRecBody(dev, seq, []byte(fmt.Sprintf("<message id='%d'/>", seq)))
+}
+
+func appendRecBody(dev string, seq uint64, stanza []byte) Record {
+	return Record{Kind: kindTestAppend, Key: dev, Body: record.AppendBytes(record.AppendUvarint(nil, seq), stanza)}
+}
+
+func trimRec(dev string, through uint64) Record {
+	return Record{Kind: kindTestTrim, Key: dev, Body: record.AppendUvarint(nil, through)}
+}
+
+func sessionRec(dev, smid string) Record {
+	return Record{Kind: kindTestSession, Key: dev, Body: []byte(smid)}
+}
+
+func accountRec(user string, data []byte) Record {
+	return Record{Kind: kindTestAccount, Key: user, Body: data}
+}
 
 // memApplier is an idempotent Applier: queues by (device, seq), the order
 // of first application, and how many records arrived in all.
 type memApplier struct {
+	Kinds
 	mu       sync.Mutex
 	queues   map[string]map[uint64][]byte
 	order    []string // "device#seq" in first-applied order
-	sessions map[string]SessionRecord
-	accounts map[string]AccountRecord
-	stanzas  []string
-	applied  int // every ApplyQueueAppend entry, duplicates included
+	sessions map[string]string
+	accounts map[string][]byte
+	applied  int // every append entry, duplicates included
 	fail     error
 }
 
 func newMemApplier() *memApplier {
-	return &memApplier{queues: map[string]map[uint64][]byte{}, sessions: map[string]SessionRecord{}, accounts: map[string]AccountRecord{}}
+	a := &memApplier{queues: map[string]map[uint64][]byte{}, sessions: map[string]string{}, accounts: map[string][]byte{}}
+	a.Kinds = Kinds{
+		kindTestAppend:  a.applyAppend,
+		kindTestTrim:    a.applyTrim,
+		kindTestSession: a.applySession,
+		kindTestAccount: a.applyAccount,
+	}
+	return a
 }
 
-func (a *memApplier) ApplyQueueAppend(_ string, r QueueAppend) error {
+func (a *memApplier) applyAppend(_ string, r Record) (func() error, error) {
+	d := record.NewDecoder(r.Body)
+	seq, stanza := d.Uvarint(), d.Bytes()
+	if err := d.Err(); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.fail != nil {
-		return a.fail
+		return nil, a.fail
 	}
-	q := a.queues[r.Device]
+	q := a.queues[r.Key]
 	if q == nil {
 		q = map[uint64][]byte{}
-		a.queues[r.Device] = q
+		a.queues[r.Key] = q
 	}
-	for _, e := range r.Entries {
-		a.applied++
-		if _, ok := q[e.Seq]; ok {
-			continue
-		}
-		q[e.Seq] = e.Stanza
-		a.order = append(a.order, fmt.Sprintf("%s#%d", r.Device, e.Seq))
+	a.applied++
+	if _, ok := q[seq]; !ok {
+		q[seq] = stanza
+		a.order = append(a.order, fmt.Sprintf("%s#%d", r.Key, seq))
 	}
-	return nil
-}
-func (a *memApplier) ApplyQueueTrim(_ string, r QueueTrim) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for s := range a.queues[r.Device] {
-		if s <= r.Through {
-			delete(a.queues[r.Device], s)
-		}
-	}
-	return nil
-}
-func (a *memApplier) ApplyQueueRemove(_ string, r QueueRemove) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, s := range r.Seqs {
-		delete(a.queues[r.Device], s)
-	}
-	return nil
-}
-func (a *memApplier) ApplyQueueDrop(_ string, r QueueDrop) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	delete(a.queues, r.Device)
-	return nil
-}
-func (a *memApplier) ApplySession(_ string, r SessionRecord) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.sessions[r.Device] = r
-	return nil
-}
-func (a *memApplier) ApplySessionGone(_ string, r SessionGone) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	delete(a.sessions, r.Device)
-	return nil
-}
-func (a *memApplier) ApplyAccount(_ string, r AccountRecord) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.accounts[r.User] = r
-	return nil
+	return nil, nil
 }
 
-func (a *memApplier) ApplyStanza(_ string, r StanzaRecord) error {
+func (a *memApplier) applyTrim(_ string, r Record) (func() error, error) {
+	d := record.NewDecoder(r.Body)
+	through := d.Uvarint()
+	if err := d.Err(); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.stanzas = append(a.stanzas, string(r.Stanza))
-	return nil
+	for s := range a.queues[r.Key] {
+		if s <= through {
+			delete(a.queues[r.Key], s)
+		}
+	}
+	return nil, nil
 }
 
-func (a *memApplier) ApplyRegistry(string, RegistryRecord) error { return nil }
-func (a *memApplier) ApplyHandoverEnd(string, HandoverEnd) error { return nil }
-func (a *memApplier) ApplyOfflineAdd(string, OfflineAdd) error   { return nil }
-func (a *memApplier) ApplyOfflineTrim(string, OfflineTrim) error { return nil }
+func (a *memApplier) applySession(_ string, r Record) (func() error, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sessions[r.Key] = string(r.Body)
+	return nil, nil
+}
+
+func (a *memApplier) applyAccount(_ string, r Record) (func() error, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.accounts[r.Key] = r.Body
+	// Durable later: the frame is acknowledged once this returns.
+	return func() error { return nil }, nil
+}
 
 func (a *memApplier) snapshot() (order []string, applied int) {
 	a.mu.Lock()
@@ -200,10 +217,6 @@ func newPair(t testing.TB, kind string, cfg ReplicatorConfig) *pair {
 	return p
 }
 
-func appendRec(dev string, seq uint64) QueueAppend {
-	return QueueAppend{Device: dev, Entries: []Entry{{Seq: seq, Stanza: []byte(fmt.Sprintf("<message id='%d'/>", seq))}}}
-}
-
 func TestReplicatorOrderedAndAcknowledged(t *testing.T) {
 	for _, kind := range []string{"mem", "tcp"} {
 		t.Run(kind, func(t *testing.T) {
@@ -228,13 +241,12 @@ func TestReplicatorOrderedAndAcknowledged(t *testing.T) {
 				}
 			}
 			// Other record kinds and the lag report.
-			w := p.send.Send(ctx, "b", SessionRecord{User: "u@x", Device: "u@x/r", SMID: "sm1", Suspended: true},
-				QueueTrim{Device: "d1", Through: 250}, AccountRecord{User: "u@x", Data: []byte("k")})
+			w := p.send.Send(ctx, "b", sessionRec("u@x/r", "sm1"), trimRec("d1", 250), accountRec("u@x", []byte("k")))
 			if err := w(); err != nil {
 				t.Fatal(err)
 			}
 			p.app.mu.Lock()
-			if len(p.app.queues["d1"]) != 250 || p.app.sessions["u@x/r"].SMID != "sm1" || p.app.accounts["u@x"].Data == nil {
+			if len(p.app.queues["d1"]) != 250 || p.app.sessions["u@x/r"] != "sm1" || p.app.accounts["u@x"] == nil {
 				t.Errorf("state after session/trim/account: %d entries, %+v", len(p.app.queues["d1"]), p.app.sessions)
 			}
 			p.app.mu.Unlock()
@@ -363,7 +375,7 @@ func TestReplicatorBackpressure(t *testing.T) {
 	told := make(chan string, 4)
 	p := newPair(t, "mem", ReplicatorConfig{AckTimeout: 100 * time.Millisecond, MaxPendingBytes: 4096, Resyncer: resyncFunc(func(peer string) { told <- peer })})
 	p.kill()
-	big := QueueAppend{Device: "d", Entries: []Entry{{Seq: 1, Stanza: make([]byte, 3000)}}}
+	big := appendRecBody("d", 1, make([]byte, 3000))
 	_ = p.send.Send(context.Background(), "b", big) // queued: the first always fits
 	err := p.send.Send(context.Background(), "b", big)()
 	if !errors.Is(err, ErrBackpressure) || !errors.Is(err, ErrDegraded) {
@@ -459,7 +471,7 @@ func BenchmarkReplicationTCP(b *testing.B) {
 				recs := make([]Record, batch)
 				for j := range recs {
 					seq++
-					recs[j] = QueueAppend{Device: "user@example.org/phone", Entries: []Entry{{Seq: seq, Stanza: stanza}}}
+					recs[j] = appendRecBody("user@example.org/phone", seq, stanza)
 				}
 				window <- p.send.Send(ctx, "b", recs...)
 			}

@@ -2,7 +2,7 @@ package cluster
 
 // Resyncer is told when records meant for a peer were dropped before the
 // peer acknowledged them, so that the peer's copy of some users is now
-// incomplete. The implementer re-sends the full state (SessionRecord and
+// incomplete. The implementer re-sends the full state (sessions and
 // every queued entry) of each user whose backup the peer is, exactly as it
 // does when a new backup is chosen after a membership change.
 //

@@ -16,6 +16,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"pushd/cluster/record"
 )
 
 // TCPConfig configures a TCPTransport.
@@ -234,9 +236,9 @@ func writeHello(w io.Writer, h hello) error {
 		b = append(b, 0)
 	}
 	b = append(b, h.nonce[:]...)
-	b = appendString(b, h.name)
-	b = appendString(b, h.label)
-	b = appendString(b, h.target)
+	b = record.AppendString(b, h.name)
+	b = record.AppendString(b, h.label)
+	b = record.AppendString(b, h.target)
 	_, err := w.Write(b)
 	return err
 }

@@ -26,6 +26,7 @@ import (
 
 	"pushd/cluster"
 	"pushd/cluster/failover"
+	"pushd/component"
 	"pushd/internal/admin"
 	"pushd/internal/stanza"
 	"pushd/internal/store"
@@ -154,7 +155,7 @@ type clusterNode struct {
 	// replicas are the hibernating sessions this node holds as backup,
 	// by device.
 	mu       sync.Mutex
-	replicas map[string]cluster.SessionRecord
+	replicas map[string]router.SessionState
 	// bg counts the goroutines spawn started; none starts once stopping.
 	bgMu     sync.Mutex
 	bg       sync.WaitGroup
@@ -178,7 +179,7 @@ type clusterNode struct {
 }
 
 func newClusterNode(n *node, disk jsm.State, fcfg failover.Config) *clusterNode {
-	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]cluster.SessionRecord),
+	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]router.SessionState),
 		disk: disk, joined: make(chan struct{}), quit: make(chan struct{}), fo: failover.New(fcfg)}
 	cn.inbox.signal = make(chan struct{}, 1)
 	cn.publish(cn.fo.View())
@@ -189,7 +190,7 @@ func newClusterNode(n *node, disk jsm.State, fcfg failover.Config) *clusterNode 
 // may replicate to this node at once) and must not serve clients yet
 // (Home needs the membership).
 func (cn *clusterNode) join(cc cluster.Config) error {
-	c, err := cluster.New(cc, cluster.Delegates{Membership: cn, Applier: cn, Resyncer: cn})
+	c, err := cluster.New(cc, cluster.Delegates{Membership: cn, Applier: cn.kinds(), Resyncer: cn})
 	if err != nil {
 		return err
 	}
@@ -258,7 +259,7 @@ func userOf(device string) string {
 // --- router.Cluster (Home, Serving: failover.go) ---
 
 func (cn *clusterNode) Forward(node string, st *stanza.Element) func() error {
-	w := cn.c.Forward(context.Background(), node, cluster.StanzaRecord{Stanza: stanza.Marshal(st, stanza.NSClient)})
+	w := cn.c.Forward(context.Background(), node, router.StanzaRecord(st))
 	return func() error {
 		if err := w(); err != nil {
 			return fmt.Errorf("forward to %s: %w", node, err)
@@ -285,24 +286,20 @@ func (cn *clusterNode) Enqueue(device string, entries []jsm.Entry) func() error 
 	return cn.toBackup(device, appendRecord(device, entries))
 }
 
-func appendRecord(device string, entries []jsm.Entry) cluster.QueueAppend {
-	rec := cluster.QueueAppend{Device: device, Entries: make([]cluster.Entry, len(entries))}
-	for i, e := range entries {
-		rec.Entries[i] = cluster.Entry{Seq: e.Seq, Stanza: stanza.Marshal(e.Stanza, stanza.NSClient)}
-	}
-	return rec
+func appendRecord(device string, entries []jsm.Entry) cluster.Record {
+	return queue.AppendRecord(device, entries)
 }
 
 func (cn *clusterNode) Trim(device string, through uint64) func() error {
-	return cn.toBackup(device, cluster.QueueTrim{Device: device, Through: through})
+	return cn.toBackup(device, queue.TrimRecord(device, through))
 }
 
 func (cn *clusterNode) Remove(device string, seqs []uint64) func() error {
-	return cn.toBackup(device, cluster.QueueRemove{Device: device, Seqs: seqs})
+	return cn.toBackup(device, queue.RemoveRecord(device, seqs))
 }
 
 func (cn *clusterNode) Drop(device string) func() error {
-	return cn.toBackup(device, cluster.QueueDrop{Device: device})
+	return cn.toBackup(device, queue.DropRecord(device))
 }
 
 func (cn *clusterNode) StoreOffline(user string, e jsm.Entry) func() error {
@@ -310,82 +307,43 @@ func (cn *clusterNode) StoreOffline(user string, e jsm.Entry) func() error {
 }
 
 func (cn *clusterNode) TakeOffline(user string, through uint64) func() error {
-	return cn.toBackup(user, cluster.OfflineTrim{User: user, Through: through})
+	return cn.toBackup(user, queue.OfflineTrimRecord(user, through))
 }
 
-func offlineRecord(user string, msgs []jsm.Entry) cluster.OfflineAdd {
-	rec := cluster.OfflineAdd{User: user, Entries: make([]cluster.Entry, len(msgs))}
-	for i, e := range msgs {
-		rec.Entries[i] = cluster.Entry{Seq: e.Seq, Stanza: stanza.Marshal(e.Stanza, stanza.NSClient)}
-	}
-	return rec
+func offlineRecord(user string, msgs []jsm.Entry) cluster.Record {
+	return queue.OfflineAddRecord(user, msgs)
 }
 
 // offlineReplace is the records that make a peer's copy of user's offline
 // store equal to msgs.
 func offlineReplace(user string, msgs []jsm.Entry) []cluster.Record {
-	recs := []cluster.Record{cluster.OfflineTrim{User: user, Through: ^uint64(0)}}
+	recs := []cluster.Record{queue.OfflineTrimRecord(user, ^uint64(0))}
 	if len(msgs) > 0 {
 		recs = append(recs, offlineRecord(user, msgs))
 	}
 	return recs
 }
 
-// sessionExtra is the part of a session the cluster package carries as
-// opaque bytes.
-type sessionExtra struct {
-	Handed        []uint64           `json:"handed,omitempty"`
-	Pushed        uint64             `json:"pushed,omitempty"`
-	Registrations []registrationJSON `json:"regs,omitempty"`
-}
-
-type registrationJSON struct {
-	AppServer string `json:"jid"`
-	Node      string `json:"node,omitempty"`
-	Options   string `json:"options,omitempty"`
-	Alg       string `json:"alg,omitempty"`
-	Key       []byte `json:"key,omitempty"`
-}
-
 func (cn *clusterNode) Session(s router.SessionState) func() error {
 	return cn.toBackup(s.Device, sessionRecord(s))
 }
 
-func sessionRecord(s router.SessionState) cluster.SessionRecord {
-	extra := sessionExtra{Handed: s.Handed, Pushed: s.Pushed}
-	for _, r := range s.Registrations {
-		rj := registrationJSON{AppServer: r.AppServer.String(), Node: r.Node}
-		if r.Options != nil {
-			rj.Options = string(stanza.Marshal(r.Options, ""))
-		}
-		if r.Encrypt != nil {
-			rj.Alg, rj.Key = r.Encrypt.Alg, r.Encrypt.Key
-		}
-		extra.Registrations = append(extra.Registrations, rj)
-	}
-	state, _ := json.Marshal(extra)
-	rec := cluster.SessionRecord{User: userOf(s.Device), Device: s.Device, SMID: s.SMID,
-		Handled: uint64(s.Handled), Acked: uint64(s.Acked), AckedSeq: s.AckedSeq, Suspended: !s.Live, State: state}
-	if i := strings.IndexByte(s.Device, '/'); i >= 0 {
-		rec.Resource = s.Device[i+1:]
-	}
-	return rec
-}
+func sessionRecord(s router.SessionState) cluster.Record { return router.SessionRecord(s) }
 
 func (cn *clusterNode) SessionGone(device string) func() error {
-	return cn.toBackup(device, cluster.SessionGone{Device: device})
+	return cn.toBackup(device, router.SessionGoneRecord(device))
 }
 
 // broadcastAccount sends an account to every other node ("pushd user add
 // on any node reaches the whole cluster").
 func (cn *clusterNode) broadcastAccount(user jid.JID, deleted bool) error {
-	rec := cluster.AccountRecord{User: user.String(), Deleted: deleted}
+	rec := store.AccountDeletedRecord(user)
 	if !deleted {
 		data, err := cn.n.db.Accounts().Credentials(user)
 		if err != nil {
 			return err
 		}
-		rec.Data = data
+		rec = store.AccountRecord(user, data)
 	}
 	if err := cn.c.Broadcast(context.Background(), rec)(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
 		return err
@@ -399,7 +357,7 @@ func (cn *clusterNode) broadcastAccount(user jid.JID, deleted bool) error {
 // (H2). With no other member alive the registration is local-durable
 // only, alarmed by the replicator.
 func (cn *clusterNode) registrationChanged(node string, rec []byte) func() error {
-	w := cn.c.Broadcast(context.Background(), cluster.RegistryRecord{Node: node, Data: rec})
+	w := cn.c.Broadcast(context.Background(), component.RegistrationRecord(node, rec))
 	return func() error {
 		if err := w(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
 			return err
@@ -410,154 +368,95 @@ func (cn *clusterNode) registrationChanged(node string, rec []byte) func() error
 
 // --- cluster.Applier: what peers replicate here ---
 
-func decodeEntries(es []cluster.Entry) ([]jsm.Entry, error) {
-	out := make([]jsm.Entry, len(es))
-	for i, e := range es {
-		el, err := parseStanza(e.Stanza)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = jsm.Entry{Seq: e.Seq, Stanza: el}
+// kinds lists every record kind this node applies, each with its
+// owner's handler: the queue's and offline store's records go to the
+// queue's group commit, the others to what this node does with them. A
+// kind's number is its owner's; one taken twice here does not compile.
+func (cn *clusterNode) kinds() cluster.Kinds {
+	q := cn.n.queue
+	return cluster.Kinds{
+		queue.KindAppend:           q.ApplyAppend,
+		queue.KindTrim:             q.ApplyTrim,
+		queue.KindRemove:           q.ApplyRemove,
+		queue.KindDrop:             q.ApplyDrop,
+		queue.KindOfflineAdd:       q.ApplyOfflineAdd,
+		queue.KindOfflineTrim:      q.ApplyOfflineTrim,
+		router.KindSession:         cn.ApplySession,
+		router.KindSessionGone:     cn.ApplySessionGone,
+		router.KindStanza:          cn.ApplyStanza,
+		store.KindAccount:          cn.ApplyAccount,
+		component.KindRegistration: cn.ApplyRegistry,
+		failover.KindHandoverEnd:   cn.ApplyHandoverEnd,
 	}
-	return out, nil
 }
 
-func parseStanza(b []byte) (*stanza.Element, error) {
-	r := stanza.NewReader(strings.NewReader("<s xmlns='jabber:client'>"+string(b)), stanza.Limits{MaxBytes: int64(len(b)) + 1<<10, MaxDepth: 64})
-	if _, err := r.Header(); err != nil {
+func (cn *clusterNode) ApplySession(_ string, r cluster.Record) (func() error, error) {
+	s, err := router.DecodeSession(r)
+	if err != nil {
 		return nil, err
 	}
-	return r.Next()
-}
-
-// The queue, offline and stanza records are applied by ApplyAsync (the
-// replicator uses it); their Applier methods wait for it.
-
-func (cn *clusterNode) ApplyQueueAppend(from string, r cluster.QueueAppend) error {
-	return cn.applyNow(from, r)
-}
-func (cn *clusterNode) ApplyQueueTrim(from string, r cluster.QueueTrim) error {
-	return cn.applyNow(from, r)
-}
-func (cn *clusterNode) ApplyQueueRemove(from string, r cluster.QueueRemove) error {
-	return cn.applyNow(from, r)
-}
-func (cn *clusterNode) ApplyQueueDrop(from string, r cluster.QueueDrop) error {
-	return cn.applyNow(from, r)
-}
-func (cn *clusterNode) ApplyOfflineAdd(from string, r cluster.OfflineAdd) error {
-	return cn.applyNow(from, r)
-}
-func (cn *clusterNode) ApplyOfflineTrim(from string, r cluster.OfflineTrim) error {
-	return cn.applyNow(from, r)
-}
-func (cn *clusterNode) ApplyStanza(from string, r cluster.StanzaRecord) error {
-	return cn.applyNow(from, r)
-}
-
-func (cn *clusterNode) applyNow(from string, r cluster.Record) error {
-	w, err := cn.ApplyAsync(from, r)
-	if err != nil {
-		return err
-	}
-	return w()
-}
-
-func (cn *clusterNode) ApplySession(_ string, r cluster.SessionRecord) error {
 	cn.mu.Lock()
-	cn.replicas[r.Device] = r
+	cn.replicas[s.Device] = s
 	cn.mu.Unlock()
-	return nil
+	return nil, nil
 }
 
-func (cn *clusterNode) ApplySessionGone(_ string, r cluster.SessionGone) error {
-	cn.mu.Lock()
-	delete(cn.replicas, r.Device)
-	cn.mu.Unlock()
-	return nil
-}
-
-func (cn *clusterNode) ApplyAccount(_ string, r cluster.AccountRecord) error {
-	j, err := jid.Parse(r.User)
+func (cn *clusterNode) ApplySessionGone(_ string, r cluster.Record) (func() error, error) {
+	dev, err := router.DecodeSessionGone(r)
 	if err != nil {
-		return nil // not ours to judge; nothing to apply
+		return nil, err
 	}
-	if r.Deleted {
+	cn.mu.Lock()
+	delete(cn.replicas, dev)
+	cn.mu.Unlock()
+	return nil, nil
+}
+
+func (cn *clusterNode) ApplyAccount(_ string, r cluster.Record) (func() error, error) {
+	j, data, deleted, err := store.DecodeAccount(r)
+	if err != nil {
+		return nil, err
+	}
+	if deleted {
 		if err := cn.n.db.Accounts().Delete(j); err != nil && !errors.Is(err, store.ErrNoUser) {
-			return err
+			return nil, err
 		}
 		// Its offline messages may be here too (replicated, H2).
-		if err := cn.n.queue.DropOffline(r.User); err != nil {
-			return err
+		if err := cn.n.queue.DropOffline(j.String()); err != nil {
+			return nil, err
 		}
 		cn.n.router.Step(jsm.UserDeleted{User: j})
-		return nil
+		return nil, nil
 	}
 	// Every member sends every account to a node that joins: most of them
 	// it holds already, and a read is far cheaper than a durable write.
-	if cur, err := cn.n.db.Accounts().Credentials(j); err == nil && bytes.Equal(cur, r.Data) {
-		return nil
+	if cur, err := cn.n.db.Accounts().Credentials(j); err == nil && bytes.Equal(cur, data) {
+		return nil, nil
 	}
-	if err := cn.n.db.Accounts().PutCredentials(j, r.Data); err != nil {
-		return err
+	if err := cn.n.db.Accounts().PutCredentials(j, data); err != nil {
+		return nil, err
 	}
 	cn.n.router.Step(jsm.UserAdded{User: j})
-	return nil
+	return nil, nil
 }
 
-func (cn *clusterNode) ApplyRegistry(_ string, r cluster.RegistryRecord) error {
+func (cn *clusterNode) ApplyRegistry(from string, r cluster.Record) (func() error, error) {
 	if cn.n.push == nil {
-		return nil // no push component here: nothing to serve
+		return nil, nil // no push component here: nothing to serve
 	}
-	return cn.n.push.registry.Import(r.Node, r.Data)
+	return cn.n.push.registry.ApplyRegistration(from, r)
 }
 
-// ApplyAsync applies a peer's record at once and returns a wait for its
-// durability (cluster.AsyncApplier): queue writes go to the group
-// committer, a forwarded stanza is routed now.
-func (cn *clusterNode) ApplyAsync(from string, rec cluster.Record) (func() error, error) {
-	done := func() error { return nil }
-	switch r := rec.(type) {
-	case cluster.QueueAppend:
-		entries, err := decodeEntries(r.Entries)
-		if err != nil {
-			return nil, err
-		}
-		return cn.n.queue.AppendAsync(r.Device, entries), nil
-	case cluster.QueueTrim:
-		return cn.n.queue.TrimAsync(r.Device, r.Through), nil
-	case cluster.QueueRemove:
-		return cn.n.queue.RemoveAsync(r.Device, r.Seqs), nil
-	case cluster.QueueDrop:
-		return cn.n.queue.DropAsync(r.Device), nil
-	case cluster.OfflineAdd:
-		msgs, err := decodeEntries(r.Entries)
-		if err != nil {
-			return nil, err
-		}
-		return cn.n.queue.PutOfflineAsync(r.User, msgs), nil
-	case cluster.OfflineTrim:
-		return cn.n.queue.TrimOfflineAsync(r.User, r.Through), nil
-	case cluster.StanzaRecord:
-		el, err := parseStanza(r.Stanza)
-		if err != nil {
-			// A stanza we cannot read is dropped, not retried forever.
-			return done, nil
-		}
-		cn.awaitHome(el)
-		return cn.n.router.StepForwardedAsync(el, len(r.Stanza)), nil
-	case cluster.SessionRecord:
-		return done, cn.ApplySession(from, r)
-	case cluster.SessionGone:
-		return done, cn.ApplySessionGone(from, r)
-	case cluster.AccountRecord:
-		return done, cn.ApplyAccount(from, r)
-	case cluster.RegistryRecord:
-		return done, cn.ApplyRegistry(from, r)
-	case cluster.HandoverEnd:
-		return done, cn.ApplyHandoverEnd(from, r)
+// ApplyStanza routes a forwarded stanza now; its wait returns once what
+// it caused is as durable as a local stanza's would be.
+func (cn *clusterNode) ApplyStanza(_ string, r cluster.Record) (func() error, error) {
+	el, err := router.DecodeStanza(r)
+	if err != nil {
+		// A stanza we cannot read is dropped, not retried forever.
+		return nil, nil
 	}
-	return nil, fmt.Errorf("cluster: unknown record %T", rec)
+	cn.awaitHome(el)
+	return cn.n.router.StepForwardedAsync(el, len(r.Body)), nil
 }
 
 // handover gives a member that joined (or came back) the devices of the
@@ -575,7 +474,7 @@ func (cn *clusterNode) handover(m cluster.Member, before *cluster.Placement) {
 	var recs []cluster.Record
 	for _, h := range hs {
 		dev := h.Session.Device
-		recs = append(recs, cluster.QueueDrop{Device: dev})
+		recs = append(recs, queue.DropRecord(dev))
 		if len(h.Entries) > 0 {
 			recs = append(recs, appendRecord(dev, h.Entries))
 		}
@@ -595,7 +494,7 @@ func (cn *clusterNode) handover(m cluster.Member, before *cluster.Placement) {
 		recs = append(recs, offlineReplace(user, msgs)...)
 		return func() error { return nil }
 	})
-	recs = append(recs, cluster.HandoverEnd{Served: served})
+	recs = append(recs, failover.HandoverEndRecord(served))
 	if err := cn.c.Send(context.Background(), m.Name, recs...)(); err != nil {
 		cn.log.Warn("cluster: handover to a returning member failed", "node", m.Name, "devices", len(hs), "err", err)
 		return
@@ -680,14 +579,14 @@ func (cn *clusterNode) resyncBackups(why string, pick func(user, backup string) 
 	}
 	waits := cn.n.router.Resync(devices, mine, func(h router.Handover) func() error {
 		dev := h.Session.Device
-		recs := []cluster.Record{cluster.QueueDrop{Device: dev}}
+		recs := []cluster.Record{queue.DropRecord(dev)}
 		if len(h.Entries) > 0 {
 			recs = append(recs, appendRecord(dev, h.Entries))
 		}
 		if h.Session.SMID != "" {
 			recs = append(recs, sessionRecord(h.Session))
 		} else {
-			recs = append(recs, cluster.SessionGone{Device: dev})
+			recs = append(recs, router.SessionGoneRecord(dev))
 		}
 		return cn.c.Send(context.Background(), backupOf(dev), recs...)
 	})
@@ -743,13 +642,13 @@ func (cn *clusterNode) sendAccounts(to string) {
 		if err != nil {
 			continue
 		}
-		recs = append(recs, cluster.AccountRecord{User: u.String(), Data: data})
+		recs = append(recs, store.AccountRecord(u, data))
 	}
 	if cn.n.push != nil {
 		devs, _ := cn.n.push.registry.List()
 		for _, d := range devs {
 			if data, err := cn.n.push.registry.Export(d.Node); err == nil {
-				recs = append(recs, cluster.RegistryRecord{Node: d.Node, Data: data})
+				recs = append(recs, component.RegistrationRecord(d.Node, data))
 			}
 		}
 	}
@@ -771,20 +670,9 @@ func (cn *clusterNode) adoptOwned(a failover.Adopt) int {
 	cn.mu.Lock()
 	var sessions []router.AdoptedSession
 	devices := map[string]bool{}
-	for dev, r := range cn.replicas {
-		if place.Primary(r.User) != self {
+	for dev, ss := range cn.replicas {
+		if place.Primary(userOf(dev)) != self {
 			continue
-		}
-		ss := router.AdoptedSession{Device: dev, SMID: r.SMID, Handled: uint32(r.Handled), Acked: uint32(r.Acked),
-			AckedSeq: r.AckedSeq, Live: !r.Suspended}
-		var extra sessionExtra
-		_ = json.Unmarshal(r.State, &extra)
-		ss.Handed, ss.Pushed = extra.Handed, extra.Pushed
-		for _, rj := range extra.Registrations {
-			reg, err := registrationFromJSON(rj)
-			if err == nil {
-				ss.Registrations = append(ss.Registrations, reg)
-			}
 		}
 		sessions = append(sessions, ss)
 		devices[dev] = true
@@ -899,23 +787,6 @@ func (cn *clusterNode) trimAcked(sessions []router.AdoptedSession, infos []queue
 		}
 	}
 	return len(waits) > 0
-}
-
-func registrationFromJSON(rj registrationJSON) (jsm.Registration, error) {
-	app, err := jid.Parse(rj.AppServer)
-	if err != nil {
-		return jsm.Registration{}, err
-	}
-	reg := jsm.Registration{AppServer: app, Node: rj.Node}
-	if rj.Options != "" {
-		if reg.Options, err = parseStanza([]byte(rj.Options)); err != nil {
-			return reg, err
-		}
-	}
-	if rj.Alg != "" {
-		reg.Encrypt = &jsm.Encryption{Alg: rj.Alg, Key: rj.Key}
-	}
-	return reg, nil
 }
 
 // --- admin ---

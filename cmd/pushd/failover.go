@@ -167,9 +167,13 @@ func (cn *clusterNode) NodeUpdated(cluster.Member) {}
 // paused or cut off; the machine has it forget them and sync again.
 func (cn *clusterNode) DeclaredDead() { cn.inbox.put(failover.DeclaredDead{}) }
 
-func (cn *clusterNode) ApplyHandoverEnd(from string, r cluster.HandoverEnd) error {
-	cn.inbox.put(failover.HandoverEnded{From: from, Served: r.Served})
-	return nil
+func (cn *clusterNode) ApplyHandoverEnd(from string, r cluster.Record) (func() error, error) {
+	served, err := failover.DecodeHandoverEnd(r)
+	if err != nil {
+		return nil, err
+	}
+	cn.inbox.put(failover.HandoverEnded{From: from, Served: served})
+	return nil, nil
 }
 
 // Resync: records for peer were dropped (replication backpressure); the

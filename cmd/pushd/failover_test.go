@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -328,7 +327,7 @@ func TestFailoverLiveSession(t *testing.T) {
 		B.cluster.mu.Lock()
 		defer B.cluster.mu.Unlock()
 		r, ok := B.cluster.replicas[alice+"/phone"]
-		return ok && r.Acked == 2 && !r.Suspended
+		return ok && r.Acked == 2 && r.Live
 	})
 	// Her own message is acknowledged (her second stanza).
 	a.Send(fmt.Sprintf(`<message to='%s/desk' type='chat'><body>from alice</body></message><r xmlns='urn:xmpp:sm:3'/>`, bob))
@@ -393,9 +392,7 @@ func TestFailoverPushesWhatPrimaryDidNot(t *testing.T) {
 	waitFor(t, "the backup to know what the primary pushed", 10*time.Second, func() bool {
 		B.cluster.mu.Lock()
 		defer B.cluster.mu.Unlock()
-		var extra sessionExtra
-		_ = json.Unmarshal(B.cluster.replicas[alice+"/phone"].State, &extra)
-		return extra.Pushed > 0
+		return B.cluster.replicas[alice+"/phone"].Pushed > 0
 	})
 	send("left to coalesce", 2)
 	if err := appP.ExpectNone(200 * time.Millisecond); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"unicode"
 )
 
@@ -257,4 +258,21 @@ func isNCName(s string) bool {
 		}
 	}
 	return true
+}
+
+// Unmarshal reads back one element that Marshal wrote with parentNS (the
+// default namespace it inherits), nested at most maxDepth deep. Its size
+// is bounded by b's: what pushd stored, or a peer replicated, was bounded
+// when it came in.
+func Unmarshal(b []byte, parentNS string, maxDepth int) (*Element, error) {
+	open := "<u>"
+	if parentNS != "" {
+		open = `<u xmlns="` + parentNS + `">`
+	}
+	src := io.MultiReader(strings.NewReader(open), bytes.NewReader(b))
+	r := NewReader(src, Limits{MaxBytes: int64(len(b)) + 1024, MaxDepth: maxDepth})
+	if _, err := r.Header(); err != nil {
+		return nil, err
+	}
+	return r.Next()
 }

@@ -168,3 +168,24 @@ func BenchmarkMarshalMessage(b *testing.B) {
 		buf = Append(buf[:0], msg, NSClient)
 	}
 }
+
+func TestUnmarshal(t *testing.T) {
+	msg := New(NSClient, "message", "to", "a@x").Add(New(NSClient, "body").AddText("<&>"))
+	form := New("jabber:x:data", "x", "type", "submit")
+	for _, tc := range []struct {
+		e  *Element
+		ns string
+	}{{msg, NSClient}, {form, ""}, {form, NSClient}} {
+		b := Marshal(tc.e, tc.ns)
+		got, err := Unmarshal(b, tc.ns, 8)
+		if err != nil || string(Marshal(got, tc.ns)) != string(b) || got.Name != tc.e.Name {
+			t.Fatalf("%s in %q: got %v, %v", b, tc.ns, got, err)
+		}
+	}
+	if _, err := Unmarshal([]byte("<a><b><c/></b></a>"), "", 2); !errors.Is(err, ErrTooDeep) {
+		t.Fatalf("too deep: %v", err)
+	}
+	if _, err := Unmarshal([]byte("<a>"), "", 2); err == nil {
+		t.Fatal("half an element read")
+	}
+}
