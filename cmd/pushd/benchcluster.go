@@ -127,6 +127,15 @@ func runBenchCluster(ctx context.Context, exe string, o benchClusterOptions, out
 	fmt.Fprintf(out, "  %-34s %8.0f msgs/s  (%.2f of the lone node)\n", fmt.Sprintf("cluster of %d (backup holds each)", o.Nodes), clusterRate, clusterRate/loneRate)
 	fmt.Fprintf(out, "  %-34s %8.0f records/s\n", "replication applied by backups", applied)
 
+	direct, relayed, err := benchRelay(ctx, list, home, pairBase+8*o.Pairs, o)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	fmt.Fprintf(out, "live messages, %d pairs on %s, %d messages each (H7: the extra hop)\n", direct.Pairs, list[0].name, o.Messages)
+	fmt.Fprintf(out, "  %-34s %8.0f msgs/s  p50 %v  p99 %v\n", "connected to their primary", direct.MsgsPerSec, direct.P50, direct.P99)
+	fmt.Fprintf(out, "  %-34s %8.0f msgs/s  p50 %v  p99 %v  (%.2f of direct)\n", "connected to another node, relayed",
+		relayed.MsgsPerSec, relayed.P50, relayed.P99, relayed.MsgsPerSec/direct.MsgsPerSec)
+
 	f, err := benchFailover(ctx, list, home, apns, o)
 	if err != nil {
 		for _, n := range list {
@@ -142,6 +151,31 @@ func runBenchCluster(ctx context.Context, exe string, o benchClusterOptions, out
 		f.firstPush.Round(10*time.Millisecond), f.pushes, f.sent)
 	fmt.Fprintf(out, "  %-34s %8d acknowledged, %d arrived\n", "sent in the detection window", f.acked, f.arrived)
 	return nil
+}
+
+// benchRelay measures H7's extra hop: pairs whose sender and receiver
+// both live on the first node exchange live messages connected to it,
+// then the same connected to the second node, which carries their
+// streams to the first.
+func benchRelay(ctx context.Context, nodes []*benchNode, home func(string) *benchNode, base int, o benchClusterOptions) (direct, relayed bench.Result, err error) {
+	var users []bench.Credentials
+	for i := base; i < base+100 && len(users) < 2*o.Pairs; i++ {
+		if home(benchUser(i)) == nodes[0] {
+			users = append(users, bench.Credentials{User: benchUser(i), Password: benchPassword})
+		}
+	}
+	if len(users) < 2 {
+		return direct, relayed, errors.New("no pair of accounts on the first node")
+	}
+	run := func(n *benchNode) (bench.Result, error) {
+		return bench.RunC2S(ctx, bench.Config{Addr: n.c2s, Domain: "localhost", Users: users, Pairs: len(users) / 2,
+			Messages: o.Messages, Window: 32, InsecureTLS: true})
+	}
+	if direct, err = run(nodes[0]); err != nil {
+		return direct, relayed, err
+	}
+	relayed, err = run(nodes[1])
+	return direct, relayed, err
 }
 
 // benchNode is one pushd process of the bench.

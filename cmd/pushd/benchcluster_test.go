@@ -16,7 +16,7 @@ func TestBenchClusterSmall(t *testing.T) {
 		t.Fatalf("bench cluster: %v\n%s", err, out)
 	}
 	for _, want := range []string{"lone node (local durability)", "cluster of 3 (backup holds each)", "replication applied by backups",
-		"declared dead", "devices adopted", "first push from a survivor", "pushes for", "sent in the detection window"} {
+		"declared dead", "devices adopted", "first push from a survivor", "pushes for", "sent in the detection window", "connected to another node, relayed"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("output lacks %q:\n%s", want, out)
 		}
