@@ -159,6 +159,7 @@ func New(cfg Config, d Delegates) (*Cluster, error) {
 		c.meta.ForwardAddr = net.JoinHostPort(host, strconv.Itoa(ft.Addr().(*net.TCPAddr).Port))
 		fc := rc
 		fc.Resyncer = nil
+		fc.FailFast = true // the router retries a forward wherever its user lives then
 		if c.fwd, err = NewReplicator(fc, ft, d.Applier); err != nil {
 			rep.Close()
 			ft.Close()
@@ -285,9 +286,14 @@ func (c *Cluster) Shutdown() error {
 // lives, on the forwarding streams; wait returns once the node applied
 // them and their waits returned (Applier). With an in-memory
 // Config.Transport, forwards share the replication streams.
+// A node that is not a live member gives ErrPeerGone at once: a link to
+// it would be made anew, and its records wait AckTimeout for nothing.
 func (c *Cluster) Forward(ctx context.Context, node string, recs ...Record) (wait func() error) {
 	if c.fwd == nil {
 		return c.Send(ctx, node, recs...)
+	}
+	if m, ok := c.Member(node); !ok || !m.State.Live() {
+		return errWait(ErrPeerGone)
 	}
 	return c.fwd.Send(ctx, node, recs...)
 }

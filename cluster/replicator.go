@@ -32,6 +32,9 @@ var (
 	// MaxPendingBytes until Send's context ended; the records were not
 	// queued and the Resyncer was told.
 	ErrBackpressure = fmt.Errorf("%w: replication backlog full", ErrDegraded)
+	// ErrUnreachable: with FailFast, the peer could not be reached the last
+	// time the link tried; nothing was queued.
+	ErrUnreachable = errors.New("cluster: peer unreachable")
 	// ErrReplicatorClosed: Close was called.
 	ErrReplicatorClosed = errors.New("cluster: replicator closed")
 )
@@ -53,6 +56,12 @@ type ReplicatorConfig struct {
 	// for room at most MaxBlock, then drops the records (ErrBackpressure,
 	// degraded) and tells the Resyncer.
 	MaxPendingBytes int
+	// FailFast: a Send to a peer whose last connection attempt failed fails
+	// at once with ErrUnreachable instead of waiting for the link to come
+	// back, up to AckTimeout (default false). For forwarded stanzas: their
+	// sender asks the cluster where the user lives and tries again, so a
+	// dead primary costs a placement lookup per try, not AckTimeout.
+	FailFast bool
 	// MaxBlock bounds how long a Send waits for room in a full backlog
 	// (default 0: not at all). Callers submit records while they hold
 	// their own locks (the router's, to keep records in routing order), so
@@ -216,6 +225,9 @@ func (r *Replicator) Send(ctx context.Context, peer string, recs ...Record) (wai
 	l, err := r.link(peer)
 	if err != nil {
 		return errWait(err)
+	}
+	if r.cfg.FailFast && l.isUnreachable() {
+		return errWait(ErrUnreachable)
 	}
 	var last *frame
 	bounded, cancel := context.WithTimeout(ctx, r.cfg.MaxBlock)
@@ -433,7 +445,9 @@ type link struct {
 	stopErr   error
 	stream    Stream
 	connected bool
-	degraded  bool
+	// unreachable: the last connection attempt failed (FailFast).
+	unreachable bool
+	degraded    bool
 	sent      uint64 // frames written, resends included
 	resent    uint64
 	written   uint64 // highest seq ever written
@@ -590,6 +604,9 @@ func (l *link) run() {
 			if l.isStopped() {
 				return
 			}
+			l.mu.Lock()
+			l.unreachable = true
+			l.mu.Unlock()
 			l.r.log.Debug("cluster replication connect failed", "peer", l.peer, "err", err, "retry_in", backoff)
 			if !l.sleep(jitter(backoff)) {
 				return
@@ -665,9 +682,15 @@ func (l *link) connect() (Stream, error) {
 		s.Close()
 		return nil, l.stopErr
 	}
-	l.stream, l.connected, l.unsent = s, true, 0
+	l.stream, l.connected, l.unsent, l.unreachable = s, true, 0, false
 	l.mu.Unlock()
 	return s, nil
+}
+
+func (l *link) isUnreachable() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unreachable
 }
 
 // pump writes frames as they are queued and reads acknowledgements until

@@ -386,6 +386,29 @@ func TestReplicatorBackpressure(t *testing.T) {
 	}
 }
 
+// With FailFast (forwards), a Send to a peer that cannot be reached fails
+// at once instead of waiting AckTimeout for it: the router asks where the
+// stanza's user lives and tries there (issue 11: a stanza sent to a dead
+// primary reaches the new one soon after the takeover).
+func TestReplicatorFailFast(t *testing.T) {
+	p := newPair(t, "tcp", ReplicatorConfig{AckTimeout: time.Minute, ReconnectMin: time.Millisecond, ReconnectMax: 10 * time.Millisecond, FailFast: true})
+	if err := p.send.Send(context.Background(), "b", appendRec("d", 1))(); err != nil {
+		t.Fatalf("send to a live peer: %v", err)
+	}
+	p.kill()
+	for i := 0; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		err := p.send.Send(ctx, "b", appendRec("d", uint64(i+2)))()
+		cancel()
+		if errors.Is(err, ErrUnreachable) {
+			return
+		}
+		if i == 200 {
+			t.Fatalf("sends to a dead peer never failed fast: %v", err)
+		}
+	}
+}
+
 type resyncFunc func(peer string)
 
 func (f resyncFunc) Resync(peer string) { f(peer) }
