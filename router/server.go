@@ -111,11 +111,15 @@ type Server struct {
 	// pastLanes: the stanza being routed must not join one (s.mu).
 	lanes     lanes
 	pastLanes bool
-	conns     sync.WaitGroup
-	closing   chan struct{}
-	lnMu      sync.Mutex
-	lns       []net.Listener
-	live      map[net.Conn]struct{}
+	// wakeAt is when the tick loop steps jsm next (s.mu); rearm wakes
+	// it to look again.
+	wakeAt  time.Time
+	rearm   chan struct{}
+	conns   sync.WaitGroup
+	closing chan struct{}
+	lnMu    sync.Mutex
+	lns     []net.Listener
+	live    map[net.Conn]struct{}
 }
 
 // New returns a Server around machine. It serves nothing until Serve.
@@ -176,6 +180,7 @@ func New(cfg Config, machine *jsm.Machine, stores Stores) (*Server, error) {
 		resumable:     make(map[string]*stream),
 		components:    make(map[string]*componentLink),
 		closing:       make(chan struct{}),
+		rearm:         make(chan struct{}, 1),
 		live:          make(map[net.Conn]struct{}),
 	}
 	go s.reaper()
@@ -296,15 +301,17 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.accept(kl)
 		}(ln.(*kindListener))
 	}
-	ticker := time.NewTicker(s.cfg.TickInterval)
-	defer ticker.Stop()
+	timer := time.NewTimer(s.nextWake())
+	defer timer.Stop()
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
 			done = true
-		case <-ticker.C:
+		case <-s.rearm:
+		case <-timer.C:
 			s.Step(jsm.Tick{})
 		}
+		timer.Reset(s.nextWake())
 	}
 	close(s.closing)
 	s.closeListeners()
@@ -401,6 +408,29 @@ func (s *Server) stepLocked(ev jsm.Event) {
 	for _, a := range s.machine.Step(s.cfg.Now(), ev) {
 		s.execute(a)
 	}
+	// A timer the step armed (a coalescing window's end, an adopted
+	// device's first push, an expiry) sooner than the next tick wakes the
+	// loop for it: a 1 s tick made such pushes up to 1 s late.
+	if at, ok := s.machine.NextDeadline(); ok && at.Before(s.wakeAt) {
+		s.wakeAt = at
+		select {
+		case s.rearm <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// nextWake is when the tick loop steps jsm next: its next deadline, at
+// the latest a TickInterval from now.
+func (s *Server) nextWake() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.cfg.Now()
+	s.wakeAt = now.Add(s.cfg.TickInterval)
+	if at, ok := s.machine.NextDeadline(); ok && at.Before(s.wakeAt) {
+		s.wakeAt = at
+	}
+	return max(s.wakeAt.Sub(now), 0)
 }
 
 // execute carries out one jsm action; s.mu is held.
