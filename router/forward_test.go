@@ -1,15 +1,12 @@
 package router
 
 import (
-	"context"
 	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"mellium.im/xmpp/jid"
 
 	"pushd/internal/stanza"
 	"pushd/internal/xmpptest"
@@ -53,37 +50,17 @@ func (c *moveCluster) remote(user string) bool {
 	return user == "alice@localhost" && c.at() != servedHere
 }
 
-// startLaneServer runs a router whose cluster is mc, with alice and bob.
+// startLaneServer runs a router whose cluster is mc.
 func startLaneServer(t *testing.T, mc *moveCluster) (*Server, *gatedQueue) {
 	t.Helper()
-	alice, bob := jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost")
 	var srv *Server
 	jcfg := jsm.DefaultConfig()
 	jcfg.Remote = func(user string) bool { return srv.Forwarding(user) || mc.remote(user) }
-	machine := jsm.New(jcfg, jsm.State{Users: []jid.JID{alice, bob}})
-	q := &gatedQueue{gate: make(chan struct{}), q: map[string][]jsm.Entry{}}
-	close(q.gate)
-	cfg := DefaultConfig()
-	cfg.C2SListen, cfg.ComponentListen = "127.0.0.1:0", ""
-	cfg.RequireTLS, cfg.AllowPlainWithoutTLS = false, true
-	cfg.Cluster = mc
-	var err error
-	srv, err = New(cfg, machine, Stores{Accounts: onePassword{}, Queue: q, Rosters: noRosters{}, PushRegistrations: noRegs{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- srv.Serve(ctx) }()
+	srv, q := testRouterQueue(t, func(cfg *Config) { cfg.Cluster = mc }, jcfg)
 	t.Cleanup(func() {
 		if mc.at() == takingOver {
-			mc.set(servedHere)
+			mc.set(servedHere) // before the server stops: a mover may wait in Home
 		}
-		cancel()
-		<-done
 	})
 	return srv, q
 }

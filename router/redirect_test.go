@@ -59,6 +59,13 @@ func redirectRouter(t *testing.T, addr string) *Server {
 // and carol (password "pw"), in the clear unless mutate sets TLS.
 func testRouter(t *testing.T, mutate func(*Config), jcfg jsm.Config) *Server {
 	t.Helper()
+	srv, _ := testRouterQueue(t, mutate, jcfg)
+	return srv
+}
+
+// testRouterQueue is testRouter, and the queue store it writes to.
+func testRouterQueue(t *testing.T, mutate func(*Config), jcfg jsm.Config) (*Server, *gatedQueue) {
+	t.Helper()
 	users := []jid.JID{jid.MustParse("alice@localhost"), jid.MustParse("bob@localhost"), jid.MustParse("carol@localhost")}
 	cfg := DefaultConfig()
 	cfg.C2SListen, cfg.ComponentListen = "127.0.0.1:0", ""
@@ -79,7 +86,7 @@ func testRouter(t *testing.T, mutate func(*Config), jcfg jsm.Config) *Server {
 	served := make(chan error)
 	go func() { served <- srv.Serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-served })
-	return srv
+	return srv, q
 }
 
 // H7, RFC 6120 §4.9.3.19: a user who lives on another node is sent there

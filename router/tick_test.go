@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -20,24 +19,7 @@ func TestTimersFireBeforeTheTick(t *testing.T) {
 	alice := jid.MustParse("alice@localhost")
 	jcfg := jsm.DefaultConfig()
 	jcfg.ResumeTimeout = 50 * time.Millisecond
-	machine := jsm.New(jcfg, jsm.State{Users: []jid.JID{alice}})
-	q := &gatedQueue{gate: make(chan struct{}), q: map[string][]jsm.Entry{}}
-	close(q.gate)
-	cfg := DefaultConfig()
-	cfg.C2SListen, cfg.ComponentListen = "127.0.0.1:0", ""
-	cfg.RequireTLS, cfg.AllowPlainWithoutTLS = false, true
-	cfg.TickInterval = time.Hour
-	srv, err := New(cfg, machine, Stores{Accounts: onePassword{}, Queue: q, Rosters: noRosters{}, PushRegistrations: noRegs{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-done }()
+	srv := testRouter(t, func(cfg *Config) { cfg.TickInterval = time.Hour }, jcfg)
 
 	a := xmpptest.Dial(t, srv.Addr("c2s"), "localhost")
 	if cond := a.AuthPlain("alice", "pw"); cond != "" {

@@ -105,24 +105,27 @@ func Barrier(ctx context.Context, addr, domain string, cred Credentials, insecur
 	if err != nil {
 		return err
 	}
+	defer c.close()
+	_, err = c.untilPinged(domain, "barrier1")
+	return err
+}
+
+// untilPinged pings the server and returns what it sent up to the answer.
+func (c *conn) untilPinged(domain, id string) ([]byte, error) {
 	c.raw.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := c.send("<iq type='get' id='barrier1' to='" + domain + "'><ping xmlns='urn:xmpp:ping'/></iq>"); err != nil {
-		c.raw.Close()
-		return err
+	if err := c.send("<iq type='get' id='" + id + "' to='" + domain + "'><ping xmlns='urn:xmpp:ping'/></iq>"); err != nil {
+		return nil, err
 	}
-	// Wait for the answer to our ping.
 	buf := make([]byte, 0, 4096)
 	tmp := make([]byte, 4096)
-	for !bytes.Contains(buf, []byte("barrier1")) {
+	for !bytes.Contains(buf, []byte(id)) {
 		n, err := c.r.Read(tmp)
 		buf = append(buf, tmp[:n]...)
 		if err != nil {
-			c.raw.Close()
-			return err
+			return nil, err
 		}
 	}
-	c.close()
-	return nil
+	return buf[:bytes.Index(buf, []byte(id))], nil
 }
 
 // RSS returns the resident set size of process pid in bytes, from
@@ -185,19 +188,6 @@ func Collect(ctx context.Context, addr, domain string, cred Credentials, resourc
 		return 0, err
 	}
 	defer c.close()
-	c.raw.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := c.send("<iq type='get' id='collect1' to='" + domain + "'><ping xmlns='urn:xmpp:ping'/></iq>"); err != nil {
-		return 0, err
-	}
-	buf := make([]byte, 0, 4096)
-	tmp := make([]byte, 4096)
-	for !bytes.Contains(buf, []byte("collect1")) {
-		n, err := c.r.Read(tmp)
-		buf = append(buf, tmp[:n]...)
-		if err != nil {
-			return 0, err
-		}
-	}
-	end := bytes.Index(buf, []byte("collect1"))
-	return bytes.Count(buf[:end], []byte("<message")), nil
+	got, err := c.untilPinged(domain, "collect1")
+	return bytes.Count(got, []byte("<message")), err
 }
