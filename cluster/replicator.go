@@ -448,10 +448,10 @@ type link struct {
 	// unreachable: the last connection attempt failed (FailFast).
 	unreachable bool
 	degraded    bool
-	sent      uint64 // frames written, resends included
-	resent    uint64
-	written   uint64 // highest seq ever written
-	acked     uint64 // records acknowledged
+	sent        uint64 // frames written, resends included
+	resent      uint64
+	written     uint64 // highest seq ever written
+	acked       uint64 // records acknowledged
 }
 
 func (l *link) enqueue(ctx context.Context, f *frame, at time.Time) error {
