@@ -386,14 +386,18 @@ func (c *c2s) bind(iq *stanza.Element) (*stream, error) {
 // resume handles XEP-0198 <resume/> in place of binding.
 func (c *c2s) resume(el *stanza.Element) (*stream, error) {
 	h64, perr := strconv.ParseUint(el.Get("h"), 10, 32)
+	previd := el.Get("previd")
 	s := c.srv
-	s.mu.Lock()
-	st := s.resumable[el.Get("previd")]
-	if perr != nil || st == nil || !st.jid.Bare().Equal(c.user) {
-		s.mu.Unlock()
+	failed := func() (*stream, error) {
 		s.cfg.Metrics.resumes.WithLabelValues("failed").Inc()
 		c.out = append(c.out, `<failed xmlns="urn:xmpp:sm:3"><item-not-found xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></failed>`...)
 		return nil, c.flush()
+	}
+	s.mu.Lock()
+	st := s.resumable[previd]
+	if perr != nil || st == nil || !st.jid.Bare().Equal(c.user) {
+		s.mu.Unlock()
+		return failed()
 	}
 	st.mu.Lock()
 	old := st.w
@@ -403,10 +407,21 @@ func (c *c2s) resume(el *stanza.Element) (*stream, error) {
 		s.stepLocked(jsm.Detached{Stream: st.id, Unacked: st.detach()})
 		old.abandon()
 	}
-	// The count <resumed/> reports must cover only durable stanzas.
+	s.mu.Unlock()
+	// The count <resumed/> reports must cover only durable stanzas. The
+	// wait is outside the router's lock: what it waits for may be on
+	// another node that, to answer, routes a stanza here.
 	if err := st.settle(); err != nil {
-		s.mu.Unlock()
 		return nil, errInternal
+	}
+	s.mu.Lock()
+	st.mu.Lock()
+	taken := st.w != nil
+	st.mu.Unlock()
+	if s.resumable[previd] != st || taken {
+		// Expired, or resumed by another connection, meanwhile.
+		s.mu.Unlock()
+		return failed()
 	}
 	w := newWire(c.conn, s.cfg.WriteTimeout)
 	acked, serr := st.resume(w, uint32(h64))

@@ -266,10 +266,8 @@ func (s *Server) stepPastLanes(ev jsm.Event) []func() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pastLanes = true
-	s.stepLocked(ev)
+	local, replicated := s.stepCollect(ev)
 	s.pastLanes = false
-	local, replicated := s.durable, s.replicated
-	s.durable, s.replicated = nil, nil
 	return append(local, replicated...)
 }
 

@@ -108,7 +108,9 @@ type Server struct {
 	forwardSeq    atomic.Uint64
 	forwards      seenSet
 	// lanes keep forwarded stanzas in order per user (forward.go);
-	// pastLanes: the stanza being routed must not join one (s.mu).
+	// pastLanes: the stanza being routed came through a lane, another
+	// node's or this one's: it joins no lane here, and what it causes on
+	// other nodes is awaited in the background (s.mu).
 	lanes     lanes
 	pastLanes bool
 	// wakeAt is when the tick loop steps jsm next (s.mu); rearm wakes
@@ -398,13 +400,29 @@ func (s *Server) step(ev jsm.Event) []func() error {
 func (s *Server) stepWaits(ev jsm.Event) (local, replicated []func() error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.stepLocked(ev)
-	local, replicated = s.durable, s.replicated
-	s.durable, s.replicated = nil, nil
-	return local, replicated
+	return s.stepCollect(ev)
 }
 
+// stepLocked feeds ev with s.mu held; the writes it causes become
+// durable in the background. They used to wait on s.durable for the next
+// step that collected waits, and so delayed an unrelated stanza's
+// acknowledgement, or made it wait on a forward back to its own node.
 func (s *Server) stepLocked(ev jsm.Event) {
+	local, replicated := s.stepCollect(ev)
+	for _, w := range append(local, replicated...) {
+		select {
+		case s.reap <- w:
+		default:
+			// The reaper is behind; a write awaited here, under the lock,
+			// could wait on a lane that needs it.
+			go s.reapOne(w)
+		}
+	}
+}
+
+// stepCollect feeds ev with s.mu held and returns the waits of the writes
+// it caused.
+func (s *Server) stepCollect(ev jsm.Event) (local, replicated []func() error) {
 	for _, a := range s.machine.Step(s.cfg.Now(), ev) {
 		s.execute(a)
 	}
@@ -418,6 +436,9 @@ func (s *Server) stepLocked(ev jsm.Event) {
 		default:
 		}
 	}
+	local, replicated = s.durable, s.replicated
+	s.durable, s.replicated = nil, nil
+	return local, replicated
 }
 
 // nextWake is when the tick loop steps jsm next: its next deadline, at
@@ -452,7 +473,17 @@ func (s *Server) execute(a jsm.Action) {
 			to, err := jid.Parse(a.Stanza.Get("to"))
 			if err == nil {
 				user := to.Bare().String()
-				s.replicated = append(s.replicated, s.forward(user, c.Serving(user), a.Stanza.Copy()))
+				w := s.forward(user, c.Serving(user), a.Stanza.Copy())
+				if s.pastLanes {
+					// What a stanza from another node causes for a third
+					// user (a subscription answer, a bounce, presence) is
+					// not what its sender waits for: its node acknowledges
+					// frames in order, and waiting here on a forward back
+					// to it would wait on ourselves.
+					s.background(w)
+				} else {
+					s.replicated = append(s.replicated, w)
+				}
 			}
 		}
 	case jsm.Enqueue:

@@ -82,23 +82,27 @@ func TestXMPPJSSeeOtherHost(t *testing.T) {
 
 // H7 with slixmpp and @xmpp/client, by default: alice connects to a node
 // that is not her primary and is served there, her stream carried to her
-// primary; she chats with bob, who lives on the node she reached.
+// primary; she chats with bob, who lives on the node she reached, then
+// her connection is cut and she resumes her XEP-0198 stream through that
+// node, getting what bob sent meanwhile once, in order (M5, H4).
 func TestAnyNodePeers(t *testing.T) {
 	for _, peer := range []string{"slixmpp", "xmppjs"} {
 		t.Run(peer, func(t *testing.T) {
 			alice, bob, _, W := redirectCast(t, false)
-			args := append(peertest.ServerArgs(t, W.c2s(), "localhost"),
-				"--alice", alice, "--alice-password", alicePW, "--bob", bob, "--bob-password", bobPW, "--messages", "2")
-			var res peertest.Result
-			if peer == "slixmpp" {
-				res = peertest.Slixmpp(t, "chat.py", args...)
-			} else {
-				res = peertest.Node(t, "chat.mjs", args...)
+			run := func(script string, extra ...string) peertest.Result {
+				args := append(peertest.ServerArgs(t, W.c2s(), "localhost"),
+					"--alice", alice, "--alice-password", alicePW, "--bob", bob, "--bob-password", bobPW)
+				if peer == "slixmpp" {
+					return peertest.Slixmpp(t, script+".py", append(args, extra...)...)
+				}
+				return peertest.Node(t, script+".mjs", append(args, extra...)...)
 			}
+			res := run("chat", "--messages", "2")
 			if !res.Bool("ok") {
 				t.Fatalf("chat failed: %v", res)
 			}
 			checkRedirectedChat(t, res, nil, "0", "1")
+			checkResume(t, run("resume", "--messages", "5"))
 		})
 	}
 }
