@@ -30,8 +30,15 @@ func clusterOf(t testing.TB, count int, mutate func(i int, c *fileConfig)) []*te
 			}
 		}))
 	}
+	// Formed: every member sees every other alive and has finished its
+	// sync (a node the others briefly took for dead, as when a test node
+	// restarts on fresh ports, syncs again and holds its clients' logins
+	// meanwhile).
 	waitFor(t, "cluster formed", 30*time.Second, func() bool {
 		for _, n := range nodes {
+			if n.cluster.syncingNow() {
+				return false
+			}
 			alive := 0
 			for _, m := range n.cluster.c.Members() {
 				if m.State.Live() {
