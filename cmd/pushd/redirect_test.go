@@ -56,28 +56,33 @@ func checkRedirectedChat(t *testing.T, res peertest.Result, P *testNode, message
 	}
 }
 
-// H7 with slixmpp 1.8.3: alice connects to a node that is not her
-// primary, follows see-other-host (sent in the stream restarted after
-// SASL), logs in at her primary and chats with bob across the nodes.
-func TestSlixmppSeeOtherHost(t *testing.T) {
-	alice, bob, P, W := redirectCast(t, true)
-	res := peertest.Slixmpp(t, "chat.py", append(peertest.ServerArgs(t, W.c2s(), "localhost"),
-		"--alice", alice, "--alice-password", alicePW, "--bob", bob, "--bob-password", bobPW, "--messages", "2")...)
-	if !res.Bool("ok") {
-		t.Fatalf("chat failed: %v", res)
+// runPeer runs script (chat or resume) with peer (slixmpp or @xmpp/client)
+// for alice and bob, both connecting to addr.
+func runPeer(t *testing.T, peer, script, addr, alice, bob string, extra ...string) peertest.Result {
+	t.Helper()
+	args := append(peertest.ServerArgs(t, addr, "localhost"),
+		"--alice", alice, "--alice-password", alicePW, "--bob", bob, "--bob-password", bobPW)
+	if peer == "slixmpp" {
+		return peertest.Slixmpp(t, script+".py", append(args, extra...)...)
 	}
-	checkRedirectedChat(t, res, P, "0", "1")
+	return peertest.Node(t, script+".mjs", append(args, extra...)...)
 }
 
-// H7 with @xmpp/client 0.14: the same as TestSlixmppSeeOtherHost.
-func TestXMPPJSSeeOtherHost(t *testing.T) {
-	alice, bob, P, W := redirectCast(t, true)
-	res := peertest.Node(t, "chat.mjs", append(peertest.ServerArgs(t, W.c2s(), "localhost"),
-		"--alice", alice, "--alice-password", alicePW, "--bob", bob, "--bob-password", bobPW, "--messages", "2")...)
-	if !res.Bool("ok") {
-		t.Fatalf("chat failed: %v", res)
+// H7 with [cluster] redirect, slixmpp 1.8.3 and @xmpp/client 0.14: alice
+// connects to a node that is not her primary, follows see-other-host
+// (sent in the stream restarted after SASL), logs in at her primary and
+// chats with bob across the nodes.
+func TestSeeOtherHostPeers(t *testing.T) {
+	for _, peer := range []string{"slixmpp", "xmppjs"} {
+		t.Run(peer, func(t *testing.T) {
+			alice, bob, P, W := redirectCast(t, true)
+			res := runPeer(t, peer, "chat", W.c2s(), alice, bob, "--messages", "2")
+			if !res.Bool("ok") {
+				t.Fatalf("chat failed: %v", res)
+			}
+			checkRedirectedChat(t, res, P, "0", "1")
+		})
 	}
-	checkRedirectedChat(t, res, P, "0", "1")
 }
 
 // H7 with slixmpp and @xmpp/client, by default: alice connects to a node
@@ -89,20 +94,12 @@ func TestAnyNodePeers(t *testing.T) {
 	for _, peer := range []string{"slixmpp", "xmppjs"} {
 		t.Run(peer, func(t *testing.T) {
 			alice, bob, _, W := redirectCast(t, false)
-			run := func(script string, extra ...string) peertest.Result {
-				args := append(peertest.ServerArgs(t, W.c2s(), "localhost"),
-					"--alice", alice, "--alice-password", alicePW, "--bob", bob, "--bob-password", bobPW)
-				if peer == "slixmpp" {
-					return peertest.Slixmpp(t, script+".py", append(args, extra...)...)
-				}
-				return peertest.Node(t, script+".mjs", append(args, extra...)...)
-			}
-			res := run("chat", "--messages", "2")
+			res := runPeer(t, peer, "chat", W.c2s(), alice, bob, "--messages", "2")
 			if !res.Bool("ok") {
 				t.Fatalf("chat failed: %v", res)
 			}
 			checkRedirectedChat(t, res, nil, "0", "1")
-			checkResume(t, run("resume", "--messages", "5"))
+			checkResume(t, runPeer(t, peer, "resume", W.c2s(), alice, bob, "--messages", "5"))
 		})
 	}
 }
