@@ -595,13 +595,6 @@ func (w *logWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
-	if strings.Contains(line, "memberlist: Refuting a dead message") {
-		// The others declared this node dead (it was paused or cut off):
-		// they took its users over, and it must take them back.
-		if r, ok := w.c.lis.(DeathListener); ok {
-			go r.DeclaredDead()
-		}
-	}
 	const sus = "memberlist: Suspect "
 	if i := strings.Index(line, sus); i >= 0 {
 		rest := line[i+len(sus):]

@@ -34,12 +34,3 @@ func (NopListener) NodeJoined(Member)  {}
 func (NopListener) NodeLeft(Member)    {}
 func (NopListener) NodeFailed(Member)  {}
 func (NopListener) NodeUpdated(Member) {}
-
-// DeathListener is a MembershipListener that also hears when this node
-// learns that the others declared it dead (it was paused, or cut off,
-// longer than failure detection): they have taken its users over, and
-// whatever it holds for them is stale. memberlist refutes the death on
-// its own; the listener must resynchronise. Called from its own goroutine.
-type DeathListener interface {
-	DeclaredDead()
-}

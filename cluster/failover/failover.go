@@ -65,7 +65,8 @@ type MemberLost struct {
 }
 
 // DeclaredDead: the others declared this node dead (it was paused or cut
-// off) and took its users over.
+// off) and took its users over: a member's handover opened with
+// KindTakenOver.
 type DeclaredDead struct{}
 
 // HandoverEnded: From sent every device of the users this node serves,
@@ -117,10 +118,13 @@ type Forget struct{ Placement *cluster.Placement }
 
 // Welcome: send Member the accounts and push registrations, then hand it
 // the devices of the users it now serves; Before as in Adopt names those
-// this node served while Member was away. It may run in the background.
+// this node served while Member was away. TakenOver: this node took Member
+// for dead since it last saw it join (the handover opens with
+// KindTakenOver). It may run in the background.
 type Welcome struct {
-	Member string
-	Before *cluster.Placement
+	Member    string
+	Before    *cluster.Placement
+	TakenOver bool
 }
 
 // StartResync: give the backups of the users Pick selects a full copy, in
@@ -220,8 +224,9 @@ type Machine struct {
 	settled *cluster.Placement
 	sync    *syncRound // nil: not syncing
 
-	job       bool         // a StartResync or StartSweep runs
-	resync    *StartResync // due at resyncAt, coalesced
+	lost      map[string]bool // members lost since they last joined
+	job       bool            // a StartResync or StartSweep runs
+	resync    *StartResync    // due at resyncAt, coalesced
 	resyncAt  time.Time
 	sweepAt   time.Time // zero: none due
 	out       []Action
@@ -250,7 +255,7 @@ func New(cfg Config) *Machine {
 	if cfg.SweepDelay <= 0 {
 		cfg.SweepDelay = def.SweepDelay
 	}
-	return &Machine{cfg: cfg, place: cluster.NewPlacement(nil), sync: &syncRound{}}
+	return &Machine{cfg: cfg, place: cluster.NewPlacement(nil), sync: &syncRound{}, lost: map[string]bool{}}
 }
 
 // View returns the routing view. Take it after the actions of the last
@@ -328,7 +333,8 @@ func (m *Machine) memberJoined(e MemberJoined) {
 	if m.settled != nil && !m.settled.Has(e.Name) {
 		m.settled = cluster.NewPlacement(append(m.settled.Nodes(), e.Name))
 	}
-	m.emit(Welcome{Member: e.Name, Before: before})
+	m.emit(Welcome{Member: e.Name, Before: before, TakenOver: m.lost[e.Name]})
+	delete(m.lost, e.Name)
 	// e.Name holds nothing of the users it now backs up, or what it held
 	// before it left. (After a partition both sides see the other join;
 	// the side declared dead learns it a moment later and resyncs all.)
@@ -339,6 +345,9 @@ func (m *Machine) memberLost(e MemberLost) {
 	was := m.place
 	m.place = cluster.NewPlacement(e.Members)
 	m.sweepAt = m.now.Add(m.cfg.SweepDelay)
+	if e.Name != m.cfg.Self {
+		m.lost[e.Name] = true
+	}
 	if !m.started || m.sync != nil {
 		return // the sync's end adopts whatever is this node's then
 	}

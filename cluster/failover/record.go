@@ -38,3 +38,14 @@ func DecodeHandoverEnd(r record.Record) (served []string, err error) {
 	}
 	return served, nil
 }
+
+// KindTakenOver opens the handover to a member the sender had taken for
+// dead (it failed, and is back without having left): the sender took over
+// what that member served. A member that was only paused or cut off learns
+// it here, before the handover's records, and forgets what it holds of its
+// users; one that restarted is syncing already. Key and body: empty. The
+// value is fixed forever.
+const KindTakenOver record.Kind = 13
+
+// TakenOverRecord is the record of KindTakenOver.
+func TakenOverRecord() record.Record { return record.Record{Kind: KindTakenOver} }

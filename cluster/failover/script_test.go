@@ -145,7 +145,11 @@ func show(a Action) string {
 	case Forget:
 		return "forget " + nodes(a.Placement)
 	case Welcome:
-		return "welcome " + a.Member + " before " + nodes(a.Before)
+		s := "welcome " + a.Member + " before " + nodes(a.Before)
+		if a.TakenOver {
+			s += " taken-over"
+		}
+		return s
 	case StartResync:
 		return fmt.Sprintf("resync (%s) %s", a.Why, pick(a.Pick))
 	case StartSweep:

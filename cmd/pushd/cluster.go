@@ -164,9 +164,10 @@ type clusterNode struct {
 
 	// fo is the failover protocol, stepped by run alone; view is what it
 	// last published (failover.go).
-	fo    *failover.Machine
-	inbox inbox
-	view  atomic.Pointer[viewState]
+	fo           *failover.Machine
+	inbox        inbox
+	view         atomic.Pointer[viewState]
+	syncingGauge prometheus.Gauge
 
 	// disk is what this node's own store held at start. In a cluster it is
 	// served only once the other members handed over what they hold for
@@ -178,9 +179,14 @@ type clusterNode struct {
 	joined chan struct{}
 }
 
-func newClusterNode(n *node, disk jsm.State, fcfg failover.Config) *clusterNode {
+func newClusterNode(n *node, disk jsm.State, fcfg failover.Config, reg prometheus.Registerer) *clusterNode {
 	cn := &clusterNode{n: n, log: n.log, replicas: make(map[string]router.SessionState),
-		disk: disk, joined: make(chan struct{}), quit: make(chan struct{}), fo: failover.New(fcfg)}
+		disk: disk, joined: make(chan struct{}), quit: make(chan struct{}), fo: failover.New(fcfg),
+		syncingGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pushd_cluster_syncing",
+			Help: "1 while this node waits for the other members' handovers (at start, after being taken for dead) and serves none of its users yet.",
+		})}
+	reg.MustRegister(cn.syncingGauge)
 	cn.inbox.signal = make(chan struct{}, 1)
 	cn.publish(cn.fo.View())
 	return cn
@@ -387,6 +393,7 @@ func (cn *clusterNode) kinds() cluster.Kinds {
 		store.KindAccount:          cn.ApplyAccount,
 		component.KindRegistration: cn.ApplyRegistry,
 		failover.KindHandoverEnd:   cn.ApplyHandoverEnd,
+		failover.KindTakenOver:     cn.ApplyTakenOver,
 	}
 }
 
@@ -465,13 +472,18 @@ func (cn *clusterNode) ApplyStanza(_ string, r cluster.Record) (func() error, er
 // follows, after which it serves them.
 // before is the placement under which this node held its users until m
 // came (failover.Welcome).
-func (cn *clusterNode) handover(m cluster.Member, before *cluster.Placement) {
+func (cn *clusterNode) handover(m cluster.Member, before *cluster.Placement, takenOver bool) {
 	// A node still syncing holds no devices yet: it releases nothing and
 	// just says so, which keeps two joining nodes from waiting on each
 	// other.
 	place := cn.c.Placement()
 	hs := cn.n.router.Release(func(dev string) bool { return place.Primary(userOf(dev)) == m.Name }, m.Meta.C2SAddr)
 	var recs []cluster.Record
+	if takenOver {
+		// First: a member that was only paused forgets its stale copy
+		// before the devices below arrive.
+		recs = append(recs, failover.TakenOverRecord())
+	}
 	for _, h := range hs {
 		dev := h.Session.Device
 		recs = append(recs, queue.DropRecord(dev))

@@ -21,13 +21,29 @@ import (
 // callbacks, the replicator under the router's lock) must never block.
 type inbox struct {
 	mu     sync.Mutex
-	events []failover.Event
+	events []inboxEvent
 	signal chan struct{}
 }
 
-func (b *inbox) put(ev failover.Event) {
+// inboxEvent is an event, and a channel closed once its step's actions
+// were carried out (nil: nobody waits).
+type inboxEvent struct {
+	ev   failover.Event
+	done chan struct{}
+}
+
+func (b *inbox) put(ev failover.Event) { b.send(inboxEvent{ev: ev}) }
+
+// putWait puts ev and returns a channel closed once it was stepped.
+func (b *inbox) putWait(ev failover.Event) <-chan struct{} {
+	done := make(chan struct{})
+	b.send(inboxEvent{ev: ev, done: done})
+	return done
+}
+
+func (b *inbox) send(e inboxEvent) {
 	b.mu.Lock()
-	b.events = append(b.events, ev)
+	b.events = append(b.events, e)
 	b.mu.Unlock()
 	select {
 	case b.signal <- struct{}{}:
@@ -35,7 +51,7 @@ func (b *inbox) put(ev failover.Event) {
 	}
 }
 
-func (b *inbox) take() []failover.Event {
+func (b *inbox) take() []inboxEvent {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	evs := b.events
@@ -56,6 +72,11 @@ func (cn *clusterNode) currentView() (failover.View, <-chan struct{}) {
 }
 
 func (cn *clusterNode) publish(v failover.View) {
+	if v.Syncing {
+		cn.syncingGauge.Set(1)
+	} else {
+		cn.syncingGauge.Set(0)
+	}
 	old := cn.view.Swap(&viewState{view: v, changed: make(chan struct{})})
 	if old != nil {
 		close(old.changed)
@@ -85,8 +106,11 @@ func (cn *clusterNode) run(joining bool) {
 		}
 		select {
 		case <-cn.inbox.signal:
-			for _, ev := range cn.inbox.take() {
-				cn.step(ev)
+			for _, e := range cn.inbox.take() {
+				cn.step(e.ev)
+				if e.done != nil {
+					close(e.done)
+				}
 			}
 		case <-timer.C:
 			cn.step(failover.Tick{})
@@ -125,7 +149,7 @@ func (cn *clusterNode) execute(a failover.Action) {
 				return
 			}
 			cn.sendAccounts(m.Name)
-			cn.handover(m, a.Before)
+			cn.handover(m, a.Before, a.TakenOver)
 		})
 	case failover.StartResync:
 		cn.spawn(func() {
@@ -140,7 +164,7 @@ func (cn *clusterNode) execute(a failover.Action) {
 	}
 }
 
-// --- cluster.MembershipListener and DeathListener: into the inbox ---
+// --- cluster.MembershipListener and the failover records: into the inbox ---
 
 // Events may come from inside cluster.New, before the node knows its
 // Cluster: they wait for it (on the cluster's own event goroutine).
@@ -163,9 +187,21 @@ func (cn *clusterNode) lost(m cluster.Member) {
 
 func (cn *clusterNode) NodeUpdated(cluster.Member) {}
 
-// DeclaredDead: the others took this node's users over while it was
-// paused or cut off; the machine has it forget them and sync again.
-func (cn *clusterNode) DeclaredDead() { cn.inbox.put(failover.DeclaredDead{}) }
+// ApplyTakenOver: from took this node for dead and took its users over
+// (it was paused or cut off); the handover's records follow. They must
+// find this node's stale copy of those users forgotten, so the record is
+// applied once the machine has stepped DeclaredDead (bounded: a node that
+// stops does not hold the stream).
+func (cn *clusterNode) ApplyTakenOver(from string, r cluster.Record) (func() error, error) {
+	done := cn.inbox.putWait(failover.DeclaredDead{})
+	select {
+	case <-done:
+	case <-cn.quit:
+	case <-time.After(syncWait):
+		cn.log.Warn("cluster: a member took this node's users over; not yet forgotten here", "node", from)
+	}
+	return nil, nil
+}
 
 func (cn *clusterNode) ApplyHandoverEnd(from string, r cluster.Record) (func() error, error) {
 	served, err := failover.DecodeHandoverEnd(r)

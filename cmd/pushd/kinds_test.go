@@ -19,7 +19,7 @@ func TestRecordKindsFixed(t *testing.T) {
 	for want, k := range map[cluster.Kind]cluster.Kind{
 		1: queue.KindAppend, 2: queue.KindTrim, 3: queue.KindRemove, 4: queue.KindDrop,
 		5: router.KindSession, 6: router.KindSessionGone, 7: store.KindAccount, 8: router.KindStanza,
-		9: component.KindRegistration, 10: failover.KindHandoverEnd, 11: queue.KindOfflineAdd, 12: queue.KindOfflineTrim,
+		9: component.KindRegistration, 10: failover.KindHandoverEnd, 11: queue.KindOfflineAdd, 12: queue.KindOfflineTrim, 13: failover.KindTakenOver,
 	} {
 		if k != want {
 			t.Errorf("kind %d is now %d", want, k)

@@ -149,7 +149,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		if cfg.Cluster.sweepDelay > 0 {
 			fcfg.SweepDelay = cfg.Cluster.sweepDelay
 		}
-		n.cluster = newClusterNode(n, disk, fcfg)
+		n.cluster = newClusterNode(n, disk, fcfg, reg)
 		rcfg.Cluster = n.cluster
 		rcfg.Redirect = cfg.Cluster.Redirect
 		rcfg.RelayKey = relayKey(cfg.Cluster.SecretKey)

@@ -131,3 +131,91 @@ func otherThan(a, b string) string {
 	}
 	return ""
 }
+
+// A paused primary learns from the others' handover that they took its
+// users over (the handover opens with a taken-over record; nothing is read
+// from memberlist's log): what it held of them is stale and forgotten.
+// alice's primary is stopped (SIGSTOP) past failure detection; meanwhile
+// she logs in on her new primary and logs out cleanly, which removes her
+// push registration (M8); her primary continues (SIGCONT) and serves her
+// again: a message to her now is kept offline, not pushed to the device
+// she logged out of, and reaches her next login once.
+func TestPausedPrimaryForgetsWhatWasTakenOver(t *testing.T) {
+	defer func(d time.Duration) { xmpptest.Timeout = d }(xmpptest.Timeout)
+	xmpptest.Timeout = 30 * time.Second
+	provider := testAPNS(t)
+	procs := startClusterProcs(t, provider.section(), "n1", "n2", "n3")
+	byProc := map[string]*clusterProc{}
+	for _, p := range procs {
+		byProc[p.name] = p
+	}
+	waitFor(t, "three members", 30*time.Second, func() bool {
+		raw, err := procs[0].admin(t).ClusterStatus()
+		return err == nil && strings.Count(string(raw), `"alive"`) == 3
+	})
+	all := cluster.NewPlacement([]string{"n1", "n2", "n3"})
+	var alice string
+	for i := 0; alice == ""; i++ {
+		if u := fmt.Sprintf("alice%d", i); all.Primary(u+"@localhost") == "n3" {
+			alice = u
+		}
+	}
+	bob := ""
+	for i := 0; bob == ""; i++ {
+		if u := fmt.Sprintf("bob%d", i); all.Primary(u+"@localhost") == "n1" {
+			bob = u
+		}
+	}
+	adm := procs[0].admin(t)
+	check(t, adm.AddUser(alice, "pw"))
+	check(t, adm.AddUser(bob, "pw"))
+	for _, p := range procs {
+		waitFor(t, "accounts on "+p.name, 30*time.Second, func() bool {
+			l, err := p.admin(t).ListUsers()
+			return err == nil && len(l) == 2
+		})
+	}
+	paused := byProc["n3"]
+	heir := byProc[cluster.NewPlacement([]string{"n1", "n2"}).Primary(alice+"@localhost")]
+	pushes := newPushLog(provider.Server)
+	a := xmpptest.Login(t, paused.c2s, "localhost", alice, "pw", "phone")
+	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+	a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	pushes.register(t, a, alice)
+	a.Send(`<presence/>`)
+	_ = a.Conn.Close()
+	waitFor(t, "alice hibernating on her primary", 20*time.Second, func() bool { return paused.metric("pushd_streams_detached") == 1 })
+
+	check(t, syscall.Kill(paused.proc.PID(), syscall.SIGSTOP))
+	waitFor(t, "her new primary to take her phone over", 30*time.Second, func() bool { return heir.metric("pushd_streams_detached") == 1 })
+	// She comes back there on the same resource and logs out cleanly.
+	back := xmpptest.Login(t, heir.c2s, "localhost", alice, "pw", "phone")
+	back.Send(`<presence/></stream:stream>`)
+	for {
+		if _, err := back.Next(); err != nil {
+			break
+		}
+	}
+	waitFor(t, "her logout on her new primary", 20*time.Second, func() bool { return heir.metric("pushd_streams_bound") == 0 })
+	check(t, syscall.Kill(paused.proc.PID(), syscall.SIGCONT))
+	waitFor(t, "the cluster to converge after the pause", 60*time.Second, func() bool {
+		raw, err := procs[0].admin(t).ClusterStatus()
+		w, werr := procs[0].admin(t).Where(alice)
+		return err == nil && werr == nil && strings.Count(string(raw), `"alive"`) == 3 && w.Primary == "n3" && paused.metric("pushd_cluster_syncing") == 0
+	})
+
+	from := pushes.len()
+	b := xmpptest.Login(t, byProc["n1"].c2s, "localhost", bob, "pw", "desk")
+	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	b.Send(fmt.Sprintf(`<message to='%s@localhost' type='chat'><body>after the pause</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice))
+	b.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") && e.Get("h") == "1" })
+	c := xmpptest.Login(t, paused.c2s, "localhost", alice, "pw", "laptop")
+	c.Send(`<presence/>`)
+	c.Expect("M10: the message kept for her next login", func(e *stanza.Element) bool {
+		return e.ChildText(stanza.NSClient, "body") == "after the pause"
+	})
+	if n := pushes.len() - from; n != 0 {
+		t.Fatalf("M8: %d pushes to the device alice logged out of while her primary was paused", n)
+	}
+}
