@@ -77,13 +77,16 @@ func (cp *clusterProc) metric(name string) float64 {
 	return v
 }
 
-// TestChaosFailover is issue 5's chaos test: three pushd processes, many
-// suspended devices and a steady message load to them; the primary of a
-// third of them is killed with SIGKILL mid-load; an independent checker
-// then verifies that every message acknowledged to its sender is
-// delivered exactly once, in order per sender, after the devices resume
-// their XEP-0198 streams on their new primary (H2–H4). Devices:
-// PUSHD_CHAOS_DEVICES (default 200; CI sets 1000).
+// TestChaosFailover is issue 5's chaos test, sharpened by issue 11: three
+// pushd processes, many suspended devices and a load to them that does not
+// wait for acknowledgements, so that it runs through the detection window;
+// the primary of a third of them is killed with SIGKILL mid-load; an
+// independent checker then verifies that every message acknowledged to
+// its sender is delivered exactly once, in order per sender, after the
+// devices resume their XEP-0198 streams on their new primary (H2–H4).
+// Then the killed node restarts (fallback), and a node is paused past
+// failure detection with senders writing through that window too.
+// Devices: PUSHD_CHAOS_DEVICES (default 200; CI sets 1000).
 func TestChaosFailover(t *testing.T) {
 	// Stanzas in flight to the killed node wait for its death to be
 	// declared before they are resent; give the senders room for that.
@@ -93,12 +96,10 @@ func TestChaosFailover(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("PUSHD_CHAOS_DEVICES")); err == nil && v > 0 {
 		devices = v
 	}
-	// Senders write a batch of window messages every pace, without
-	// waiting for acknowledgements (up to maxUnacked outstanding), from
-	// before the kill until a while after the takeover: the detection
-	// window between them is full of messages (issue 11).
-	const senders, window, maxUnacked = 6, 5, 2000
-	const pace, tail = 20 * time.Millisecond, time.Second
+	// Senders write without waiting for acknowledgements (windowLoad)
+	// from before the kill (and the pause) until tail after the takeover:
+	// the detection window between them is full of messages (issue 11).
+	const senders, tail = 6, time.Second
 	// Every node's push component talks to one APNS test server, so the
 	// test sees which pushes go out, and when, whichever node sends them.
 	provider := testAPNS(t)
@@ -174,120 +175,12 @@ func TestChaosFailover(t *testing.T) {
 
 	// The load: each sender writes to devices in turn; what its server
 	// acknowledges is what must arrive.
-	var mu sync.Mutex
-	acked := make(map[string][]string)    // device user → bodies acknowledged to their senders
-	sentAt := make(map[string]time.Time)  // body → no later than it was sent
-	ackedAt := make(map[string]time.Time) // body → no earlier than it was queued
-	var wg sync.WaitGroup
-	started := make(chan struct{}, senders)
-	stop := make(chan struct{}) // closed a while after the takeover
+	load := newWindowLoad(devUsers, "s")
 	for si, su := range sendUsers {
-		c := xmpptest.Login(t, proc(all.Primary(su+"@localhost")).c2s, "localhost", su, "pw", "desk")
-		c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
-		c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
-		wg.Add(1)
-		go func(si int, c *xmpptest.Client) {
-			defer wg.Done()
-			type sentMsg struct{ dev, body string }
-			var (
-				pmu     sync.Mutex
-				pending []sentMsg // written, not yet acknowledged, in order
-				handled int
-			)
-			// The reader: what the sender's server acknowledges is what
-			// must arrive.
-			readDone := make(chan struct{})
-			go func() {
-				defer close(readDone)
-				for {
-					el, err := c.Next()
-					if err != nil {
-						pmu.Lock()
-						t.Logf("sender %d: %d unacknowledged at its end: %v", si, len(pending), err)
-						pmu.Unlock()
-						return
-					}
-					if el.Is(stanza.NSStream, "error") {
-						t.Logf("sender %d: stream error %s", si, el)
-					}
-					if !el.Is(stanza.NSSM, "a") {
-						continue
-					}
-					h, _ := strconv.Atoi(el.Get("h"))
-					pmu.Lock()
-					now := time.Now()
-					mu.Lock()
-					for _, m := range pending[:h-handled] {
-						acked[m.dev] = append(acked[m.dev], m.body)
-						ackedAt[m.body] = now
-					}
-					mu.Unlock()
-					pending, handled = pending[h-handled:], h
-					left := len(pending)
-					pmu.Unlock()
-					select {
-					case <-stop:
-						if left == 0 {
-							_ = c.Conn.Close()
-							return
-						}
-					default:
-					}
-				}
-			}()
-			var signalled sync.Once
-			defer signalled.Do(func() { started <- struct{}{} }) // a sender that stops early must not hold the kill back
-			tick := time.NewTicker(pace)
-			defer tick.Stop()
-			for k, batches := 0, 0; ; batches++ {
-				select {
-				case <-stop:
-					// One more <a/> after the last: the reader ends on it.
-					_ = c.TrySend(`<r xmlns='urn:xmpp:sm:3'/>`)
-					<-readDone
-					return
-				case <-readDone:
-					return
-				case <-tick.C:
-				}
-				pmu.Lock()
-				full := len(pending) >= maxUnacked
-				pmu.Unlock()
-				if full {
-					continue
-				}
-				var b strings.Builder
-				var batch []sentMsg
-				for range window {
-					dev := devUsers[(k*7+si*13)%devices]
-					body := fmt.Sprintf("s%d-%d", si, k)
-					fmt.Fprintf(&b, `<message to='%s@localhost/phone' type='chat'><body>%s</body></message>`, dev, body)
-					batch = append(batch, sentMsg{dev, body})
-					k++
-				}
-				b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
-				now := time.Now()
-				mu.Lock()
-				for _, m := range batch {
-					sentAt[m.body] = now
-				}
-				mu.Unlock()
-				pmu.Lock()
-				pending = append(pending, batch...)
-				pmu.Unlock()
-				if err := c.TrySend(b.String()); err != nil {
-					t.Logf("sender %d stopped at %d: %v", si, k, err)
-					return
-				}
-				if batches == 10 {
-					signalled.Do(func() { started <- struct{}{} })
-				}
-			}
-		}(si, c)
+		load.start(t, si, proc(all.Primary(su+"@localhost")).c2s, su, "desk")
 	}
-	for range senders {
-		<-started
-	}
+	load.awaitStarted()
+	acked, sentAt, ackedAt, mu := load.acked, load.sentAt, load.ackedAt, &load.mu
 	victim := proc("n2")
 	// Whether a message was sent after the kill.
 	sentAfter := func(since time.Time) func(body string) bool {
@@ -315,14 +208,14 @@ func TestChaosFailover(t *testing.T) {
 	t.Logf("H3: %d devices adopted %v after SIGKILL", onVictim, time.Since(killed).Round(10*time.Millisecond))
 	// The senders go on a while past the takeover, then wait for their
 	// last acknowledgements.
-	time.AfterFunc(tail, func() { close(stop) })
+	time.AfterFunc(tail, load.stop)
 	select {
 	case f := <-firstPush:
 		t.Logf("H3: first push from n2's successors %v after SIGKILL", f.at.Sub(killed).Round(10*time.Millisecond))
 	case <-time.After(30 * time.Second):
 		t.Fatal("H3: no push from n2's successors within 30 s of the kill")
 	}
-	wg.Wait()
+	load.wait()
 	mu.Lock()
 	inWindow, ackedCount := 0, 0
 	for _, bodies := range acked {
@@ -465,6 +358,14 @@ func TestChaosFailover(t *testing.T) {
 			onPaused++
 		}
 	}
+	// Senders on n1 write through the pause's detection window too.
+	pauseLoad := newWindowLoad(devUsers, "pw")
+	for si, su := range sendUsers {
+		if all.Primary(su+"@localhost") == "n1" {
+			pauseLoad.start(t, si, proc("n1").c2s, su, "desk-pause")
+		}
+	}
+	pauseLoad.awaitStarted()
 	check(t, syscall.Kill(pausedNode.proc.PID(), syscall.SIGSTOP))
 	stopped := time.Now()
 	waitFor(t, "n1 to declare n3 dead", 30*time.Second, func() bool {
@@ -474,6 +375,9 @@ func TestChaosFailover(t *testing.T) {
 	waitFor(t, "n1 and n2 to take n3's devices over", 30*time.Second, func() bool {
 		return proc("n1").metric("pushd_streams_detached")+proc("n2").metric("pushd_streams_detached") == float64(devices)
 	})
+	time.AfterFunc(tail, pauseLoad.stop)
+	pauseLoad.wait()
+	t.Logf("pause: %d messages acknowledged from senders writing through the pause", pauseLoad.count())
 	// The scenario is a 10 s pause (issue 5): the node stays stopped that
 	// long, whatever the others did meanwhile.
 	if d := 10*time.Second - time.Since(stopped); d > 0 {
@@ -487,7 +391,11 @@ func TestChaosFailover(t *testing.T) {
 			proc("n1").metric("pushd_streams_detached")+proc("n2").metric("pushd_streams_detached") == float64(devices-onPaused)
 	})
 	t.Logf("pause: n3 serves its %d devices again", onPaused)
-	total = checkRound(all, "p", pushedRound("p", 13))
+	pauseAcked := pushedRound("p", 13)
+	for dev, bodies := range pauseLoad.acked {
+		pauseAcked[dev] = append(bodies, pauseAcked[dev]...)
+	}
+	total = checkRound(all, "p", pauseAcked)
 	t.Logf("after the pause: checked %d acknowledged messages: each delivered once, in order per sender", total)
 }
 
@@ -636,4 +544,157 @@ func (l *pushLog) waitEach(t *testing.T, what string, from int, devs []string, m
 		t.Fatalf("pushes %s: %d of %d devices never pushed for their messages", what, len(missing), len(devs))
 	}
 	t.Logf("pushes %s: each of %d devices pushed", what, len(devs))
+}
+
+// windowLoad is senders that write batches of messages to the devices in
+// turn without waiting for acknowledgements (up to a bound), until
+// stopped: run across a failure, they fill its detection window. What
+// each sender's server acknowledges is what must arrive (acked, by
+// device); bodies are prefix, the sender's index, "-", and its count.
+type windowLoad struct {
+	devs    []string
+	prefix  string
+	mu      sync.Mutex
+	acked   map[string][]string  // device user → bodies acknowledged to their senders
+	sentAt  map[string]time.Time // body → no later than it was sent
+	ackedAt map[string]time.Time // body → no earlier than it was queued
+	wg      sync.WaitGroup
+	started chan struct{}
+	n       int
+	done    chan struct{} // closed by stop
+	once    sync.Once
+}
+
+func newWindowLoad(devs []string, prefix string) *windowLoad {
+	return &windowLoad{devs: devs, prefix: prefix, acked: map[string][]string{}, sentAt: map[string]time.Time{},
+		ackedAt: map[string]time.Time{}, started: make(chan struct{}, 64), done: make(chan struct{})}
+}
+
+func (l *windowLoad) stop() { l.once.Do(func() { close(l.done) }) }
+
+func (l *windowLoad) wait() { l.wg.Wait() }
+
+// awaitStarted waits until every sender has written ten batches.
+func (l *windowLoad) awaitStarted() {
+	for range l.n {
+		<-l.started
+	}
+}
+
+func (l *windowLoad) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, b := range l.acked {
+		n += len(b)
+	}
+	return n
+}
+
+// start logs sender user in at addr and has it write until stop.
+func (l *windowLoad) start(t *testing.T, si int, addr, user, resource string) {
+	t.Helper()
+	const window, maxUnacked = 5, 2000
+	const pace = 20 * time.Millisecond
+	c := xmpptest.Login(t, addr, "localhost", user, "pw", resource)
+	c.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+	c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	l.n++
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		type sentMsg struct{ dev, body string }
+		var (
+			pmu     sync.Mutex
+			pending []sentMsg // written, not yet acknowledged, in order
+			handled int
+		)
+		readDone := make(chan struct{})
+		go func() {
+			defer close(readDone)
+			for {
+				el, err := c.Next()
+				if err != nil {
+					pmu.Lock()
+					t.Logf("sender %s%d: %d unacknowledged at its end: %v", l.prefix, si, len(pending), err)
+					pmu.Unlock()
+					return
+				}
+				if el.Is(stanza.NSStream, "error") {
+					t.Logf("sender %s%d: stream error %s", l.prefix, si, el)
+				}
+				if !el.Is(stanza.NSSM, "a") {
+					continue
+				}
+				h, _ := strconv.Atoi(el.Get("h"))
+				pmu.Lock()
+				now := time.Now()
+				l.mu.Lock()
+				for _, m := range pending[:h-handled] {
+					l.acked[m.dev] = append(l.acked[m.dev], m.body)
+					l.ackedAt[m.body] = now
+				}
+				l.mu.Unlock()
+				pending, handled = pending[h-handled:], h
+				left := len(pending)
+				pmu.Unlock()
+				select {
+				case <-l.done:
+					if left == 0 {
+						_ = c.Conn.Close()
+						return
+					}
+				default:
+				}
+			}
+		}()
+		var signalled sync.Once
+		defer signalled.Do(func() { l.started <- struct{}{} }) // a sender that stops early must not hold the others back
+		tick := time.NewTicker(pace)
+		defer tick.Stop()
+		for k, batches := 0, 0; ; batches++ {
+			select {
+			case <-l.done:
+				// One more <a/> after the last: the reader ends on it.
+				_ = c.TrySend(`<r xmlns='urn:xmpp:sm:3'/>`)
+				<-readDone
+				return
+			case <-readDone:
+				return
+			case <-tick.C:
+			}
+			pmu.Lock()
+			full := len(pending) >= maxUnacked
+			pmu.Unlock()
+			if full {
+				continue
+			}
+			var b strings.Builder
+			var batch []sentMsg
+			for range window {
+				dev := l.devs[(k*7+si*13)%len(l.devs)]
+				body := fmt.Sprintf("%s%d-%d", l.prefix, si, k)
+				fmt.Fprintf(&b, `<message to='%s@localhost/phone' type='chat'><body>%s</body></message>`, dev, body)
+				batch = append(batch, sentMsg{dev, body})
+				k++
+			}
+			b.WriteString(`<r xmlns='urn:xmpp:sm:3'/>`)
+			now := time.Now()
+			l.mu.Lock()
+			for _, m := range batch {
+				l.sentAt[m.body] = now
+			}
+			l.mu.Unlock()
+			pmu.Lock()
+			pending = append(pending, batch...)
+			pmu.Unlock()
+			if err := c.TrySend(b.String()); err != nil {
+				t.Logf("sender %s%d stopped at %d: %v", l.prefix, si, k, err)
+				return
+			}
+			if batches == 10 {
+				signalled.Do(func() { l.started <- struct{}{} })
+			}
+		}
+	}()
 }
