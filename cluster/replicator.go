@@ -545,7 +545,7 @@ func (l *link) stop(err error) {
 	l.stopped = true
 	l.stopErr = err
 	pending := l.pending
-	l.pending = nil
+	l.pending, l.unsent = nil, 0
 	l.bytes, l.records = 0, 0
 	s := l.stream
 	wasDegraded := l.degraded
@@ -716,6 +716,11 @@ func (l *link) pump(s Stream) error {
 	var hdr []byte
 	for {
 		l.mu.Lock()
+		if l.stopped {
+			// stop emptied pending and closes the stream.
+			l.mu.Unlock()
+			return l.stopErr
+		}
 		batch := l.pending[l.unsent:]
 		resend := 0
 		for _, f := range batch {
