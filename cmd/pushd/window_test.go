@@ -23,18 +23,7 @@ import (
 // after the earlier five, once each. (The chaos test sends through the
 // whole window from every survivor.)
 func TestDetectionWindowProcesses(t *testing.T) {
-	defer func(d time.Duration) { xmpptest.Timeout = d }(xmpptest.Timeout)
-	xmpptest.Timeout = 30 * time.Second
-	provider := testAPNS(t)
-	procs := startClusterProcs(t, provider.section(), "n1", "n2", "n3")
-	byProc := map[string]*clusterProc{}
-	for _, p := range procs {
-		byProc[p.name] = p
-	}
-	waitFor(t, "three members", 30*time.Second, func() bool {
-		raw, err := procs[0].admin(t).ClusterStatus()
-		return err == nil && strings.Count(string(raw), `"alive"`) == 3
-	})
+	provider, procs, byProc := threePushProcs(t)
 	place := cluster.NewPlacement([]string{"n1", "n2", "n3"})
 	pName, bName := place.PrimaryBackup("alice@localhost")
 	P, B := byProc[pName], byProc[bName]
@@ -141,18 +130,7 @@ func otherThan(a, b string) string {
 // again: a message to her now is kept offline, not pushed to the device
 // she logged out of, and reaches her next login once.
 func TestPausedPrimaryForgetsWhatWasTakenOver(t *testing.T) {
-	defer func(d time.Duration) { xmpptest.Timeout = d }(xmpptest.Timeout)
-	xmpptest.Timeout = 30 * time.Second
-	provider := testAPNS(t)
-	procs := startClusterProcs(t, provider.section(), "n1", "n2", "n3")
-	byProc := map[string]*clusterProc{}
-	for _, p := range procs {
-		byProc[p.name] = p
-	}
-	waitFor(t, "three members", 30*time.Second, func() bool {
-		raw, err := procs[0].admin(t).ClusterStatus()
-		return err == nil && strings.Count(string(raw), `"alive"`) == 3
-	})
+	provider, procs, byProc := threePushProcs(t)
 	all := cluster.NewPlacement([]string{"n1", "n2", "n3"})
 	var alice string
 	for i := 0; alice == ""; i++ {
@@ -218,4 +196,25 @@ func TestPausedPrimaryForgetsWhatWasTakenOver(t *testing.T) {
 	if n := pushes.len() - from; n != 0 {
 		t.Fatalf("M8: %d pushes to the device alice logged out of while her primary was paused", n)
 	}
+}
+
+// threePushProcs starts pushd processes n1–n3 in one cluster, their push
+// components on one APNS test server, and waits until they see each other
+// alive; clients wait up to 30 s (a failover's stalled stanzas).
+func threePushProcs(t *testing.T) (*apnsProvider, []*clusterProc, map[string]*clusterProc) {
+	t.Helper()
+	old := xmpptest.Timeout
+	xmpptest.Timeout = 30 * time.Second
+	t.Cleanup(func() { xmpptest.Timeout = old })
+	provider := testAPNS(t)
+	procs := startClusterProcs(t, provider.section(), "n1", "n2", "n3")
+	byProc := map[string]*clusterProc{}
+	for _, p := range procs {
+		byProc[p.name] = p
+	}
+	waitFor(t, "three members", 30*time.Second, func() bool {
+		raw, err := procs[0].admin(t).ClusterStatus()
+		return err == nil && strings.Count(string(raw), `"alive"`) == 3
+	})
+	return provider, procs, byProc
 }
