@@ -150,6 +150,10 @@ func TestSeeOtherHostOnBoundStream(t *testing.T) {
 	of := func(user string) func(string) bool {
 		return func(dev string) bool { return strings.HasPrefix(dev, user+"@") }
 	}
+	// The bind result is written before the stream is registered.
+	waitUntil(t, "bob and carol bound", func() bool {
+		return len(srv.Devices(jid.MustParse("bob@localhost"))) == 1 && len(srv.Devices(jid.MustParse("carol@localhost"))) == 1
+	})
 	if n := srv.Forget(of("bob"), there); n != 1 {
 		t.Fatalf("Forget took %d devices, want 1", n)
 	}
