@@ -92,7 +92,6 @@ func decodeTestBinding(r Record) (testBinding, error) {
 }
 
 func TestNewKindNeedsNoClusterChange(t *testing.T) {
-	net := NewMemNetwork()
 	cfg := ReplicatorConfig{AckTimeout: 5 * time.Second, Logger: quietLogger()}
 	got := make(chan string, 2)
 	var bindings []testBinding
@@ -105,18 +104,7 @@ func TestNewKindNeedsNoClusterChange(t *testing.T) {
 		got <- from + " " + r.Key
 		return nil, nil
 	}}
-	cfg.Name = "b"
-	rb, err := NewReplicator(cfg, net.Transport("b"), recv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rb.Close()
-	cfg.Name = "p"
-	rp, err := NewReplicator(cfg, net.Transport("p"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rp.Close()
+	rp := kindsPair(t, cfg, recv)
 	// The second record is what an older sender wrote: no Expires.
 	old := Record{Kind: kindTestBinding, Key: "sip:bob@x", Body: record.AppendString(nil, "sip:bob@10.0.0.2")}
 	rec := testBinding{Contact: "sip:alice@10.0.0.1", Expires: 3600}.record("sip:alice@x")
@@ -136,21 +124,29 @@ func TestNewKindNeedsNoClusterChange(t *testing.T) {
 // A kind the receiver does not know is not acknowledged: the sender's
 // wait does not succeed.
 func TestUnknownKindNotAcknowledged(t *testing.T) {
-	net := NewMemNetwork()
 	cfg := ReplicatorConfig{AckTimeout: 300 * time.Millisecond, Logger: quietLogger(), ReconnectMin: time.Millisecond, ReconnectMax: 10 * time.Millisecond}
+	rp := kindsPair(t, cfg, Kinds{})
+	if err := rp.Send(context.Background(), "b", Record{Kind: 9999, Key: "k"})(); !errors.Is(err, ErrAckTimeout) {
+		t.Fatalf("unknown kind: %v, want ErrAckTimeout", err)
+	}
+}
+
+// kindsPair is a sender "p" and a receiver "b" applying with recv, on an
+// in-memory network; it returns the sender.
+func kindsPair(t *testing.T, cfg ReplicatorConfig, recv Applier) *Replicator {
+	t.Helper()
+	net := NewMemNetwork()
 	cfg.Name = "b"
-	rb, err := NewReplicator(cfg, net.Transport("b"), Kinds{})
+	rb, err := NewReplicator(cfg, net.Transport("b"), recv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rb.Close()
+	t.Cleanup(func() { rb.Close() })
 	cfg.Name = "p"
 	rp, err := NewReplicator(cfg, net.Transport("p"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rp.Close()
-	if err := rp.Send(context.Background(), "b", Record{Kind: 9999, Key: "k"})(); !errors.Is(err, ErrAckTimeout) {
-		t.Fatalf("unknown kind: %v, want ErrAckTimeout", err)
-	}
+	t.Cleanup(func() { rp.Close() })
+	return rp
 }

@@ -224,13 +224,12 @@ type Machine struct {
 	settled *cluster.Placement
 	sync    *syncRound // nil: not syncing
 
-	lost      map[string]bool // members lost since they last joined
-	job       bool            // a StartResync or StartSweep runs
-	resync    *StartResync    // due at resyncAt, coalesced
-	resyncAt  time.Time
-	sweepAt   time.Time // zero: none due
-	out       []Action
-	lateEnded map[string]bool // handovers that came after the sync: adopted as they come
+	lost     map[string]bool // members lost since they last joined
+	job      bool            // a StartResync or StartSweep runs
+	resync   *StartResync    // due at resyncAt, coalesced
+	resyncAt time.Time
+	sweepAt  time.Time // zero: none due
+	out      []Action
 }
 
 // syncRound is one wait for the others' handovers: at start, and again

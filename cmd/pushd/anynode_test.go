@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -45,26 +44,11 @@ func TestAnyNodeServesRawClient(t *testing.T) {
 	// saying she handled h stanzas, and returns the bodies it gets then.
 	resume := func(h, want int) (*xmpptest.Client, []string) {
 		t.Helper()
-		r := xmpptest.Dial(t, edge.c2s(), "localhost")
-		r.StartTLS()
-		if cond := r.AuthPlain("alice", alicePW); cond != "" {
-			t.Fatal(cond)
-		}
-		r.Send(`<resume xmlns='urn:xmpp:sm:3' h='` + strconv.Itoa(h) + `' previd='` + smID + `'/>`)
-		if el := r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
+		r, el := resumeAt(t, edge, smID, h)
+		if !el.Is(stanza.NSSM, "resumed") {
 			t.Fatalf("M5/H4: resumption through the node she reached: %s", el)
 		}
-		var got []string
-		for len(got) < want {
-			el, err := r.Next()
-			if err != nil {
-				t.Fatalf("after %q: %v", got, err)
-			}
-			if el.Is(stanza.NSClient, "message") {
-				got = append(got, el.ChildText(stanza.NSClient, "body"))
-			}
-		}
-		return r, got
+		return r, messageBodies(t, r, want)
 	}
 	hibernate := func(c *xmpptest.Client, on *testNode) {
 		t.Helper()

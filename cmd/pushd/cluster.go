@@ -220,16 +220,6 @@ func (cn *clusterNode) spawn(f func()) {
 	}()
 }
 
-// pause sleeps for d; false if the node stops first.
-func (cn *clusterNode) pause(d time.Duration) bool {
-	select {
-	case <-time.After(d):
-		return true
-	case <-cn.quit:
-		return false
-	}
-}
-
 // awaitJoined waits until the node is a member; false if it stops first.
 func (cn *clusterNode) awaitJoined() bool {
 	select {

@@ -138,16 +138,7 @@ func TestKill9KeepsAcknowledgedQueue(t *testing.T) {
 
 	a = xmpptest.Login(t, n.c2s, "localhost", "alice", "alice-pw", "phone")
 	a.Send(`<presence/>`)
-	var got []string
-	for len(got) < count {
-		el, err := a.Next()
-		if err != nil {
-			t.Fatalf("after %d messages: %v", len(got), err)
-		}
-		if el.Is(stanza.NSClient, "message") {
-			got = append(got, el.ChildText(stanza.NSClient, "body"))
-		}
-	}
+	got := messageBodies(t, a, count)
 	for i, body := range got {
 		if body != fmt.Sprintf("msg %d", i) {
 			t.Fatalf("message %d is %q: lost, duplicated or out of order", i, body)

@@ -136,16 +136,7 @@ func TestFailoverToBackup(t *testing.T) {
 	if !el.Is(stanza.NSSM, "resumed") {
 		t.Fatalf("resume on the backup: %s", el)
 	}
-	var got []string
-	for len(got) < count+1 {
-		el, err := r.Next()
-		if err != nil {
-			t.Fatalf("after %q: %v", got, err)
-		}
-		if el.Is(stanza.NSClient, "message") {
-			got = append(got, el.ChildText(stanza.NSClient, "body"))
-		}
-	}
+	got := messageBodies(t, r, count+1)
 	want := []string{"before 0", "before 1", "before 2", "before 3", "before 4", "after"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("alice got %q, want %q once, in order", got, want)
@@ -228,6 +219,22 @@ func resumeAt(t *testing.T, n *testNode, smID string, h int) (*xmpptest.Client, 
 	}
 	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='` + strconv.Itoa(h) + `' previd='` + smID + `'/>`)
 	return r, r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM })
+}
+
+// messageBodies reads c until it has the bodies of n messages.
+func messageBodies(t *testing.T, c *xmpptest.Client, n int) []string {
+	t.Helper()
+	var got []string
+	for len(got) < n {
+		el, err := c.Next()
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		if el.Is(stanza.NSClient, "message") {
+			got = append(got, el.ChildText(stanza.NSClient, "body"))
+		}
+	}
+	return got
 }
 
 // desk logs bob in at his node with XEP-0198 (acknowledgements only).
