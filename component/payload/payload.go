@@ -43,19 +43,28 @@ const (
 	TypeMissedCall        Type = "missed-call"
 	TypeCancelled         Type = "cancelled"
 	TypeAnsweredElsewhere Type = "answered-elsewhere"
+	// TypeDeclinedElsewhere: another device of a shared line declined the
+	// call (600/603), so the pushed phone closes its call screen (C6, C8).
+	TypeDeclinedElsewhere Type = "declined-elsewhere"
+	// TypeRegRefresh asks a sleeping phone to refresh its SIP registration
+	// before the binding expires (RFC 8599 §5.4, C8). It rides the VoIP
+	// channel only on providers without one (FCM); on APNS it is a message
+	// channel wake-up, because a VoIP push must report a call.
+	TypeRegRefresh Type = "reg-refresh"
 )
 
 // Valid reports whether t is one of the defined types.
 func (t Type) Valid() bool {
 	switch t {
-	case TypeMessage, TypeCall, TypeMissedCall, TypeCancelled, TypeAnsweredElsewhere:
+	case TypeMessage, TypeCall, TypeMissedCall, TypeCancelled, TypeAnsweredElsewhere,
+		TypeDeclinedElsewhere, TypeRegRefresh:
 		return true
 	}
 	return false
 }
 
 // IsCall reports whether t belongs to the call family (C2–C6).
-func (t Type) IsCall() bool { return t.Valid() && t != TypeMessage }
+func (t Type) IsCall() bool { return t.Valid() && t != TypeMessage && t != TypeRegRefresh }
 
 // Payload is the plaintext of pushd payload v1. Field names on the wire are
 // fixed by docs/payload.md; app developers decode them.
