@@ -170,7 +170,9 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 
 func (m *Machine) emit(a Action) { m.out = append(m.out, a) }
 
-// fire carries out the deadlines due by now, in the order they fell.
+// fire carries out the deadlines due by now: call by call, in the order
+// each call's first one fell, and within a call in time order (its 180
+// before its 480). Calls do not depend on each other's order.
 func (m *Machine) fire() {
 	var due []*call
 	for _, c := range m.calls {
@@ -383,7 +385,7 @@ func (m *Machine) settle(c *call) {
 // endUnanswered ends an offered call nobody took (C4, C5 for the pushes):
 // the timer's, or every branch failed and no pushed phone is awaited.
 func (m *Machine) endUnanswered(c *call, byTimer bool) {
-	m.cancelOthers(c, nil, ReasonNone)
+	m.cancelBranches(c, ReasonNone)
 	m.pushOthers(c, nil, payload.TypeMissedCall)
 	code, binding := c.best(byTimer)
 	m.emit(Respond{Call: c.id, Code: code, Binding: binding})
@@ -391,7 +393,7 @@ func (m *Machine) endUnanswered(c *call, byTimer bool) {
 }
 
 func (m *Machine) cancel(c *call) {
-	m.cancelOthers(c, nil, ReasonNone)
+	m.cancelBranches(c, ReasonNone)
 	for _, d := range c.devices {
 		if d.pushed && !d.failed {
 			typ := payload.TypeMissedCall
@@ -407,7 +409,7 @@ func (m *Machine) cancel(c *call) {
 
 func (m *Machine) answer(c *call, d *device) {
 	d.leg = answered
-	m.cancelOthers(c, d, ReasonAnsweredElsewhere)
+	m.cancelBranches(c, ReasonAnsweredElsewhere)
 	m.pushOthers(c, d, payload.TypeAnsweredElsewhere) // C6
 	if !m.deviceUp(c.aor, d.name) {
 		m.emit(InCall{AOR: c.aor, Device: d.name, Up: true})
@@ -436,15 +438,17 @@ func (m *Machine) deviceUp(aor, name string) bool {
 // decline: a 6xx ends the call at once for every branch (RFC 3261 §16.7).
 func (m *Machine) decline(c *call, d *device, code int) {
 	d.leg, d.code = done, code
-	m.cancelOthers(c, d, ReasonDeclinedElsewhere)
+	m.cancelBranches(c, ReasonDeclinedElsewhere)
 	m.pushOthers(c, d, payload.TypeDeclinedElsewhere)
 	m.emit(Respond{Call: c.id, Code: code, Binding: d.branch})
 	m.finish(c, ReasonDeclinedElsewhere)
 }
 
-func (m *Machine) cancelOthers(c *call, except *device, r Reason) {
+// cancelBranches cancels every open branch (the one that ended the call
+// is not open any more).
+func (m *Machine) cancelBranches(c *call, r Reason) {
 	for _, d := range c.devices {
-		if d != except && d.open() {
+		if d.open() {
 			d.leg = cancelled
 			m.emit(CancelBranch{Call: c.id, Binding: d.branch, Reason: r})
 		}
@@ -471,7 +475,8 @@ func (m *Machine) finish(c *call, r Reason) {
 // and undeclined, after RFC 3261 §16.7 simplified: the lowest class among
 // the branches' 3xx–5xx wins; within 4xx, 486 Busy Here goes first (the
 // caller learns the callee is there), then the other 4xx, then 480, then
-// 408; between equals the first device in call order. pushd's own 480
+// 408; within 5xx, 503 goes last; between equals the first device in call
+// order. pushd's own 480
 // competes when a pushed phone never got a branch or a timer ended the
 // call (the branches it cancelled count as unavailable), losing to a
 // branch's 480. A best 503 becomes pushd's own 500: a 503 would tell the
@@ -498,7 +503,7 @@ func rank(code int) int {
 	switch code {
 	case 486:
 		pref = 0
-	case 480:
+	case 480, 503:
 		pref = 2
 	case 408:
 		pref = 3
