@@ -223,3 +223,64 @@ func TestDeadTokenRenewedSince(t *testing.T) {
 		t.Fatalf("VoIP verdict on the message token: %+v %v", got, err)
 	}
 }
+
+// sipHook stands for the SIP registrar's dead-token hook.
+type sipHook struct {
+	mu   sync.Mutex
+	dead []dispatch.DeadToken
+}
+
+func (h *sipHook) DeadToken(_ context.Context, d dispatch.DeadToken) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.dead = append(h.dead, d)
+	return nil
+}
+
+// A SIP binding and the XMPP registration of one phone share its tokens.
+// A call push of the SIP side answered 410 on the VoIP token tells the SIP
+// registrar's hook only: the component's registry keeps the phone's VoIP
+// token (calls it routes still ring), and nothing is replicated. Even
+// handed such a verdict directly, the registry leaves it to its owner.
+func TestSIPDeadVoIPTokenSparesRegistry(t *testing.T) {
+	e := newDeadEnv(t)
+	node, _ := e.register(t)
+	sip := &sipHook{}
+	e.d.Route(dispatch.OwnerSIP, sip)
+	dev, err := e.reg.Get(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binding := dev.Registration() // same id, tokens and key: the worst case
+	binding.Owner = dispatch.OwnerSIP
+	e.srv.Script(deadVoIPTok, apnstest.Unregistered(time.Now()))
+	job := dispatch.Job{Registration: binding, Payload: payload.Payload{Type: payload.TypeCall, From: "+4930123"}}
+	if _, err := e.d.Submit(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+	e.idle(t)
+	if got := e.last(); got != deadVoIPTok+"/voip/Gone" {
+		t.Fatalf("call went as %s", got)
+	}
+	sip.mu.Lock()
+	heard := append([]dispatch.DeadToken(nil), sip.dead...)
+	sip.mu.Unlock()
+	if len(heard) != 1 || heard[0].Token != deadVoIPTok || heard[0].Channel != payload.ChannelVoIP || heard[0].Registration.Owner != dispatch.OwnerSIP {
+		t.Fatalf("SIP hook heard %+v", heard)
+	}
+	if d, err := e.reg.Get(node); err != nil || d.VoIPToken != deadVoIPTok || d.Token != deadMsgTok {
+		t.Fatalf("registry after a SIP binding's dead VoIP token: %+v %v", d, err)
+	}
+	e.mu.Lock()
+	changes := strings.Join(e.changes, ",")
+	e.mu.Unlock()
+	if strings.Count(changes, node) != 1 { // the registration itself only
+		t.Fatalf("OnChange heard %q", changes)
+	}
+	if err := e.reg.DeadToken(context.Background(), heard[0]); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := e.reg.Get(node); err != nil || d.VoIPToken != deadVoIPTok {
+		t.Fatalf("registry took another owner's verdict: %+v %v", d, err)
+	}
+}

@@ -601,7 +601,13 @@ func (r *Registry) List() ([]Device, error) {
 // token. A token renewed since the push was accepted is not known dead,
 // so a verdict on the old one changes nothing. Either change reaches the
 // other nodes of a cluster through OnChange, like any registration write.
+// A verdict on another owner's registration (a SIP binding of the same
+// phone, which may carry the same id and tokens) is that owner's to act
+// on: the dispatcher routes it there, and the registry ignores it.
 func (r *Registry) DeadToken(_ context.Context, dead dispatch.DeadToken) error {
+	if dead.Registration.Owner != dispatch.OwnerComponent {
+		return nil
+	}
 	node := dead.Registration.ID
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -1,7 +1,8 @@
 // Package apns is the APNS provider of component/dispatch: it turns a
 // dispatch.Push into one HTTP/2 request with github.com/sideshow/apns2
 // (token .p8 or certificate auth, per-channel push type, priority,
-// expiration and collapse id) and classifies Apple's answer into a
+// expiration and collapse id; reg-refresh pushes as background pushes) and
+// classifies Apple's answer into a
 // dispatch.Outcome.
 //
 // It owns nothing else: no retries, no persistence, no logging — the
@@ -73,6 +74,11 @@ type Config struct {
 	// Message and VoIP shape the two channels.
 	Message Channel
 	VoIP    Channel
+	// Background shapes the pushes that wake the app without showing
+	// anything (payload.TypeRegRefresh: refresh the SIP registration,
+	// C8). They go to the message channel's token; Apple requires push
+	// type background and priority 5 for them.
+	Background Channel
 	// HTTP is the transport: proxy, extra CA, connect timeout (P4).
 	HTTP httpx.Config
 }
@@ -81,14 +87,19 @@ type Config struct {
 // one-day expiration (a summary older than M10's resume timeout is useless)
 // collapsed under "pushd-message" so the device shows the latest summary;
 // VoIP channel voip/10 expiring after 30 s (a call push after the ring
-// timeout only confuses), never collapsed (each call is its own).
+// timeout only confuses), never collapsed (each call is its own);
+// background/5 expiring after 1 h (a refresh that comes late still brings
+// the phone's binding back; by then the app has run and registered by
+// itself), not collapsed (nothing is shown, and a collapse id shared with
+// the message channel would replace a summary).
 func DefaultConfig() Config {
 	return Config{
-		Endpoint: apns2.HostProduction,
-		Auth:     AuthToken,
-		Message:  Channel{PushType: apns2.PushTypeAlert, Priority: apns2.PriorityHigh, Expiration: 24 * time.Hour, CollapseID: "pushd-message"},
-		VoIP:     Channel{PushType: apns2.PushTypeVOIP, Priority: apns2.PriorityHigh, Expiration: 30 * time.Second, TopicSuffix: ".voip"},
-		HTTP:     httpx.DefaultConfig(),
+		Endpoint:   apns2.HostProduction,
+		Auth:       AuthToken,
+		Message:    Channel{PushType: apns2.PushTypeAlert, Priority: apns2.PriorityHigh, Expiration: 24 * time.Hour, CollapseID: "pushd-message"},
+		VoIP:       Channel{PushType: apns2.PushTypeVOIP, Priority: apns2.PriorityHigh, Expiration: 30 * time.Second, TopicSuffix: ".voip"},
+		Background: Channel{PushType: apns2.PushTypeBackground, Priority: apns2.PriorityLow, Expiration: time.Hour},
+		HTTP:       httpx.DefaultConfig(),
 	}
 }
 
@@ -247,8 +258,11 @@ func isUUID(s string) bool {
 // for `pushd push test`).
 func (p *Provider) Notification(push dispatch.Push) (*apns2.Notification, error) {
 	ch := p.cfg.Message
-	if push.Channel == payload.ChannelVoIP {
+	switch {
+	case push.Channel == payload.ChannelVoIP:
 		ch = p.cfg.VoIP
+	case push.Sealed.Type == payload.TypeRegRefresh:
+		ch = p.cfg.Background
 	}
 	body, err := payload.APNSBody(push.Channel, push.TrackingID, push.Sealed)
 	if err != nil {

@@ -114,6 +114,61 @@ func TestRequestShape(t *testing.T) {
 	}
 }
 
+// TestRegRefreshIsBackground: a reg-refresh (C8) reaches the test server
+// as a background push on the message token — push type background,
+// priority 5, the bundle id as topic, no collapse id — whose body is
+// content-available alone, sealed content and tracking id beside it. A
+// VoIP push would have to report a call; an alert would show something.
+func TestRegRefreshIsBackground(t *testing.T) {
+	p, srv := newTokenProvider(t)
+	refresh := push(t, payload.ChannelMessage, payload.TypeRegRefresh)
+	if o := p.Send(context.Background(), refresh); o.Result != dispatch.Delivered || o.Status != 200 {
+		t.Fatalf("reg-refresh: %+v", o)
+	}
+	reqs := srv.Requests()
+	if len(reqs) != 1 {
+		t.Fatalf("%d requests", len(reqs))
+	}
+	r := reqs[0]
+	exp, _ := strconv.ParseInt(r.Expiration, 10, 64)
+	now := time.Now().Unix()
+	if r.Token != tokMsg || r.Topic != "com.example.pushd" || r.PushType != "background" || r.Priority != "5" ||
+		r.CollapseID != "" || r.ApnsID != refresh.TrackingID || exp < now+3500 || exp > now+3700 {
+		t.Fatalf("reg-refresh request: %+v", r)
+	}
+	want := `{"aps":{"content-available":1},"v":1,"tid":"` + refresh.TrackingID + `","enc":"` + refresh.Sealed.Enc + `"}`
+	if string(r.Body) != want {
+		t.Fatalf("reg-refresh body\n got %s\nwant %s", r.Body, want)
+	}
+	if got, err := payload.Open(key, refresh.Sealed.Enc); err != nil || got.Type != payload.TypeRegRefresh {
+		t.Fatalf("enc → %+v %v", got, err)
+	}
+
+	// Apple refuses a background push at priority 10; so does the test
+	// server, which keeps the shape above honest.
+	cert, pool := clientCert(t)
+	strict := apnstest.NewServer(apnstest.Options{ClientCAs: pool})
+	defer strict.Close()
+	cfg := apns.DefaultConfig()
+	cfg.Endpoint, cfg.Topic, cfg.Auth, cfg.Certificate = strict.URL, "com.example.pushd", apns.AuthCertificate, &cert
+	cfg.HTTP.RootCAs = rootsOf(strict)
+	cfg.Background.Priority = apns2.PriorityHigh
+	loud, err := apns.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loud.Close()
+	if o := loud.Send(context.Background(), refresh); o.Result != dispatch.Fatal || o.Reason != apnstest.ReasonBadPriority {
+		t.Fatalf("background at priority 10: %+v", o)
+	}
+
+	// Nothing but the call family rides the VoIP channel.
+	silent := push(t, payload.ChannelVoIP, payload.TypeRegRefresh)
+	if o := p.Send(context.Background(), silent); o.Result != dispatch.Fatal || len(srv.Requests()) != 1 {
+		t.Fatalf("reg-refresh on the VoIP channel: %+v, %d requests", o, len(srv.Requests()))
+	}
+}
+
 // TestClassify drives the real apns2 client against every answer.
 func TestClassify(t *testing.T) {
 	p, srv := newTokenProvider(t)

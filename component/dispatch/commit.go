@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -40,6 +41,10 @@ type writeOp struct {
 	// fresh (opNew): the tracking id was made up by Submit, 122 random
 	// bits no one has used, so the look-up among answered ones is skipped.
 	fresh bool
+	// stored (opNew, may be nil) is set once the record committed, before
+	// any later op's result is handed out: the push's worker reads it after
+	// its own commit to know whether Submit succeeded (Job.Done).
+	stored *atomic.Bool
 	// Exactly one of errc (do) and then (async) hears the result.
 	errc chan error
 	then func(error)
@@ -205,6 +210,9 @@ func (c *committer) commit(batch []*writeOp) {
 		e := errs[i]
 		if err != nil {
 			e = fmt.Errorf("dispatch: commit: %w", err)
+		}
+		if e == nil && op.stored != nil {
+			op.stored.Store(true)
 		}
 		if op.then != nil {
 			op.then(e)

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"time"
+
+	"pushd/component/payload"
 )
 
 // Config holds every dispatcher knob. Start from DefaultConfig and change
@@ -28,6 +30,12 @@ type Config struct {
 	// stale by then; the queue still holds the messages, M5).
 	MaxAttempts int
 	MaxAge      time.Duration
+	// CallMaxAge is MaxAge for a push that rings a phone (payload.TypeCall):
+	// past the call's 13 s ring window (C4) it only confuses, and the SIP
+	// side, told through Job.Done, answers the caller early. A push is
+	// also given up when its next attempt would come after its max age.
+	// Default 10 s: with P4's 5 s attempt timeout, two attempts.
+	CallMaxAge time.Duration
 	// BackoffBase and BackoffMax shape the exponential backoff between
 	// attempts: base·2^(n-1) capped at max, then jittered to between half
 	// and all of it so retries of many pushes spread out. Defaults 500 ms,
@@ -73,6 +81,7 @@ func DefaultConfig() Config {
 		AttemptTimeout: 5 * time.Second,
 		MaxAttempts:    10,
 		MaxAge:         time.Hour,
+		CallMaxAge:     10 * time.Second,
 		BackoffBase:    500 * time.Millisecond,
 		BackoffMax:     60 * time.Second,
 		ResetInterval:  time.Second,
@@ -103,6 +112,9 @@ func (c *Config) fill() {
 	if c.MaxAge <= 0 {
 		c.MaxAge = def.MaxAge
 	}
+	if c.CallMaxAge <= 0 {
+		c.CallMaxAge = def.CallMaxAge
+	}
 	if c.BackoffBase <= 0 {
 		c.BackoffBase = def.BackoffBase
 	}
@@ -130,6 +142,14 @@ func (c *Config) fill() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+}
+
+// maxAge is how old p may get before it is given up.
+func (c *Config) maxAge(p *Push) time.Duration {
+	if p.Sealed.Type == payload.TypeCall {
+		return min(c.MaxAge, c.CallMaxAge)
+	}
+	return c.MaxAge
 }
 
 // backoff returns the wait before attempt n+1 after n failed attempts.

@@ -3,9 +3,11 @@
 // is a Job submitted here. It owns the push's life after acceptance:
 // sealing (component/payload), persistence in badger under "dispatch/"
 // until a provider answered (P5), bounded workers per provider, per-device
-// coalescing and rate limiting (M3), retries with backoff and jitter on a
-// fresh connection (P3), the per-attempt timeout (P4), dead-token handling,
-// metrics and the tracking id in every log line.
+// coalescing and rate limiting (M3), call pushes ahead of message pushes,
+// retries with backoff and jitter on a fresh connection (P3), the
+// per-attempt timeout (P4), dead tokens handed back to the registration's
+// owner, the push's end told to its producer (Job.Done), metrics and the
+// tracking id in every log line.
 //
 // It must never hold plaintext personal data beyond Submit (the persisted
 // Push carries only ciphertext), never log tokens, JIDs, names or bodies
@@ -52,7 +54,9 @@ type Deps struct {
 	DB *badger.DB
 	// Providers by name; a Registration's Provider selects one.
 	Providers map[ProviderName]Provider
-	// DeadToken is told about dead tokens (may be nil in tests).
+	// DeadToken is told about dead tokens of the registrations of owner ""
+	// (OwnerComponent, the component's device registry); other owners
+	// register theirs with Route. May be nil in tests.
 	DeadToken DeadTokenHook
 	// Metrics (may be nil: then nothing is recorded).
 	Metrics *Metrics
@@ -63,7 +67,6 @@ type Dispatcher struct {
 	cfg   Config
 	db    *badger.DB
 	store *committer
-	hook  DeadTokenHook
 	m     *Metrics
 	log   *slog.Logger
 	lanes map[ProviderName]*lane
@@ -71,6 +74,9 @@ type Dispatcher struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	hmu   sync.RWMutex
+	hooks map[string]DeadTokenHook // by Registration.Owner
 
 	mu       sync.Mutex
 	closed   bool
@@ -80,13 +86,79 @@ type Dispatcher struct {
 	submits  int
 }
 
-// lane is one provider with its queue and workers.
+// lane is one provider with its queue and workers. The queue is two FIFOs:
+// workers take every waiting call push before any message push, whether
+// it was just submitted or comes back from a backoff or the rate limiter
+// (a call rings for 13 s at most, C4; a summary can wait). ready holds
+// one token per queued push: a worker takes a token, then the first push
+// in priority order, so a token always finds a push and putting one never
+// blocks (capacity ≥ MaxPending ≥ pending ≥ queued).
 type lane struct {
-	name      ProviderName
-	prov      Provider
-	queue     chan *Push
+	name  ProviderName
+	prov  Provider
+	ready chan struct{}
+
+	qmu   sync.Mutex
+	calls fifo
+	msgs  fifo
+
 	mu        sync.Mutex
 	lastReset time.Time
+}
+
+// put queues p; it never blocks while the dispatcher runs.
+func (l *lane) put(ctx context.Context, p *Push) {
+	l.qmu.Lock()
+	if p.Sealed.Type.IsCall() {
+		l.calls.push(p)
+	} else {
+		l.msgs.push(p)
+	}
+	l.qmu.Unlock()
+	select {
+	case l.ready <- struct{}{}:
+	case <-ctx.Done():
+	}
+}
+
+// take returns the first queued push, calls first. The caller holds a
+// token from ready, so there is one.
+func (l *lane) take() *Push {
+	l.qmu.Lock()
+	defer l.qmu.Unlock()
+	if p := l.calls.pop(); p != nil {
+		return p
+	}
+	return l.msgs.pop()
+}
+
+// fifo is a queue of pushes on a slice that is reused once drained and
+// compacted when its dead head outgrows the live part.
+type fifo struct {
+	buf  []*Push
+	head int
+}
+
+func (q *fifo) push(p *Push) {
+	if q.head > 64 && q.head > len(q.buf)/2 {
+		n := copy(q.buf, q.buf[q.head:])
+		clear(q.buf[n:])
+		q.buf, q.head = q.buf[:n], 0
+	}
+	q.buf = append(q.buf, p)
+}
+
+func (q *fifo) pop() *Push {
+	if q.head == len(q.buf) {
+		return nil
+	}
+	p := q.buf[q.head]
+	q.buf[q.head] = nil
+	q.head++
+	if q.head == len(q.buf) {
+		q.buf, q.head = q.buf[:0], 0
+	}
+	return p
 }
 
 // deviceKey names one device channel: provider, channel, token.
@@ -115,9 +187,13 @@ func New(cfg Config, deps Deps) (*Dispatcher, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Dispatcher{
-		cfg: cfg, db: deps.DB, hook: deps.DeadToken, m: deps.Metrics, log: cfg.Logger,
+		cfg: cfg, db: deps.DB, m: deps.Metrics, log: cfg.Logger,
 		lanes: map[ProviderName]*lane{}, ctx: ctx, cancel: cancel,
 		inflight: map[string]struct{}{}, devices: map[deviceKey]*device{},
+		hooks: map[string]DeadTokenHook{},
+	}
+	if deps.DeadToken != nil {
+		d.hooks[OwnerComponent] = deps.DeadToken
 	}
 	stored, err := d.load()
 	if err != nil {
@@ -127,7 +203,7 @@ func New(cfg Config, deps Deps) (*Dispatcher, error) {
 	d.store = newCommitter(deps.DB, &d.cfg)
 	capacity := max(cfg.MaxPending, len(stored))
 	for name, p := range deps.Providers {
-		d.lanes[name] = &lane{name: name, prov: p, queue: make(chan *Push, capacity)}
+		d.lanes[name] = &lane{name: name, prov: p, ready: make(chan struct{}, capacity)}
 	}
 	for _, p := range stored {
 		l, ok := d.lanes[p.Registration.Provider]
@@ -138,7 +214,7 @@ func New(cfg Config, deps Deps) (*Dispatcher, error) {
 		}
 		d.inflight[p.TrackingID] = struct{}{}
 		d.pending++
-		l.queue <- p
+		l.put(ctx, p)
 	}
 	d.setPending()
 	if len(stored) > 0 {
@@ -177,6 +253,29 @@ func (d *Dispatcher) load() ([]*Push, error) {
 	return out, err
 }
 
+// Route makes h the dead-token hook of the registrations whose Owner is
+// owner (h nil: none), replacing the one it had; owner "" is Deps.DeadToken.
+// An owner's hook is told only of its own registrations' dead tokens: a
+// SIP binding's dead VoIP token never reaches the component's registry,
+// which may hold the same token for the same phone. Safe to call while
+// pushes are sent; a dead token of an owner with no hook is logged (without
+// the token) and counted in pushd_dispatch_dead_tokens_unrouted_total.
+func (d *Dispatcher) Route(owner string, h DeadTokenHook) {
+	d.hmu.Lock()
+	defer d.hmu.Unlock()
+	if h == nil {
+		delete(d.hooks, owner)
+		return
+	}
+	d.hooks[owner] = h
+}
+
+func (d *Dispatcher) hook(owner string) DeadTokenHook {
+	d.hmu.RLock()
+	defer d.hmu.RUnlock()
+	return d.hooks[owner]
+}
+
 // Close stops the workers and waits for attempts in flight. Pushes not yet
 // answered stay in the database for the next New.
 func (d *Dispatcher) Close() error {
@@ -190,8 +289,9 @@ func (d *Dispatcher) Close() error {
 }
 
 // Submit accepts a job: it seals the payload, persists the push and queues
-// it. When Submit returns nil the push survives a restart (P5). It returns
-// the tracking id.
+// it. When Submit returns nil the push survives a restart (P5), and
+// job.Done (if set) will hear how it ended; when it returns an error, Done
+// is never called. It returns the tracking id.
 func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 	tid := job.TrackingID
 	fresh := tid == ""
@@ -204,6 +304,9 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 		return tid, err
 	}
 	push.fresh = fresh
+	if job.Done != nil {
+		push.notify = &notify{done: job.Done}
+	}
 
 	d.mu.Lock()
 	switch {
@@ -225,6 +328,9 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 		return tid, err
 	}
 	op := &writeOp{kind: opNew, tid: tid, val: encodePush(push), fresh: fresh}
+	if push.notify != nil {
+		op.stored = &push.notify.stored
+	}
 	started := d.store.start(op)
 	if started && fresh {
 		// A push whose tracking id Submit made up goes to its worker while
@@ -244,7 +350,8 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 	if err != nil {
 		if started && fresh {
 			// Already routed: the push ends through its worker, which
-			// does the bookkeeping; only this caller hears of the failure.
+			// does the bookkeeping; only this caller hears of the failure
+			// (its Done stays silent: stored was never set).
 			d.log.Error("dispatch: push sent without its record", "tid", tid, "err", err)
 			return tid, err
 		}
@@ -283,6 +390,11 @@ func (d *Dispatcher) accept(tid string, job Job) (*Push, *lane, error) {
 	}
 	if !ch.Valid() {
 		return nil, nil, fmt.Errorf("%w: channel %q", ErrInvalid, ch)
+	}
+	if ch == payload.ChannelVoIP && !job.Payload.Type.IsCall() {
+		// iOS ends an app that gets a VoIP push and reports no call: only
+		// the call family rides the VoIP channel.
+		return nil, nil, fmt.Errorf("%w: %q push on the VoIP channel", ErrInvalid, job.Payload.Type)
 	}
 	if reg.TokenFor(ch) == "" {
 		return nil, nil, fmt.Errorf("%w: no token for channel %s", ErrInvalid, ch)
@@ -332,9 +444,12 @@ func (d *Dispatcher) route(l *lane, p *Push) {
 	if p.Channel == payload.ChannelMessage && d.cfg.CoalesceWindow > 0 {
 		if dev.held != nil {
 			// A release is already scheduled; it will send this newer one.
+			// The replaced one ends on a worker, like every push, so that
+			// its Done never runs on a submitter's goroutine.
 			replaced, dev.held = dev.held, p
+			replaced.coalesced = true
 			d.mu.Unlock()
-			d.finish(l, replaced, "coalesced")
+			d.enqueue(l, replaced)
 			return
 		}
 		if next := dev.lastSent.Add(d.cfg.CoalesceWindow); now.Before(next) {
@@ -413,12 +528,7 @@ func (d *Dispatcher) later(wait time.Duration, f func()) {
 	}()
 }
 
-func (d *Dispatcher) enqueue(l *lane, p *Push) {
-	select {
-	case l.queue <- p: // never blocks: capacity ≥ MaxPending ≥ pending
-	case <-d.ctx.Done():
-	}
-}
+func (d *Dispatcher) enqueue(l *lane, p *Push) { l.put(d.ctx, p) }
 
 func (d *Dispatcher) work(l *lane) {
 	defer d.wg.Done()
@@ -431,9 +541,14 @@ func (d *Dispatcher) work(l *lane) {
 		select {
 		case <-d.ctx.Done():
 			return
-		case p := <-l.queue:
-			d.attempt(wctx, l, p)
+		case <-l.ready:
 		}
+		p := l.take()
+		if p.coalesced {
+			d.end(l, p, Final{Outcome: outcomeCoalesced, Result: Retry})
+			continue
+		}
+		d.attempt(wctx, l, p)
 	}
 }
 
@@ -467,29 +582,30 @@ func (d *Dispatcher) attempt(wctx context.Context, l *lane, p *Push) {
 	logAttempt := func(level slog.Level, msg string, extra ...slog.Attr) {
 		logline.Log(d.ctx, d.log, level, msg, append(attrs, extra...)...)
 	}
+	final := Final{TrackingID: p.TrackingID, Result: out.Result, Status: out.Status, Reason: out.Reason}
 	switch out.Result {
 	case Delivered:
 		logAttempt(slog.LevelInfo, "push attempt")
-		d.finish(l, p, out.Result.String())
+		final.Outcome = outcomeDelivered
+		d.end(l, p, final)
 	case Dead:
 		logAttempt(slog.LevelWarn, "push attempt")
-		// The registry hears first, so that once the push is no longer
-		// pending its token is gone too.
-		if d.hook != nil {
-			dead := DeadToken{Registration: p.Registration, Channel: p.Channel, Token: p.DeviceToken()}
-			if err := d.hook.DeadToken(d.ctx, dead); err != nil {
-				d.log.Error("dead token hook failed", "tid", p.TrackingID, "provider", l.name, "channel", p.Channel, "err", err)
-			}
-		}
-		d.finish(l, p, out.Result.String())
+		// The owner hears first, so that once the push is no longer
+		// pending (and its producer is told) its token is gone too.
+		d.deadToken(l, p)
+		final.Outcome = outcomeDead
+		d.end(l, p, final)
 	case Retry:
+		// Give up once the push is too old, or would be by its next
+		// attempt: a call's producer learns at once that it will not ring.
 		age := d.cfg.Now().Sub(p.Accepted)
-		if p.Attempts >= d.cfg.MaxAttempts || age >= d.cfg.MaxAge {
+		wait := d.cfg.backoff(p.Attempts)
+		if p.Attempts >= d.cfg.MaxAttempts || age+wait >= d.cfg.maxAge(p) {
 			logAttempt(slog.LevelError, "push attempt; giving up")
-			d.finish(l, p, "expired")
+			final.Outcome = outcomeExpired
+			d.end(l, p, final)
 			return
 		}
-		wait := d.cfg.backoff(p.Attempts)
 		logAttempt(slog.LevelWarn, "push attempt; will retry", slog.Duration("backoff", wait))
 		if err := d.persist(p); err != nil {
 			d.log.Error("dispatch: persist attempt count", "tid", p.TrackingID, "err", err)
@@ -498,7 +614,28 @@ func (d *Dispatcher) attempt(wctx context.Context, l *lane, p *Push) {
 		d.later(wait, func() { d.enqueue(l, p) })
 	default:
 		logAttempt(slog.LevelError, "push attempt")
-		d.finish(l, p, "fatal")
+		final.Outcome = outcomeFatal
+		d.end(l, p, final)
+	}
+}
+
+// deadToken tells the owner of p's registration that the token p went to
+// is dead (P3), or logs and counts it when that owner has no hook.
+func (d *Dispatcher) deadToken(l *lane, p *Push) {
+	owner := p.Registration.Owner
+	h := d.hook(owner)
+	if h == nil {
+		d.log.Warn("dead token of an owner with no hook: not removed", "tid", p.TrackingID, "provider", l.name,
+			"channel", p.Channel, "owner", owner)
+		if d.m != nil {
+			d.m.unrouted.WithLabelValues(owner).Inc()
+		}
+		return
+	}
+	dead := DeadToken{Registration: p.Registration, Channel: p.Channel, Token: p.DeviceToken()}
+	if err := h.DeadToken(d.ctx, dead); err != nil {
+		d.log.Error("dead token hook failed", "tid", p.TrackingID, "provider", l.name, "channel", p.Channel,
+			"owner", owner, "err", err)
 	}
 }
 
@@ -521,21 +658,34 @@ func (d *Dispatcher) persist(p *Push) error {
 	return d.store.do(&writeOp{kind: opUpdate, tid: p.TrackingID, val: encodePush(p)})
 }
 
-// finish ends a push: removes it from the store, remembers its tracking id
-// for DoneTTL unless it was made up here (nobody can submit it again), and
-// records the final outcome. It does not wait for the commit; the push
-// stops being pending once it is committed.
-func (d *Dispatcher) finish(l *lane, p *Push, outcome string) {
-	op := &writeOp{kind: opFinish, tid: p.TrackingID, val: []byte(outcome)}
+// end ends a push on its worker: removes it from the store, remembers its
+// tracking id for DoneTTL unless it was made up here (nobody can submit it
+// again), and records the final outcome; the push stops being pending once
+// that is committed. Without a Done the worker does not wait for the
+// commit. With one, it waits, then tells the producer: the answer is
+// committed before the producer acts on it, and the Done runs on this
+// worker, never on the committer (which every push waits for).
+func (d *Dispatcher) end(l *lane, p *Push, f Final) {
+	f.TrackingID = p.TrackingID
+	op := &writeOp{kind: opFinish, tid: p.TrackingID, val: []byte(f.Outcome)}
 	if p.fresh {
 		op = &writeOp{kind: opForget, tid: p.TrackingID}
 	}
-	d.store.async(op, func(err error) {
-		d.finished(l, p, outcome, err)
-	})
+	n := p.notify
+	if n == nil {
+		d.store.async(op, func(err error) { d.finished(l, p, f.Outcome, err) })
+		return
+	}
+	err := d.store.do(op)
+	d.finished(l, p, f.Outcome, err)
+	// stored is set when the push's own record committed, which came
+	// before this commit; unset, Submit returned an error instead.
+	if n.stored.Load() {
+		n.done(f)
+	}
 }
 
-// finished is finish's bookkeeping once the answer is committed (err nil)
+// finished is end's bookkeeping once the answer is committed (err nil)
 // or could not be.
 func (d *Dispatcher) finished(l *lane, p *Push, outcome string, err error) {
 	d.mu.Lock()
@@ -552,10 +702,14 @@ func (d *Dispatcher) finished(l *lane, p *Push, outcome string, err error) {
 	}
 	d.setPending()
 	if d.m != nil {
-		d.m.final.WithLabelValues(string(l.name), outcome).Inc()
-		d.m.latency.WithLabelValues(string(l.name), outcome).Observe(d.cfg.Now().Sub(p.Accepted).Seconds())
+		kind := kindMessage
+		if p.Sealed.Type.IsCall() {
+			kind = kindCall
+		}
+		d.m.final.WithLabelValues(string(l.name), outcome, kind).Inc()
+		d.m.latency.WithLabelValues(string(l.name), outcome, kind).Observe(d.cfg.Now().Sub(p.Accepted).Seconds())
 	}
-	if outcome == "coalesced" {
+	if outcome == outcomeCoalesced {
 		d.log.Info("push coalesced into a newer one", "tid", p.TrackingID, "provider", l.name)
 	}
 }

@@ -12,10 +12,18 @@ type Metrics struct {
 	accepted *prometheus.CounterVec   // provider
 	refused  *prometheus.CounterVec   // reason
 	attempts *prometheus.CounterVec   // provider, result, status
-	final    *prometheus.CounterVec   // provider, outcome
-	latency  *prometheus.HistogramVec // provider, outcome
+	final    *prometheus.CounterVec   // provider, outcome, kind
+	latency  *prometheus.HistogramVec // provider, outcome, kind
 	pending  prometheus.Gauge
+	unrouted *prometheus.CounterVec // owner
 }
+
+// The kind label of pushes_total and latency_seconds: a call's push and a
+// message summary have different stakes (a call rings for 13 s, C4).
+const (
+	kindCall    = "call"
+	kindMessage = "message"
+)
 
 // NewMetrics creates and registers the series on reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
@@ -30,17 +38,21 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "pushd_dispatch_attempts_total", Help: "Provider attempts by result and HTTP status (0: no answer).",
 		}, []string{"provider", "result", "status"}),
 		final: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pushd_dispatch_pushes_total", Help: "Pushes finished, by final outcome.",
-		}, []string{"provider", "outcome"}),
+			Name: "pushd_dispatch_pushes_total", Help: "Pushes finished, by final outcome and kind (call family or message).",
+		}, []string{"provider", "outcome", "kind"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "pushd_dispatch_latency_seconds", Help: "From acceptance to the provider's final answer.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
-		}, []string{"provider", "outcome"}),
+		}, []string{"provider", "outcome", "kind"}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pushd_dispatch_pending", Help: "Accepted pushes not yet answered.",
 		}),
+		unrouted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pushd_dispatch_dead_tokens_unrouted_total",
+			Help: "Dead tokens whose registration's owner has no hook (Dispatcher.Route): the token was not removed.",
+		}, []string{"owner"}),
 	}
-	for _, c := range []prometheus.Collector{m.accepted, m.refused, m.attempts, m.final, m.latency, m.pending} {
+	for _, c := range []prometheus.Collector{m.accepted, m.refused, m.attempts, m.final, m.latency, m.pending, m.unrouted} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("dispatch: metrics: %w", err)
 		}

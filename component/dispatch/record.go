@@ -15,15 +15,22 @@ import (
 // log and memtable, so it is kept small and cheap to encode. Records of
 // earlier versions are JSON (they start with '{') and still load.
 //
-//	recordV1
+//	recordV2
 //	string  tid, registration id, provider, token, VoIP token, region,
-//	        channel, sealed type, sealed enc     (uvarint length ‖ bytes)
+//	        channel, sealed type, sealed enc, owner
+//	                                             (uvarint length ‖ bytes)
 //	byte    flags (bit 0: legacy single channel)
 //	varint  accepted, Unix nanoseconds
 //	uvarint attempts
 //
-// The device key is never part of a record (Push carries none).
-const recordV1 = 1
+// recordV1 is the same without the owner (every push then was the
+// component's). The device key is never part of a record (Push carries
+// none), nor is the producer's Done: a push resumed after a restart has
+// none.
+const (
+	recordV1 = 1
+	recordV2 = 2
+)
 
 var errRecord = errors.New("dispatch: malformed push record")
 
@@ -31,13 +38,13 @@ var errRecord = errors.New("dispatch: malformed push record")
 func encodePush(p *Push) []byte {
 	r := &p.Registration
 	strs := [...]string{p.TrackingID, r.ID, string(r.Provider), r.Token, r.VoIPToken, r.Region,
-		string(p.Channel), string(p.Sealed.Type), p.Sealed.Enc}
+		string(p.Channel), string(p.Sealed.Type), p.Sealed.Enc, r.Owner}
 	n := 1 + 1 + 2*binary.MaxVarintLen64
 	for _, s := range strs {
 		n += 3 + len(s) // a length prefix of 3 bytes covers 2 MiB
 	}
 	b := make([]byte, 0, n)
-	b = append(b, recordV1)
+	b = append(b, recordV2)
 	for _, s := range strs {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
@@ -59,12 +66,18 @@ func decodePush(b []byte) (Push, error) {
 		err := json.Unmarshal(b, &p)
 		return p, err
 	}
-	if len(b) == 0 || b[0] != recordV1 {
+	var strs [10]string
+	n := 0
+	switch {
+	case len(b) > 0 && b[0] == recordV1:
+		n = 9
+	case len(b) > 0 && b[0] == recordV2:
+		n = 10
+	default:
 		return p, fmt.Errorf("%w: unknown format", errRecord)
 	}
 	b = b[1:]
-	var strs [9]string
-	for i := range strs {
+	for i := range n {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n > uint64(len(b)-k) {
 			return p, errRecord
@@ -89,7 +102,7 @@ func decodePush(b []byte) (Push, error) {
 	p = Push{
 		TrackingID: strs[0],
 		Registration: Registration{ID: strs[1], Provider: ProviderName(strs[2]), Token: strs[3], VoIPToken: strs[4],
-			Region: strs[5], LegacySingleChannel: flags&1 != 0},
+			Region: strs[5], LegacySingleChannel: flags&1 != 0, Owner: strs[9]},
 		Channel:  payload.Channel(strs[6]),
 		Sealed:   payload.Sealed{Type: payload.Type(strs[7]), Enc: strs[8]},
 		Accepted: time.Unix(0, accepted),

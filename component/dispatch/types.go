@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"pushd/component/payload"
@@ -21,10 +22,16 @@ const (
 )
 
 // Registration is the part of a device's push registration the dispatcher
-// needs. ID is the registry's opaque handle (never a JID): it is what
-// DeadToken hands back so the registry changes the right record.
+// needs. ID is the owner's opaque handle (never a JID): it is what
+// DeadToken hands back so the owner changes the right record.
 type Registration struct {
-	ID        string       `json:"id"`
+	ID string `json:"id"`
+	// Owner names who keeps this registration, so that a dead token goes
+	// back to it and no one else (Dispatcher.Route): OwnerComponent ("")
+	// is the XMPP component's device registry, OwnerSIP the SIP registrar.
+	// A SIP binding and an XMPP registration of one phone may share their
+	// tokens; each owner drops its own record only.
+	Owner     string       `json:"owner,omitempty"`
 	Provider  ProviderName `json:"provider"`
 	Token     string       `json:"token"`
 	VoIPToken string       `json:"voip_token,omitempty"`
@@ -36,6 +43,12 @@ type Registration struct {
 	// is never persisted by the dispatcher (json:"-").
 	Key *[payload.KeySize]byte `json:"-"`
 }
+
+// Owners of registrations (Registration.Owner).
+const (
+	OwnerComponent = ""
+	OwnerSIP       = "sip"
+)
 
 // ChannelFor picks the channel for a push of type t (BEHAVIOUR C2, C7):
 // calls go on the VoIP channel when the device has one, except in region
@@ -71,7 +84,49 @@ type Job struct {
 	Payload payload.Payload
 	// Encrypted is a router-encrypted payload to pass through untouched.
 	Encrypted string
+	// Done, when set, is told once how the push ended (a call needs to
+	// know at once that its push failed, to answer the caller early). It
+	// is called exactly once for a job Submit accepted (returned nil for):
+	// delivered, dead token, expired, fatal or coalesced, after that end
+	// is committed. It is not called when Submit returns an error (the
+	// caller already knows), nor for a push still pending when the
+	// dispatcher closes: that push resumes at the next start without a
+	// Done (functions are not persisted), and the producer's own timers
+	// must cover it. It may be called before Submit returns, never on the
+	// goroutine that called Submit: it runs on the provider's worker,
+	// which sends nothing else meanwhile, so it must not block (hand the
+	// Final to the producer's own goroutine or a buffered channel).
+	Done func(Final)
 }
+
+// Final is how a push ended, as Job.Done hears it.
+type Final struct {
+	TrackingID string
+	// Outcome is one of "delivered", "dead_token" (the token is gone; its
+	// owner's hook was told first), "expired" (retries gave up: MaxAttempts,
+	// MaxAge or CallMaxAge), "fatal" (the provider refused the request)
+	// and "coalesced" (a newer message push to the device replaced it) —
+	// the outcome label of pushd_dispatch_pushes_total.
+	Outcome string
+	// Result, Status and Reason are the last provider answer's (Status 0:
+	// no HTTP answer). A coalesced push was never sent: Result Retry,
+	// Status 0.
+	Result Result
+	Status int
+	Reason string
+}
+
+// Delivered reports whether the provider accepted the push.
+func (f Final) Delivered() bool { return f.Outcome == outcomeDelivered }
+
+// Final outcomes (Final.Outcome, the outcome label of the metrics).
+const (
+	outcomeDelivered = "delivered"
+	outcomeDead      = "dead_token"
+	outcomeExpired   = "expired"
+	outcomeFatal     = "fatal"
+	outcomeCoalesced = "coalesced"
+)
 
 // Push is an accepted job as persisted and as handed to a Provider: no
 // plaintext, no key.
@@ -82,9 +137,24 @@ type Push struct {
 	Sealed       payload.Sealed  `json:"sealed"`
 	Accepted     time.Time       `json:"accepted"`
 	Attempts     int             `json:"attempts"`
-	// fresh (in memory only): Submit made the tracking id up, so no
-	// caller can submit it again and its answer needs no record (P5).
+	// In memory only:
+	// fresh: Submit made the tracking id up, so no caller can submit it
+	// again and its answer needs no record (P5).
 	fresh bool
+	// coalesced: replaced by a newer push while held; the worker that
+	// takes it ends it without sending.
+	coalesced bool
+	// notify is the producer's Job.Done (nil: none, and after a restart).
+	notify *notify
+}
+
+// notify carries a job's Done until its push ends.
+type notify struct {
+	done func(Final)
+	// stored is set by the committer once the push's record committed,
+	// i.e. once Submit will return nil: a push Submit refused (its record
+	// failed after it was routed) ends without a Done.
+	stored atomic.Bool
 }
 
 // DeviceToken is the provider token this push goes to.
@@ -158,10 +228,13 @@ type DeadToken struct {
 }
 
 // DeadTokenHook is told when a provider declared a token dead, so the
-// registry drops it: a dead message token removes the registration (the
-// router gets item-not-found on its next publish), a dead VoIP token only
-// that token. Called from a worker goroutine; must be safe for concurrent
-// use and should not block for long.
+// registration's owner drops it: for the component's registry a dead
+// message token removes the registration (the router gets item-not-found
+// on its next publish), a dead VoIP token only that token. Each owner has
+// its own hook (Deps.DeadToken for "", Dispatcher.Route for others) and
+// hears only of its own registrations. Called from a worker goroutine
+// before the push ends; must be safe for concurrent use and should not
+// block for long.
 type DeadTokenHook interface {
 	DeadToken(ctx context.Context, dead DeadToken) error
 }

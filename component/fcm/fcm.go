@@ -52,7 +52,8 @@ type Config struct {
 	// the APNS message channel.
 	TTL time.Duration
 	// CollapseKey for message pushes: an offline device gets only the
-	// latest summary. Calls are never collapsed. Default "pushd-message".
+	// latest summary. Calls and reg-refreshes are never collapsed. Default
+	// "pushd-message".
 	CollapseKey string
 	// HTTP is the transport: proxy, extra CA, connect timeout (P4).
 	HTTP httpx.Config
@@ -164,11 +165,13 @@ func (p *Provider) Close() {
 
 // Message builds the FCM message for push: data-only (the app decrypts and
 // builds its own notification), android priority high so a dozing device
-// wakes (P2).
+// wakes (P2). Only message summaries are collapsed: each call is its own,
+// and a reg-refresh (a data message like the others, C8) must not replace
+// a summary waiting for an offline device.
 func (p *Provider) Message(push dispatch.Push) *messaging.Message {
 	ttl := p.cfg.TTL
 	a := &messaging.AndroidConfig{Priority: "high", TTL: &ttl}
-	if !push.Sealed.Type.IsCall() {
+	if push.Sealed.Type == payload.TypeMessage {
 		a.CollapseKey = p.cfg.CollapseKey
 	}
 	return &messaging.Message{

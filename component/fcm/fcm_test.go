@@ -149,3 +149,29 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatal("missing credentials file accepted")
 	}
 }
+
+// TestRegRefreshIsDataMessage: on FCM a reg-refresh (C8) is a data message
+// at android priority high like any other, but not collapsed: under the
+// summaries' collapse key it would replace a summary waiting for an
+// offline device. Calls are not collapsed either; summaries are.
+func TestRegRefreshIsDataMessage(t *testing.T) {
+	p, srv := newProvider(t, bearer)
+	ctx, cancel := short()
+	defer cancel()
+	refresh := push(t, payload.TypeRegRefresh)
+	if o := p.Send(ctx, refresh); o.Result != dispatch.Delivered {
+		t.Fatalf("send: %+v", o)
+	}
+	r := srv.Requests()
+	if len(r) != 1 || r[0].Priority != "high" || r[0].HasNotify || r[0].Token != tok || r[0].Data["tid"] != refresh.TrackingID {
+		t.Fatalf("requests: %+v", r)
+	}
+	if got, err := payload.Open(key, r[0].Data["enc"]); err != nil || got.Type != payload.TypeRegRefresh {
+		t.Fatalf("enc → %+v %v", got, err)
+	}
+	for typ, want := range map[payload.Type]string{payload.TypeRegRefresh: "", payload.TypeCall: "", payload.TypeMessage: "pushd-message"} {
+		if m := p.Message(push(t, typ)); m.Android.CollapseKey != want || m.Android.Priority != "high" {
+			t.Errorf("%s: collapse key %q, priority %q", typ, m.Android.CollapseKey, m.Android.Priority)
+		}
+	}
+}

@@ -83,9 +83,10 @@ type apnsAlert struct {
 }
 
 type apnsAps struct {
-	Alert          *apnsAlert `json:"alert,omitempty"`
-	MutableContent int        `json:"mutable-content,omitempty"`
-	Sound          string     `json:"sound,omitempty"`
+	Alert            *apnsAlert `json:"alert,omitempty"`
+	ContentAvailable int        `json:"content-available,omitempty"`
+	MutableContent   int        `json:"mutable-content,omitempty"`
+	Sound            string     `json:"sound,omitempty"`
 }
 
 // apnsBody is the body's shape; APNSBody writes what encoding/json makes
@@ -101,7 +102,12 @@ type apnsBody struct {
 // {"aps": …, "v": 1, "tid": …, "enc": …}. On the message channel aps is a
 // generic alert with mutable-content 1 so the notification service
 // extension can decrypt; on the VoIP channel aps is empty (PushKit has no
-// alert: the app reports a CallKit call from the decrypted payload).
+// alert: the app reports a CallKit call from the decrypted payload). A
+// reg-refresh is a background push on the message channel: aps is
+// content-available 1 alone (no alert, no sound), which wakes the app
+// without showing anything, so that it refreshes its SIP registration.
+// Only the call family may ride the VoIP channel: a VoIP push that reports
+// no call gets the app killed by iOS.
 //
 // Every push builds one, so the fixed parts are written as bytes and only
 // the tracking id and enc are encoded; the result is what encoding/json
@@ -110,11 +116,18 @@ func APNSBody(ch Channel, trackingID string, s Sealed) ([]byte, error) {
 	var aps string
 	switch ch {
 	case ChannelMessage:
-		aps = apsMessage
-		if s.Type.IsCall() {
+		switch {
+		case s.Type == TypeRegRefresh:
+			aps = apsBackground
+		case s.Type.IsCall():
 			aps = apsCall
+		default:
+			aps = apsMessage
 		}
 	case ChannelVoIP:
+		if !s.Type.IsCall() {
+			return nil, fmt.Errorf("payload: %q push on the VoIP channel", s.Type)
+		}
 		aps = apsVoIP
 	default:
 		return nil, fmt.Errorf("payload: unknown channel %q", ch)
@@ -134,9 +147,10 @@ func APNSBody(ch Channel, trackingID string, s Sealed) ([]byte, error) {
 
 // The aps member of each body, as encoding/json writes apnsAps.
 var (
-	apsMessage = apsJSON(apnsAps{Alert: &apnsAlert{Body: AlertMessage}, MutableContent: 1, Sound: "default"})
-	apsCall    = apsJSON(apnsAps{Alert: &apnsAlert{Body: AlertCall}, MutableContent: 1, Sound: "default"})
-	apsVoIP    = apsJSON(apnsAps{})
+	apsMessage    = apsJSON(apnsAps{Alert: &apnsAlert{Body: AlertMessage}, MutableContent: 1, Sound: "default"})
+	apsCall       = apsJSON(apnsAps{Alert: &apnsAlert{Body: AlertCall}, MutableContent: 1, Sound: "default"})
+	apsVoIP       = apsJSON(apnsAps{})
+	apsBackground = apsJSON(apnsAps{ContentAvailable: 1})
 )
 
 func apsJSON(a apnsAps) string {

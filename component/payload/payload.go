@@ -47,9 +47,10 @@ const (
 	// call (600/603), so the pushed phone closes its call screen (C6, C8).
 	TypeDeclinedElsewhere Type = "declined-elsewhere"
 	// TypeRegRefresh asks a sleeping phone to refresh its SIP registration
-	// before the binding expires (RFC 8599 §5.4, C8). It rides the VoIP
-	// channel only on providers without one (FCM); on APNS it is a message
-	// channel wake-up, because a VoIP push must report a call.
+	// before the binding expires (RFC 8599 §5.4, C8). It always rides the
+	// message channel: on APNS as a background push (content-available, no
+	// alert, priority 5), because a VoIP push must report a call; on FCM
+	// as a high-priority data message like any other.
 	TypeRegRefresh Type = "reg-refresh"
 )
 

@@ -182,6 +182,17 @@ func TestBodies(t *testing.T) {
 	if _, err := APNSBody("sms", "tid", s); err == nil {
 		t.Fatal("unknown channel accepted")
 	}
+	// A VoIP push must report a call: nothing else rides that channel.
+	for _, typ := range []Type{TypeMessage, TypeRegRefresh} {
+		if b, err := APNSBody(ChannelVoIP, "tid", Sealed{Type: typ, Enc: "ZW5j"}); err == nil {
+			t.Fatalf("%s on the VoIP channel: %s", typ, b)
+		}
+	}
+	// reg-refresh: a background push, nothing shown, nothing sounded.
+	refresh, err := APNSBody(ChannelMessage, "tid", Sealed{Type: TypeRegRefresh, Enc: "ZW5j"})
+	if err != nil || string(refresh) != `{"aps":{"content-available":1},"v":1,"tid":"tid","enc":"ZW5j"}` {
+		t.Fatalf("reg-refresh body = %s, %v", refresh, err)
+	}
 	wake, _ := APNSBody(ChannelMessage, "tid", Sealed{Type: TypeMessage})
 	if strings.Contains(string(wake), "enc") {
 		t.Fatalf("wake-up carries enc: %s", wake)
@@ -196,7 +207,10 @@ func TestBodies(t *testing.T) {
 // makes of apnsBody, whatever the tracking id holds.
 func TestAPNSBodyIsJSON(t *testing.T) {
 	for _, ch := range []Channel{ChannelMessage, ChannelVoIP} {
-		for _, typ := range []Type{TypeMessage, TypeCall} {
+		for _, typ := range []Type{TypeMessage, TypeCall, TypeRegRefresh} {
+			if ch == ChannelVoIP && !typ.IsCall() {
+				continue // refused: TestBodies
+			}
 			for _, tid := range []string{"5f0c7b2e-8d1a-4c3b-9e6f-2a1b3c4d5e6f", "", `a"b\c`, "<&>", "é\u2028\x01\xff"} {
 				for _, enc := range []string{"", "oKGio6Slpqeoqaqr+/==", "x<y"} {
 					s := Sealed{Type: typ, Enc: enc}
@@ -205,7 +219,11 @@ func TestAPNSBodyIsJSON(t *testing.T) {
 						t.Fatal(err)
 					}
 					b := apnsBody{V: Version, TID: tid, Enc: enc}
-					if ch == ChannelMessage {
+					switch {
+					case ch == ChannelVoIP:
+					case typ == TypeRegRefresh:
+						b.Aps = apnsAps{ContentAvailable: 1}
+					default:
 						text := AlertMessage
 						if typ.IsCall() {
 							text = AlertCall

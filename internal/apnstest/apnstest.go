@@ -248,6 +248,10 @@ func (s *Server) check(r *http.Request, req *Request) Answer {
 		return bad(http.StatusBadRequest, ReasonDeviceTokenNotForTopic)
 	case req.Priority != "" && req.Priority != "10" && req.Priority != "5" && req.Priority != "1":
 		return bad(http.StatusBadRequest, ReasonBadPriority)
+	case req.PushType == "background" && (req.Priority == "" || req.Priority == "10"):
+		// Apple: priority 10 (also the default) is an error for a
+		// background push.
+		return bad(http.StatusBadRequest, ReasonBadPriority)
 	case req.ApnsID != "" && !uuidRe.MatchString(req.ApnsID):
 		return bad(http.StatusBadRequest, ReasonBadMessageID)
 	case len(req.CollapseID) > 64:
