@@ -372,6 +372,9 @@ func createBenchUsers(dataDir, domain, pattern, password string, n int, record [
 		if err != nil {
 			return nil, err
 		}
+		// The shared record's digest HA1 cover the first name (SCRAM keys
+		// cover none): every account logs in over XMPP, only that one could
+		// authenticate over SIP.
 		if record != nil {
 			err = db.Accounts().PutCredentials(j, record)
 		} else if err = db.Accounts().Add(j, password); err == nil || errors.Is(err, store.ErrUserExists) {

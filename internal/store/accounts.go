@@ -1,12 +1,15 @@
 package store
 
 import (
+	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
+	"strings"
 
 	"github.com/dgraph-io/badger/v4"
 	"golang.org/x/text/secure/precis"
@@ -24,6 +27,13 @@ var (
 	// ErrMechanism: SCRAMCredentials for a mechanism whose credentials are
 	// not kept.
 	ErrMechanism = errors.New("store: unsupported SASL mechanism")
+	// ErrAlgorithm: DigestHA1 for an algorithm whose HA1 is not kept.
+	ErrAlgorithm = errors.New("store: unsupported digest algorithm")
+	// ErrNoDigest: the account's password was set before pushd kept SIP
+	// digest credentials (record format 2). It logs in over XMPP; over SIP
+	// only once its password is set again (pushd user passwd), since HA1
+	// cannot be made without the password.
+	ErrNoDigest = errors.New("store: account has no SIP digest credentials (set the password again to enable SIP)")
 )
 
 const saltLen = 16
@@ -33,6 +43,13 @@ const saltLen = 16
 // and ServerKey of RFC 5802 §3: never the password, and never the salted
 // password, which would let whoever reads it log in (BEHAVIOUR S5). Safe for
 // concurrent use.
+//
+// For SIP it keeps HA1 = H(localpart ":" domain ":" password) of RFC 7616
+// §3.4.2, for MD5 and SHA-256 (RFC 8760), the node's domain being the realm.
+// HA1 is what digest verification needs and all it needs; it is not the
+// password, but it answers digest challenges of that realm, and as a fast
+// hash it is a far cheaper dictionary target than the PBKDF2-derived SCRAM
+// keys (docs/deploy/README.md says what that means for a copy of the data).
 type Accounts struct{ db *DB }
 
 // account is the stored credential record.
@@ -41,46 +58,76 @@ type account struct {
 	salt       []byte
 	sha1       scram.Keys // SCRAM-SHA-1
 	sha256     scram.Keys // SCRAM-SHA-256 and PLAIN
+	// HA1 for SIP digest; both nil in a format-2 record.
+	ha1MD5    []byte
+	ha1SHA256 []byte
 }
 
 // Record layouts. Binary, because they are fixed and read on every login;
 // the first byte says which.
 //
-//	format 2: 2 | uvarint iterations | uvarint len(salt) | salt |
+//	format 3: 3 | uvarint iterations | uvarint len(salt) | salt |
 //	          StoredKey SHA-1 (20) | ServerKey SHA-1 (20) |
-//	          StoredKey SHA-256 (32) | ServerKey SHA-256 (32)
+//	          StoredKey SHA-256 (32) | ServerKey SHA-256 (32) |
+//	          HA1 MD5 (16) | HA1 SHA-256 (32)
+//	format 2: format 3 without the two HA1
 //	format 1: 1 | uvarint iterations | uvarint len(salt) | salt |
 //	          SaltedPassword SHA-1 (20) | SaltedPassword SHA-256 (32)
 //
-// Format 1 is what binaries before schema version 2 wrote. It is only read:
-// converted at Open (migrateAccounts) and when a node still running such a
-// binary replicates one (PutCredentials).
+// Add and SetPassword write format 3. Format 2 stays readable for good:
+// it is what every account set before schema version 3 holds, and only its
+// password could make HA1, so nothing converts it (such an account has no
+// SIP until its password is set again). Format 1 is what binaries before
+// schema version 2 wrote. It is only read: converted to format 2 at Open
+// (migrateAccounts) and when a node still running such a binary replicates
+// one (PutCredentials).
+//
+// The HA1 cover the localpart and the domain, not just the password: a
+// record belongs to its account's name, unlike the SCRAM keys.
 const (
 	legacyAccountFormat = 1
-	accountFormat       = 2
+	scramAccountFormat  = 2
+	accountFormat       = 3
 )
 
+// marshal writes format 3, or format 2 for an account without HA1 (one
+// converted from format 1).
 func (a account) marshal() []byte {
-	b := make([]byte, 0, 1+binary.MaxVarintLen64*2+len(a.salt)+2*sha1.Size+2*sha256.Size)
-	b = append(b, accountFormat)
+	b := make([]byte, 0, 1+binary.MaxVarintLen64*2+len(a.salt)+2*sha1.Size+2*sha256.Size+md5.Size+sha256.Size)
+	format := byte(accountFormat)
+	if a.ha1MD5 == nil {
+		format = scramAccountFormat
+	}
+	b = append(b, format)
 	b = binary.AppendUvarint(b, uint64(a.iterations))
 	b = binary.AppendUvarint(b, uint64(len(a.salt)))
 	b = append(b, a.salt...)
 	b = append(b, a.sha1.StoredKey...)
 	b = append(b, a.sha1.ServerKey...)
 	b = append(b, a.sha256.StoredKey...)
-	return append(b, a.sha256.ServerKey...)
+	b = append(b, a.sha256.ServerKey...)
+	if format == accountFormat {
+		b = append(b, a.ha1MD5...)
+		b = append(b, a.ha1SHA256...)
+	}
+	return b
 }
 
 var errCorruptAccount = errors.New("store: corrupt account record")
 
-// unmarshalAccount reads either format; legacy reports format 1, whose
+// unmarshalAccount reads any format; legacy reports format 1, whose
 // salted passwords it has already turned into keys.
 func unmarshalAccount(b []byte) (acc account, legacy bool, err error) {
-	if len(b) < 1 || (b[0] != accountFormat && b[0] != legacyAccountFormat) {
+	if len(b) < 1 {
 		return account{}, false, errCorruptAccount
 	}
-	legacy = b[0] == legacyAccountFormat
+	format := b[0]
+	switch format {
+	case legacyAccountFormat, scramAccountFormat, accountFormat:
+	default:
+		return account{}, false, errCorruptAccount
+	}
+	legacy = format == legacyAccountFormat
 	b = b[1:]
 	iter, n := binary.Uvarint(b)
 	if n <= 0 || iter == 0 || iter > 1<<31 {
@@ -105,12 +152,20 @@ func unmarshalAccount(b []byte) (acc account, legacy bool, err error) {
 		acc.sha256 = scram.SHA256.KeysFromSalted(b[sha1.Size:])
 		return acc, true, nil
 	}
-	if len(b) != 2*sha1.Size+2*sha256.Size {
+	want := 2*sha1.Size + 2*sha256.Size
+	if format == accountFormat {
+		want += md5.Size + sha256.Size
+	}
+	if len(b) != want {
 		return account{}, false, errCorruptAccount
 	}
 	acc.sha1 = scram.Keys{StoredKey: b[:sha1.Size], ServerKey: b[sha1.Size : 2*sha1.Size]}
 	b = b[2*sha1.Size:]
-	acc.sha256 = scram.Keys{StoredKey: b[:sha256.Size], ServerKey: b[sha256.Size:]}
+	acc.sha256 = scram.Keys{StoredKey: b[:sha256.Size], ServerKey: b[sha256.Size : 2*sha256.Size]}
+	b = b[2*sha256.Size:]
+	if format == accountFormat {
+		acc.ha1MD5, acc.ha1SHA256 = b[:md5.Size], b[md5.Size:]
+	}
 	return acc, false, nil
 }
 
@@ -125,7 +180,9 @@ func prepare(password string) ([]byte, error) {
 	return p, nil
 }
 
-func (a *Accounts) newCredentials(password string) (account, error) {
+// newCredentials makes a format-3 record for user, whose bare JID the
+// caller has checked (bare).
+func (a *Accounts) newCredentials(user jid.JID, password string) (account, error) {
 	p, err := prepare(password)
 	if err != nil {
 		return account{}, err
@@ -141,7 +198,22 @@ func (a *Accounts) newCredentials(password string) (account, error) {
 	if acc.sha256, err = scram.SHA256.DeriveKeys(p, salt, acc.iterations); err != nil {
 		return account{}, fmt.Errorf("store: %w", err)
 	}
+	// The prepared password, as for SCRAM: RFC 7616 §4 asks for OpaqueString
+	// too, so a phone typing an equivalent spelling gets the same HA1.
+	acc.ha1MD5 = digestHA1(md5.New(), user.Localpart(), user.Domainpart(), p)
+	acc.ha1SHA256 = digestHA1(sha256.New(), user.Localpart(), user.Domainpart(), p)
 	return acc, nil
+}
+
+// digestHA1 is H(username ":" realm ":" password), RFC 7616 §3.4.2, as bytes
+// (the wire carries it hex-encoded inside the response's hash).
+func digestHA1(h hash.Hash, username, realm string, password []byte) []byte {
+	h.Write([]byte(username))
+	h.Write([]byte{':'})
+	h.Write([]byte(realm))
+	h.Write([]byte{':'})
+	h.Write(password)
+	return h.Sum(nil)
 }
 
 // bare checks that user is an account JID of this node and returns its key
@@ -162,7 +234,7 @@ func (a *Accounts) Add(user jid.JID, password string) error {
 	if err != nil {
 		return err
 	}
-	acc, err := a.newCredentials(password)
+	acc, err := a.newCredentials(user, password)
 	if err != nil {
 		return err
 	}
@@ -188,13 +260,13 @@ func (a *Accounts) Add(user jid.JID, password string) error {
 }
 
 // SetPassword replaces an account's credentials (new salt, current
-// iteration count). ErrNoUser if there is no such account.
+// iteration count, HA1 for SIP). ErrNoUser if there is no such account.
 func (a *Accounts) SetPassword(user jid.JID, password string) error {
 	bare, err := a.bare(user)
 	if err != nil {
 		return err
 	}
-	acc, err := a.newCredentials(password)
+	acc, err := a.newCredentials(user, password)
 	if err != nil {
 		return err
 	}
@@ -341,6 +413,38 @@ func (a *Accounts) SCRAMCredentials(username, mechanism string) (scram.Credentia
 	return c, nil
 }
 
+// DigestHA1 returns the HA1 that verifies a SIP digest response (RFC 7616
+// §3.4.2, RFC 8760) of username for algorithm "MD5" or "SHA-256" (in any
+// case), the realm being the node's domain. username is the digest
+// username, which must be the account's localpart as stored (what `pushd
+// user list` shows): HA1 covers it, so another spelling could never verify
+// and is ErrNoUser like an unknown name. An account whose password predates
+// SIP support: ErrNoDigest. Any other algorithm: ErrAlgorithm.
+func (a *Accounts) DigestHA1(username, algorithm string) ([]byte, error) {
+	var md5Wanted bool
+	switch {
+	case strings.EqualFold(algorithm, "MD5"):
+		md5Wanted = true
+	case strings.EqualFold(algorithm, "SHA-256"):
+	default:
+		return nil, fmt.Errorf("%w: %q", ErrAlgorithm, algorithm)
+	}
+	if j, err := a.JID(username); err != nil || j.Localpart() != username {
+		return nil, ErrNoUser
+	}
+	acc, err := a.load(username)
+	if err != nil {
+		return nil, err
+	}
+	if acc.ha1MD5 == nil {
+		return nil, ErrNoDigest
+	}
+	if md5Wanted {
+		return acc.ha1MD5, nil
+	}
+	return acc.ha1SHA256, nil
+}
+
 // dummySalt is hashed for unknown users so that VerifyPlain takes as long
 // for them as for a wrong password.
 var dummySalt = make([]byte, saltLen)
@@ -369,8 +473,10 @@ func (a *Accounts) VerifyPlain(username, password string) (bool, error) {
 }
 
 // Credentials returns an account's stored record (salt, iterations,
-// StoredKey and ServerKey: nothing that logs in) for replication to the
-// other nodes of a cluster, which store it with PutCredentials.
+// StoredKey and ServerKey, HA1: never the password) for replication to the
+// other nodes of a cluster, which store it with PutCredentials. The record
+// is the account's own: its HA1 cover the name, so the record stored under
+// another name logs that name in over XMPP but never over SIP.
 func (a *Accounts) Credentials(user jid.JID) ([]byte, error) {
 	bare, err := a.bare(user)
 	if err != nil {
@@ -395,9 +501,10 @@ func (a *Accounts) Credentials(user jid.JID) ([]byte, error) {
 }
 
 // PutCredentials stores a record made by Credentials on another node,
-// creating or replacing the account. Replaying it is harmless. A record in
-// the old format (from a node not yet upgraded) is stored converted, so no
-// salted password reaches this node's disk.
+// creating or replacing the account. Replaying it is harmless. Formats 3
+// and 2 are stored as sent (a format-2 record is an account without SIP,
+// as it is on the sender); a format-1 record (from a node of schema 1) is
+// stored converted, so no salted password reaches this node's disk.
 func (a *Accounts) PutCredentials(user jid.JID, record []byte) error {
 	bare, err := a.bare(user)
 	if err != nil {
@@ -416,8 +523,9 @@ func (a *Accounts) PutCredentials(user jid.JID, record []byte) error {
 	return nil
 }
 
-// migrateAccounts rewrites every format-1 record as format 2 (S5). Open
-// runs it on a database of schema version 1, before anything else can read
+// migrateAccounts rewrites every format-1 record as format 2 (S5): without
+// the password there is no HA1, so not as format 3. Open runs it on a
+// database of schema version 1, before anything else can read
 // or write; the salted passwords are turned into keys without the
 // passwords, so every account keeps working. It may be interrupted and run
 // again: records already converted are left alone.
@@ -457,6 +565,36 @@ func (a *Accounts) migrateAccounts() (int, error) {
 	}
 	if err != nil {
 		return 0, fmt.Errorf("store: migrate accounts to StoredKey/ServerKey: %w", err)
+	}
+	return n, nil
+}
+
+// countWithoutDigest counts the accounts whose record has no HA1 (format 2;
+// one unreadable cannot log in at all and is not counted), for the upgrade's
+// log line.
+func (a *Accounts) countWithoutDigest() (int, error) {
+	n := 0
+	err := a.db.bdb.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte{SpaceAccount}
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			// The format byte says it; the record need not be copied.
+			err := it.Item().Value(func(v []byte) error {
+				if len(v) > 0 && (v[0] == scramAccountFormat || v[0] == legacyAccountFormat) {
+					n++
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: count accounts without SIP digest: %w", err)
 	}
 	return n, nil
 }

@@ -52,7 +52,7 @@ func assertNoSecrets(t *testing.T, db *DB, passwords map[string]string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rec[0] != accountFormat {
+		if rec[0] == legacyAccountFormat {
 			t.Errorf("%s: record in format %d", user, rec[0])
 		}
 		secrets = append(secrets, []byte(pw))

@@ -5,7 +5,7 @@ package store
 // reserves its byte here first.
 //
 //	m "version"                          schema version of the database (one byte)
-//	a <bare JID>                         account: SCRAM salt, iterations, StoredKey/ServerKey
+//	a <bare JID>                         account: SCRAM salt, iterations, StoredKey/ServerKey, digest HA1
 //	r <bare JID> 0x00 <contact bare JID> roster item (JSON)
 //	q <device> 0x00 <seq, 8 bytes BE>    queued stanza of a device (package queue)
 //	o <bare JID> 0x00 <seq, 8 bytes BE>  offline message of a user (package queue)
@@ -58,4 +58,9 @@ var versionKey = []byte{SpaceMeta, 'v', 'e', 'r', 's', 'i', 'o', 'n'}
 //
 //	1  accounts kept SCRAM salted passwords
 //	2  accounts keep StoredKey/ServerKey (S5)
-const schemaVersion = 2
+//	3  accounts may also keep SIP digest HA1 (record format 3); format-2
+//	   records remain, so the upgrade from 2 rewrites nothing. The bump is
+//	   for older binaries: they take a format-3 record for a corrupt one,
+//	   and would fail each re-passworded account at its next login instead
+//	   of refusing the database at Open.
+const schemaVersion = 3

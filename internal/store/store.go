@@ -187,7 +187,7 @@ func badgerOptions(cfg Config, log *slog.Logger) badger.Options {
 }
 
 // checkVersion stamps a new database with the schema version, upgrades one
-// of the previous version, and refuses any other.
+// of an earlier version, and refuses any other.
 func (db *DB) checkVersion() error {
 	var v []byte
 	err := db.bdb.View(func(txn *badger.Txn) error {
@@ -205,21 +205,43 @@ func (db *DB) checkVersion() error {
 		return fmt.Errorf("store: read schema version: %w", err)
 	case len(v) == 1 && v[0] == schemaVersion:
 		return nil
-	case len(v) == 1 && v[0] == 1:
-		n, err := db.accounts.migrateAccounts()
-		if err != nil {
-			return err
-		}
-		// Only once every record is converted: an interrupted migration
-		// runs again at the next Open.
-		if err := db.setVersion(); err != nil {
-			return err
-		}
-		db.log.Info("store upgraded: accounts keep SCRAM StoredKey/ServerKey instead of salted passwords",
-			"from_version", 1, "to_version", schemaVersion, "accounts", n)
-		return nil
+	case len(v) == 1 && (v[0] == 1 || v[0] == 2):
+		return db.upgrade(v[0])
 	}
 	return fmt.Errorf("store: database has schema version %v, this binary reads %d", v, schemaVersion)
+}
+
+// upgrade brings a database of schema version 1 or 2 to schemaVersion.
+// From 1 the salted passwords become StoredKey/ServerKey; from 2 nothing is
+// rewritten, since only a password makes HA1: the accounts keep format 2,
+// log in over XMPP, and get SIP when their password is next set. This is
+// the one place that says so, once, with how many are concerned.
+func (db *DB) upgrade(from byte) error {
+	converted := 0
+	if from < 2 {
+		var err error
+		if converted, err = db.accounts.migrateAccounts(); err != nil {
+			return err
+		}
+	}
+	noDigest, err := db.accounts.countWithoutDigest()
+	if err != nil {
+		return err
+	}
+	// Only once every record is converted: an interrupted migration
+	// runs again at the next Open.
+	if err := db.setVersion(); err != nil {
+		return err
+	}
+	msg := "store upgraded"
+	if converted > 0 {
+		msg += "; accounts keep SCRAM StoredKey/ServerKey instead of salted passwords"
+	}
+	if noDigest > 0 {
+		msg += "; accounts set before this version have no SIP digest credentials: set their passwords again (pushd user passwd) to enable SIP"
+	}
+	db.log.Info(msg, "from_version", from, "to_version", schemaVersion, "accounts", converted, "accounts_without_sip", noDigest)
+	return nil
 }
 
 func (db *DB) setVersion() error {
