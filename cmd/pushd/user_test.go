@@ -21,7 +21,8 @@ func runCmd(t *testing.T, stdin string, args ...string) (string, error) {
 }
 
 // `pushd user` works against a running node (through the admin API, since
-// the node holds the database lock) and the new account logs in at once.
+// the node holds the database lock) and the new account logs in at once,
+// over XMPP and SIP digest.
 func TestUserCommandWhileRunning(t *testing.T) {
 	n := startTestNode(t, nil)
 	if _, err := runCmd(t, "s3cret\n", "user", "add", "--config", n.cfgFile, "erin"); err != nil {
@@ -35,6 +36,8 @@ func TestUserCommandWhileRunning(t *testing.T) {
 		t.Fatalf("user list = %q, %v", out, err)
 	}
 	xmpptest.Login(t, n.c2s(), "localhost", "erin", "s3cret", "phone")
+	// The admin API's path writes the SIP password too.
+	checkSIPDigest(t, n.db.Accounts(), "localhost", "erin", "s3cret")
 
 	if _, err := runCmd(t, "n3w\n", "user", "passwd", "--config", n.cfgFile, "erin"); err != nil {
 		t.Fatalf("passwd: %v", err)
@@ -47,6 +50,7 @@ func TestUserCommandWhileRunning(t *testing.T) {
 	if got := c.AuthPlain("erin", "n3w"); got != "" {
 		t.Errorf("new password: %q", got)
 	}
+	checkSIPDigest(t, n.db.Accounts(), "localhost", "erin", "n3w")
 	if _, err := runCmd(t, "", "user", "del", "--config", n.cfgFile, "erin"); err != nil {
 		t.Fatalf("del: %v", err)
 	}
