@@ -545,3 +545,48 @@ func TestRegistrationAnsweredAfterReplicated(t *testing.T) {
 		t.Fatalf("unreplicated registration answered %q", got)
 	}
 }
+
+// TestRegistryByToken: a SIP binding finds the device key of the XMPP push
+// registration that carries the same token (C2, S2), also for stores
+// written before the token index existed.
+func TestRegistryByToken(t *testing.T) {
+	db := testDB(t)
+	r, err := OpenRegistry(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key [payload.KeySize]byte
+	key[0] = 7
+	voip := "voip-token-1"
+	if _, _, err := r.Register(RegisterRequest{Account: "alice@example.test", DeviceID: "phone", Provider: dispatch.APNS,
+		Token: "msg-token-1", VoIPToken: &voip, Key: &key}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{"msg-token-1", "voip-token-1"} {
+		reg, ok := r.RegistrationByToken(dispatch.APNS, tok)
+		if !ok || reg.Key == nil || reg.Key[0] != 7 || reg.Token != "msg-token-1" {
+			t.Fatalf("RegistrationByToken(%s) = %+v, %v", tok, reg, ok)
+		}
+	}
+	if _, ok := r.RegistrationByToken(dispatch.FCM, "msg-token-1"); ok {
+		t.Fatal("a token of another provider matched")
+	}
+	// Drop the index and reopen: it is rebuilt.
+	if err := db.DropPrefix(tokenKey(nil), keyTokenIndex); err != nil {
+		t.Fatal(err)
+	}
+	r, err = OpenRegistry(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.RegistrationByToken(dispatch.APNS, "voip-token-1"); !ok {
+		t.Fatal("index not rebuilt at open")
+	}
+	// A replaced token no longer finds the device.
+	if _, _, err := r.Register(RegisterRequest{Account: "alice@example.test", DeviceID: "phone", Provider: dispatch.APNS, Token: "msg-token-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.RegistrationByToken(dispatch.APNS, "msg-token-1"); ok {
+		t.Fatal("old token still found")
+	}
+}

@@ -239,6 +239,9 @@ func (r *Registry) Import(node string, data []byte) error {
 		if err := txn.Set(deviceKey(d.DeviceID), []byte(node)); err != nil {
 			return err
 		}
+		if err := r.indexTokens(txn, d); err != nil {
+			return err
+		}
 		return txn.Set(accountKey(d.Account, node), nil)
 	})
 	if err != nil || data == nil {
@@ -274,6 +277,9 @@ func OpenRegistry(db *badger.DB, now func() time.Time) (*Registry, error) {
 	}
 	if len(r.key) != 32 {
 		return nil, fmt.Errorf("component: registry: hash key has %d bytes", len(r.key))
+	}
+	if err := r.buildTokenIndex(); err != nil {
+		return nil, fmt.Errorf("component: registry: token index: %w", err)
 	}
 	return r, nil
 }
@@ -426,6 +432,9 @@ func (r *Registry) register(req RegisterRequest) (Device, bool, func() error, er
 			return err
 		}
 		if err := txn.Set(deviceKey(devh), []byte(d.Node)); err != nil {
+			return err
+		}
+		if err := r.indexTokens(txn, d); err != nil {
 			return err
 		}
 		return txn.Set(accountKey(acct, d.Node), nil)

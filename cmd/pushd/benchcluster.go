@@ -336,7 +336,16 @@ bind = %q
 replication = %q
 join = [%s]
 secret_key = %q
-%s`, loop(p[0]), loop(p[1]), loop(p[2]), name, loop(p[3]), loop(p[4]), join, base64.StdEncoding.EncodeToString([]byte("pushd-cluster-k!")), extra)
+%s%s`, loop(p[0]), loop(p[1]), loop(p[2]), name, loop(p[3]), loop(p[4]), join, base64.StdEncoding.EncodeToString([]byte("pushd-cluster-k!")), noSIP(extra), extra)
+}
+
+// noSIP turns SIP off in a generated node config unless extra configures
+// it: many nodes on one machine cannot all have 5060.
+func noSIP(extra string) string {
+	if strings.Contains(extra, "[sip]") {
+		return ""
+	}
+	return "[sip]\nlisten = \"\"\n"
 }
 
 // benchAckedRate has o.Pairs senders each write o.Messages messages to

@@ -176,7 +176,9 @@ type pushStack struct {
 	dispatcher *dispatch.Dispatcher
 	component  *component.Component
 	recorder   *component.Recorder
-	closers    []func()
+	// names are the providers configured, for RFC 8599's pn-provider.
+	names   []dispatch.ProviderName
+	closers []func()
 }
 
 // pushOptions are what the caller decides beyond the file.
@@ -213,6 +215,7 @@ func startPushWith(cfg pushFileConfig, db *store.DB, opts pushOptions, tune func
 	}
 	s.closers = closers
 	for name, p := range providers {
+		s.names = append(s.names, name)
 		if wrap != nil {
 			p = wrap(p)
 		}

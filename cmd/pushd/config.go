@@ -61,6 +61,8 @@ type fileConfig struct {
 
 	Cluster clusterSection `toml:"cluster"`
 
+	SIP sipSection `toml:"sip"`
+
 	Admin struct {
 		Listen string `toml:"listen"`
 	} `toml:"admin"`
@@ -68,6 +70,9 @@ type fileConfig struct {
 	Log struct {
 		Level string `toml:"level"`
 	} `toml:"log"`
+
+	// sipClock replaces the SIP side's clock (tests only).
+	sipClock func() time.Time
 }
 
 // componentAccept is one XEP-0114 component allowed to connect.
@@ -97,6 +102,7 @@ func defaultFileConfig() fileConfig {
 	c.Admin.Listen = "127.0.0.1:9090"
 	c.Log.Level = "info"
 	c.pushFileConfig = defaultPushFileConfig()
+	c.SIP = defaultSIPSection()
 	return c
 }
 
@@ -144,6 +150,9 @@ func (c fileConfig) validate() error {
 		if a.Domain == "" || a.Secret == "" {
 			return fmt.Errorf("config: component.accept needs domain and secret")
 		}
+	}
+	if err := c.SIP.validate(); err != nil {
+		return err
 	}
 	return c.pushFileConfig.validate(false)
 }

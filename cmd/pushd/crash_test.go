@@ -62,7 +62,7 @@ func newProcNode(t testing.TB) *procNode {
 	ports := peertest.FreePorts(t, 3)
 	n := &procNode{t: t, cfgFile: filepath.Join(dir, "pushd.toml"), dataDir: filepath.Join(dir, "data"),
 		c2s: peertest.Loopback(ports[0]), admin: peertest.Loopback(ports[2])}
-	cfg := fmt.Sprintf("domain = \"localhost\"\ndata_dir = \"data\"\n[c2s]\nlisten = %q\n[component]\nlisten = %q\n[admin]\nlisten = %q\n[storage]\nsync = \"batch\"\n",
+	cfg := fmt.Sprintf("domain = \"localhost\"\ndata_dir = \"data\"\n[c2s]\nlisten = %q\n[component]\nlisten = %q\n[admin]\nlisten = %q\n[storage]\nsync = \"batch\"\n[sip]\nlisten = \"\"\n",
 		n.c2s, peertest.Loopback(ports[1]), n.admin)
 	if err := os.WriteFile(n.cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 
 	"pushd/cluster/failover"
 	"pushd/component"
+	"pushd/component/sip"
 	"pushd/internal/admin"
 	"pushd/internal/stanza"
 	"pushd/internal/store"
@@ -45,6 +46,10 @@ type node struct {
 	pushRun func(ctx context.Context) error
 	// cluster is this node's membership (nil: a node alone).
 	cluster *clusterNode
+	// sip is the SIP registrar and proxy (nil: [sip] listen is empty).
+	sip *sip.Server
+	// tls is the node's TLS configuration (its certificate).
+	tls *tls.Config
 }
 
 // startNode opens storage, restores the session manager and binds every
@@ -139,7 +144,8 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		n.close()
 		return nil, err
 	}
-	rcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	n.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	rcfg.TLS = n.tls
 	if pushOn {
 		rcfg.ComponentSecrets[pushDomain] = pushSecret
 	}
@@ -204,6 +210,10 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		n.close()
 		return nil, err
 	}
+	if err := n.startSIP(reg); err != nil {
+		n.close()
+		return nil, fmt.Errorf("sip: %w", err)
+	}
 
 	token, err := adminToken(cfg.DataDir)
 	if err != nil {
@@ -226,7 +236,10 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 
 // Run serves until ctx ends, then stops everything.
 func (n *node) Run(ctx context.Context) error {
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
+	if n.sip != nil {
+		go func() { errc <- n.sip.Serve(ctx) }()
+	}
 	if n.admin != nil {
 		go func() { errc <- n.admin.Serve(ctx) }()
 	}
@@ -236,11 +249,11 @@ func (n *node) Run(ctx context.Context) error {
 	go func() { errc <- n.router.Serve(ctx) }()
 	n.ready.Store(true)
 	n.log.Info("pushd serving", "domain", n.cfg.Domain, "c2s", n.router.Addr("c2s"),
-		"component", n.router.Addr("component"), "admin", n.adminAddr(), "version", version)
+		"component", n.router.Addr("component"), "sip", sipAddrs(n.sip), "admin", n.adminAddr(), "version", version)
 	<-ctx.Done()
 	n.ready.Store(false)
 	var first error
-	for range cap(errc) - boolToInt(n.admin == nil) - boolToInt(n.pushRun == nil) {
+	for range cap(errc) - boolToInt(n.admin == nil) - boolToInt(n.pushRun == nil) - boolToInt(n.sip == nil) {
 		if err := <-errc; err != nil && first == nil {
 			first = err
 		}

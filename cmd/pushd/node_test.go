@@ -45,6 +45,7 @@ func startTestNodeLogging(t testing.TB, logs io.Writer, mutate func(*fileConfig)
 		cfg.C2S.Listen = peertest.Loopback(ports[0])
 		cfg.Component.Listen = peertest.Loopback(ports[1])
 		cfg.Admin.Listen = peertest.Loopback(ports[2])
+		cfg.SIP.Listen = "" // tests that call set their own free port
 		if mutate != nil {
 			mutate(&cfg)
 		}

@@ -268,9 +268,13 @@ func (p *Provider) Notification(push dispatch.Push) (*apns2.Notification, error)
 	if err != nil {
 		return nil, fmt.Errorf("apns: %w", err)
 	}
+	topic := p.cfg.Topic
+	if push.Registration.Topic != "" {
+		topic = push.Registration.Topic
+	}
 	n := &apns2.Notification{
 		DeviceToken: push.DeviceToken(),
-		Topic:       p.cfg.Topic + ch.TopicSuffix,
+		Topic:       topic + ch.TopicSuffix,
 		PushType:    ch.PushType,
 		Priority:    ch.Priority,
 		CollapseID:  ch.CollapseID,

@@ -17,7 +17,7 @@ import (
 //
 //	recordV2
 //	string  tid, registration id, provider, token, VoIP token, region,
-//	        channel, sealed type, sealed enc, owner
+//	        channel, sealed type, sealed enc, owner, topic
 //	                                             (uvarint length ‖ bytes)
 //	byte    flags (bit 0: legacy single channel)
 //	varint  accepted, Unix nanoseconds
@@ -38,7 +38,7 @@ var errRecord = errors.New("dispatch: malformed push record")
 func encodePush(p *Push) []byte {
 	r := &p.Registration
 	strs := [...]string{p.TrackingID, r.ID, string(r.Provider), r.Token, r.VoIPToken, r.Region,
-		string(p.Channel), string(p.Sealed.Type), p.Sealed.Enc, r.Owner}
+		string(p.Channel), string(p.Sealed.Type), p.Sealed.Enc, r.Owner, r.Topic}
 	n := 1 + 1 + 2*binary.MaxVarintLen64
 	for _, s := range strs {
 		n += 3 + len(s) // a length prefix of 3 bytes covers 2 MiB
@@ -66,13 +66,13 @@ func decodePush(b []byte) (Push, error) {
 		err := json.Unmarshal(b, &p)
 		return p, err
 	}
-	var strs [10]string
+	var strs [11]string
 	n := 0
 	switch {
 	case len(b) > 0 && b[0] == recordV1:
 		n = 9
 	case len(b) > 0 && b[0] == recordV2:
-		n = 10
+		n = 11
 	default:
 		return p, fmt.Errorf("%w: unknown format", errRecord)
 	}
@@ -102,7 +102,7 @@ func decodePush(b []byte) (Push, error) {
 	p = Push{
 		TrackingID: strs[0],
 		Registration: Registration{ID: strs[1], Provider: ProviderName(strs[2]), Token: strs[3], VoIPToken: strs[4],
-			Region: strs[5], LegacySingleChannel: flags&1 != 0, Owner: strs[9]},
+			Region: strs[5], LegacySingleChannel: flags&1 != 0, Owner: strs[9], Topic: strs[10]},
 		Channel:  payload.Channel(strs[6]),
 		Sealed:   payload.Sealed{Type: payload.Type(strs[7]), Enc: strs[8]},
 		Accepted: time.Unix(0, accepted),

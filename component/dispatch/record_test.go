@@ -20,7 +20,7 @@ func fullPush() Push {
 	return Push{
 		TrackingID: "5f0c7b2e-8d1a-4c3b-9e6f-2a1b3c4d5e6f",
 		Registration: Registration{ID: "node-1", Provider: APNS, Token: "a1b2", VoIPToken: "c3d4", Region: "CN",
-			LegacySingleChannel: true, Owner: OwnerSIP},
+			LegacySingleChannel: true, Owner: OwnerSIP, Topic: "com.example.app"},
 		Channel:  payload.ChannelVoIP,
 		Sealed:   payload.Sealed{Type: payload.TypeCall, Enc: "oKGio6Slpqeoqaqr"},
 		Accepted: time.Unix(1700000000, 123456789),
@@ -72,7 +72,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	v1 := encodeV1(p)
 	got, err = decodePush(v1)
 	want := p
-	want.Registration.Owner = OwnerComponent
+	want.Registration.Owner, want.Registration.Topic = OwnerComponent, ""
 	got.Accepted = p.Accepted
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("v1 record: %+v %v", got, err)

@@ -39,6 +39,10 @@ type Registration struct {
 	Region string `json:"region,omitempty"`
 	// LegacySingleChannel: iOS 12 devices with one channel for all (C7).
 	LegacySingleChannel bool `json:"legacy_single_channel,omitempty"`
+	// Topic is the app's APNS bundle id when it is not the provider's
+	// configured one: a SIP phone names its app in pn-param (RFC 8599),
+	// and one node serves several apps. Empty: the provider's.
+	Topic string `json:"topic,omitempty"`
 	// Key is the device's AES-256 key; nil means content-free wake-ups. It
 	// is never persisted by the dispatcher (json:"-").
 	Key *[payload.KeySize]byte `json:"-"`

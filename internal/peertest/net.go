@@ -87,3 +87,24 @@ func splitAddr(t testing.TB, addr string) (string, int) {
 	}
 	return h, n
 }
+
+// FreeUDPPort returns a UDP port on 127.0.0.1 that was free a moment ago
+// and whose TCP twin was too (a SIP listener takes both).
+func FreeUDPPort(t testing.TB) int {
+	t.Helper()
+	for range 20 {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("peertest: free udp port: %v", err)
+		}
+		port := c.LocalAddr().(*net.UDPAddr).Port
+		l, err := net.Listen("tcp", Loopback(port))
+		c.Close()
+		if err == nil {
+			l.Close()
+			return port
+		}
+	}
+	t.Fatal("peertest: no free udp+tcp port")
+	return 0
+}

@@ -80,6 +80,13 @@ func (p *Process) Exited() error {
 	}
 }
 
+// Err is the process's exit error (nil: exit status 0) once Done is
+// closed.
+func (p *Process) Err() error {
+	<-p.done
+	return p.waitErr
+}
+
 // Done is closed when the process has exited and its output is logged.
 func (p *Process) Done() <-chan struct{} { return p.done }
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 	"strings"
 	"time"
 )
@@ -90,6 +91,11 @@ type Config struct {
 	// 16384: about 2 MB, the nonces a node of 15 000 phones re-registering
 	// every 10 minutes uses in a nonce lifetime, twice over).
 	ReplayCache int
+	// Algorithms are challenged with in this order, and only they are
+	// accepted (default Offered: SHA-256, then MD5). Some phones, and
+	// sipp 3.6, answer only the first challenge and know only MD5: for
+	// them an operator puts MD5 first.
+	Algorithms []Algorithm
 	// Now is the clock (default time.Now); tests pass a fake one.
 	Now func() time.Time
 }
@@ -139,6 +145,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = def.Now
 	}
+	if len(cfg.Algorithms) == 0 {
+		cfg.Algorithms = Offered
+	}
+	cfg.Algorithms = slices.Clone(cfg.Algorithms)
 	return &Server{cfg: cfg, replay: newReplayCache(cfg.ReplayCache)}, nil
 }
 
@@ -166,8 +176,8 @@ func (s *Server) Challenge(alg Algorithm, stale bool) string {
 // sharing one nonce: a phone answers the first it supports.
 func (s *Server) Challenges(stale bool) []string {
 	nonce := s.newNonce()
-	out := make([]string, len(Offered))
-	for i, alg := range Offered {
+	out := make([]string, len(s.cfg.Algorithms))
+	for i, alg := range s.cfg.Algorithms {
 		out[i] = s.challenge(alg, nonce, stale)
 	}
 	return out

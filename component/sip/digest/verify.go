@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -86,7 +87,7 @@ var (
 // its count unseen.
 func (s *Server) Verify(r Request, c Credentials, ha1 HA1Func) Result {
 	alg, ok := ParseAlgorithm(c.Algorithm)
-	if !ok {
+	if !ok || !slices.Contains(s.cfg.Algorithms, alg) {
 		return Result{Err: fmt.Errorf("%w: algorithm", ErrUnsupported)}
 	}
 	res := Result{Algorithm: alg}

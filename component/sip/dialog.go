@@ -1,0 +1,123 @@
+package sip
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"pushd/component/sip/call"
+)
+
+// inDialog proxies a request inside a dialog pushd record-routed (BYE,
+// re-INVITE, UPDATE, INFO, …): loose routing, RFC 3261 §16.4 and §16.12.
+// A BYE also ends the machine's call (M7).
+func (s *Server) inDialog(req *sip.Request, tx sip.ServerTransaction) {
+	next, ok := s.nextHop(req)
+	if !ok {
+		s.reply(tx, req, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	if mf := req.MaxForwards(); mf != nil && mf.Val() <= 1 {
+		s.reply(tx, req, 483, "Too Many Hops")
+		return
+	}
+	if req.Method == sip.BYE {
+		if id := req.CallID(); id != nil {
+			s.step(call.Hangup{Call: call.ID(id.Value())})
+		}
+	}
+	fwd := req.Clone()
+	fwd.SetDestination(next)
+	opts := []sipgo.ClientRequestOption{sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia}
+	if req.IsInvite() {
+		opts = append(opts, sipgo.ClientRequestAddRecordRoute)
+	}
+	ctx := sip.ServerTransactionContext(tx)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ctx = context.WithoutCancel(ctx) // the client transaction lives its own life
+	cl, err := s.client.TransactionRequest(ctx, fwd, opts...)
+	if err != nil {
+		s.reply(tx, req, 503, "Service Unavailable")
+		return
+	}
+	defer cl.Terminate()
+	for {
+		select {
+		case res, more := <-cl.Responses():
+			if !more {
+				return
+			}
+			r := res.Clone()
+			r.RemoveHeader("Via")
+			r.SetDestination(req.Source())
+			_ = tx.Respond(r)
+			if r.StatusCode >= 200 {
+				return
+			}
+		case <-cl.Done():
+			if cl.Err() != nil {
+				s.reply(tx, req, 408, "Request Timeout")
+			}
+			return
+		case <-tx.Done():
+			return
+		}
+	}
+}
+
+// onAck forwards the ACK of a 2xx along the dialog (stateless, §16.11);
+// the ACK of a non-2xx never reaches here: the transaction absorbs it.
+func (s *Server) onAck(req *sip.Request, _ sip.ServerTransaction) {
+	next, ok := s.nextHop(req)
+	if !ok {
+		return
+	}
+	fwd := req.Clone()
+	fwd.SetDestination(next)
+	if err := s.client.WriteRequest(fwd, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia); err != nil {
+		s.log.Debug("sip: forward ACK", "err", err)
+	}
+}
+
+// onCancel sees only CANCELs that match no INVITE of ours (sipgo's
+// transaction layer answers and reports the others).
+func (s *Server) onCancel(req *sip.Request, tx sip.ServerTransaction) {
+	s.reply(tx, req, 481, "Call/Transaction Does Not Exist")
+}
+
+// nextHop pops our own Route and returns where the request goes: the
+// next Route, or its Request-URI. ok false: the request names no route
+// through us, which pushd does not relay (no open relay).
+func (s *Server) nextHop(req *sip.Request) (string, bool) {
+	routes := req.GetHeaders("Route")
+	if len(routes) == 0 {
+		return "", false
+	}
+	top, ok := routes[0].(*sip.RouteHeader)
+	if !ok || !s.isUs(top.Address) {
+		return "", false
+	}
+	req.RemoveHeader("Route")
+	if nr := req.Route(); nr != nil {
+		return hostPort(nr.Address), true
+	}
+	return hostPort(req.Recipient), true
+}
+
+func hostPort(u sip.Uri) string {
+	port := u.Port
+	if port == 0 {
+		port = 5060
+	}
+	return net.JoinHostPort(strings.Trim(u.Host, "[]"), itoa(port))
+}
+
+func parseAddr(host string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return ip.Unmap(), err
+}
