@@ -45,6 +45,9 @@ type NodeMeta struct {
 	// ForwardAddr is the host:port of this node's listener for stanzas
 	// forwarded to it (apart from replication: see Cluster.Forward).
 	ForwardAddr string
+	// SIPAddr is the host:port phones register to at this node ([sip]
+	// advertise): call pushes for the users it serves name it (C2).
+	SIPAddr string
 	// Leaving is set by Leave just before the node leaves, so that the
 	// others report it as left rather than failed.
 	Leaving bool
@@ -65,8 +68,10 @@ func (m NodeMeta) Encode() ([]byte, error) {
 	}
 	b = binary.AppendUvarint(b, m.Started)
 	// Fields added later follow, so that older readers skip them.
-	b = binary.AppendUvarint(b, uint64(len(m.ForwardAddr)))
-	b = append(b, m.ForwardAddr...)
+	for _, s := range []string{m.ForwardAddr, m.SIPAddr} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
 	if len(b) > MetaLimit {
 		return nil, fmt.Errorf("%w (%d)", ErrMetaTooLarge, len(b))
 	}
@@ -93,6 +98,9 @@ func DecodeNodeMeta(b []byte) (NodeMeta, error) {
 	m.Started = d.Uvarint()
 	if d.More() {
 		m.ForwardAddr = d.String()
+	}
+	if d.More() {
+		m.SIPAddr = d.String()
 	}
 	if err := d.Err(); err != nil {
 		return NodeMeta{}, fmt.Errorf("cluster: node metadata: %w", err)

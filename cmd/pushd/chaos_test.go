@@ -36,12 +36,18 @@ type clusterProc struct {
 // cluster; extra is TOML appended to each node's config.
 func startClusterProcs(t *testing.T, extra string, names ...string) []*clusterProc {
 	t.Helper()
+	return startClusterProcsEach(t, func(int) string { return extra }, names...)
+}
+
+// startClusterProcsEach is startClusterProcs with extra TOML per node.
+func startClusterProcsEach(t *testing.T, extraFor func(i int) string, names ...string) []*clusterProc {
+	t.Helper()
 	ports := peertest.FreePorts(t, 5*len(names))
 	var out []*clusterProc
 	for i, name := range names {
 		p := ports[5*i:]
 		cp := &clusterProc{name: name, dir: t.TempDir(), c2s: peertest.Loopback(p[0]), adminAddr: peertest.Loopback(p[1])}
-		cfg := loopbackNodeConfig(name, i, ports, extra)
+		cfg := loopbackNodeConfig(name, i, ports, extraFor(i))
 		cp.cfgFile = filepath.Join(cp.dir, "pushd.toml")
 		if err := os.WriteFile(cp.cfgFile, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)

@@ -27,6 +27,7 @@ import (
 	"pushd/cluster"
 	"pushd/cluster/failover"
 	"pushd/component"
+	"pushd/component/sip"
 	"pushd/internal/admin"
 	"pushd/internal/stanza"
 	"pushd/internal/store"
@@ -122,6 +123,9 @@ func clusterConfig(cfg fileConfig, adminAddr string, log *slog.Logger, reg prome
 	}
 	cc.Meta.C2SAddr = c2sAddr
 	cc.Meta.AdminAddr = adminAddr
+	if cfg.SIP.Listen != "" {
+		cc.Meta.SIPAddr = reachable(sipAdvertised(cfg))
+	}
 	cc.Meta.Build = version
 	return cc, nil
 }
@@ -384,7 +388,48 @@ func (cn *clusterNode) kinds() cluster.Kinds {
 		component.KindRegistration: cn.ApplyRegistry,
 		failover.KindHandoverEnd:   cn.ApplyHandoverEnd,
 		failover.KindTakenOver:     cn.ApplyTakenOver,
+		sip.KindBinding:            cn.ApplySIPBinding,
 	}
+}
+
+// ApplySIPBinding takes a phone's binding registered at another node:
+// before this node's SIP server runs, into its registrar; after, through
+// the server, which forks a call it holds to the phone (C3).
+func (cn *clusterNode) ApplySIPBinding(_ string, r cluster.Record) (func() error, error) {
+	if cn.n.sipReg == nil {
+		return nil, nil // SIP is off here
+	}
+	b, removed, err := sip.DecodeBinding(r)
+	if err != nil {
+		return nil, err
+	}
+	if srv := cn.n.sipServer.Load(); srv != nil {
+		return nil, srv.ApplyBinding(b, removed)
+	}
+	_, err = cn.n.sipReg.Import(b, removed)
+	return nil, err
+}
+
+// bindingChanged is the SIP registrar's OnChange: every node holds every
+// binding, as every node holds every push registration.
+func (cn *clusterNode) bindingChanged(b sip.Binding, removed bool) {
+	w := cn.c.Broadcast(context.Background(), sip.BindingRecord(b, removed))
+	go func() {
+		if err := w(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
+			cn.log.Warn("cluster: SIP binding not replicated", "err", err)
+		}
+	}()
+}
+
+// sipPlacement is the SIP side's Placement: whether this node serves
+// aor's user, and the SIP address of the node that does.
+func (cn *clusterNode) sipPlacement(aor string) (bool, string) {
+	node := cn.Serving(aor)
+	if node == "" || node == cn.c.Name() {
+		return node == cn.c.Name(), ""
+	}
+	m, _ := cn.c.Member(node)
+	return false, m.Meta.SIPAddr
 }
 
 func (cn *clusterNode) ApplySession(_ string, r cluster.Record) (func() error, error) {
@@ -652,6 +697,11 @@ func (cn *clusterNode) sendAccounts(to string) {
 			if data, err := cn.n.push.registry.Export(d.Node); err == nil {
 				recs = append(recs, component.RegistrationRecord(d.Node, data))
 			}
+		}
+	}
+	if cn.n.sipReg != nil {
+		for _, b := range cn.n.sipReg.All() {
+			recs = append(recs, sip.BindingRecord(b, false))
 		}
 	}
 	if len(recs) == 0 {

@@ -21,6 +21,7 @@ commands:
   user      add, delete, list users or change a password
   component run the push component alone against a foreign router (--config FILE)
   device    list or delete push registrations (device list|del)
+  sip       list SIP bindings (sip bindings [USER])
   push      send a test push to a user's devices (push test JID)
   cluster   cluster status, or where a user lives (cluster status|where)
   config    check a config file as serve or component would read it (config check FILE)
@@ -53,6 +54,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return cmdDevice(args[1:], stdout, stderr)
 	case "push":
 		return cmdPush(args[1:], stdout, stderr)
+	case "sip":
+		return cmdSIP(args[1:], stdout, stderr)
 	case "cluster":
 		return cmdCluster(args[1:], stdout, stderr)
 	case "config":

@@ -46,8 +46,13 @@ type node struct {
 	pushRun func(ctx context.Context) error
 	// cluster is this node's membership (nil: a node alone).
 	cluster *clusterNode
-	// sip is the SIP registrar and proxy (nil: [sip] listen is empty).
-	sip *sip.Server
+	// sip is the SIP registrar and proxy (nil: [sip] listen is empty);
+	// sipServer is the same for the cluster's applier goroutines, set once
+	// it serves. sipReg, its bindings, opens before the cluster joins so
+	// that replicated bindings have somewhere to go.
+	sip       *sip.Server
+	sipServer atomic.Pointer[sip.Server]
+	sipReg    *sip.Registrar
 	// tls is the node's TLS configuration (its certificate).
 	tls *tls.Config
 }
@@ -79,6 +84,12 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	if err != nil {
 		n.close()
 		return nil, err
+	}
+	if cfg.SIP.Listen != "" {
+		if n.sipReg, err = sip.OpenRegistrar(n.db.Badger()); err != nil {
+			n.close()
+			return nil, err
+		}
 	}
 	state, err := n.db.State()
 	if err != nil {
@@ -224,7 +235,8 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		n.admin, err = admin.Listen(admin.Config{
 			Listen: cfg.Admin.Listen, Token: token, Ready: n.ready.Load,
 			Gatherer: reg, Users: nodeUsers{n}, Sessions: nodeUsers{n}, Cluster: n.clusterAdmin(),
-			Devices: pushAdminDevices(n.push), Logger: log,
+			Bindings: n.adminBindings(),
+			Devices:  pushAdminDevices(n.push), Logger: log,
 		})
 		if err != nil {
 			n.close()
@@ -277,6 +289,9 @@ func (n *node) adminAddr() string {
 }
 
 func (n *node) close() {
+	if n.sip != nil {
+		n.sip.Close()
+	}
 	if n.cluster != nil {
 		n.cluster.stop()
 	}
@@ -409,6 +424,14 @@ func userJID(user, domain string) (jid.JID, error) {
 		return jid.JID{}, fmt.Errorf("%s is not a user of %s", j.Bare(), domain)
 	}
 	return j.Bare(), nil
+}
+
+// adminBindings is the admin API's view of the SIP bindings (nil: SIP off).
+func (n *node) adminBindings() admin.Bindings {
+	if n.sipReg == nil {
+		return nil
+	}
+	return registrarBindings{n.sipReg}
 }
 
 // clusterAdmin is the admin API's view of the cluster, nil alone.

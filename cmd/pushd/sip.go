@@ -82,7 +82,7 @@ func (n *node) startSIP(reg prometheus.Registerer) error {
 		return nil
 	}
 	cfg := sip.DefaultConfig()
-	cfg.Listen, cfg.TLSListen, cfg.Advertise = sc.Listen, sc.TLSListen, sc.Advertise
+	cfg.Listen, cfg.TLSListen, cfg.Advertise = sc.Listen, sc.TLSListen, reachable(sipAdvertised(n.cfg))
 	cfg.Domain = sc.Domain
 	if cfg.Domain == "" {
 		cfg.Domain = n.cfg.Domain
@@ -102,16 +102,20 @@ func (n *node) startSIP(reg prometheus.Registerer) error {
 	if n.cfg.sipClock != nil {
 		cfg.Now = n.cfg.sipClock
 	}
-	registrar, err := sip.OpenRegistrar(n.db.Badger())
-	if err != nil {
-		return err
-	}
-	deps := sip.Deps{Registrar: registrar, Accounts: n.db.Accounts(), Metrics: sip.NewMetrics(reg)}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pushd_sip_bindings", Help: "SIP bindings held (every node holds every binding of its cluster).",
+	}, func() float64 { return float64(n.sipReg.Count()) }))
+	deps := sip.Deps{Registrar: n.sipReg, Accounts: n.db.Accounts(), Metrics: sip.NewMetrics(reg)}
 	if n.push != nil {
 		deps.Pusher = n.push.dispatcher
 		deps.Devices = n.push.registry
 		cfg.Providers = n.push.providers()
 	}
+	if n.cluster != nil {
+		cfg.Placement = n.cluster.sipPlacement
+		n.sipReg.OnChange(n.cluster.bindingChanged)
+	}
+	var err error
 	n.sip, err = sip.New(cfg, deps)
 	if err != nil {
 		return err
@@ -123,7 +127,16 @@ func (n *node) startSIP(reg prometheus.Registerer) error {
 		n.sip = nil
 		return err
 	}
+	n.sipServer.Store(n.sip)
 	return nil
+}
+
+// sipAdvertised is where phones reach this node's SIP listener.
+func sipAdvertised(cfg fileConfig) string {
+	if a := cfg.SIP.Advertise; a != "" {
+		return a
+	}
+	return cfg.SIP.Listen
 }
 
 // providers lists the push providers the stack can send through, for

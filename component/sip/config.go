@@ -58,6 +58,11 @@ type Config struct {
 	// Providers are the push providers this node can send through: the
 	// ones a pn-provider may name (C1).
 	Providers []dispatch.ProviderName
+	// Placement says whether this node serves aor's user (in a cluster,
+	// its primary) and the SIP address of the node that does: call pushes
+	// name it as the node to register to, and only the serving node sends
+	// an AOR's refresh pushes. Nil: this node serves everyone.
+	Placement func(aor string) (self bool, addr string)
 	// Now is the clock (tests inject a fake one).
 	Now    func() time.Time
 	Logger *slog.Logger

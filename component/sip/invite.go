@@ -423,7 +423,7 @@ func (s *Server) pushCall(c *callCtx, id string, t payload.Type) {
 		return
 	}
 	p := payload.Payload{Type: t, From: c.caller.number, Name: c.caller.name, CallID: string(c.id),
-		Node: s.cfg.Advertise, TS: s.cfg.Now().UnixMilli()}
+		Node: s.nodeFor(c.aor), TS: s.cfg.Now().UnixMilli()}
 	s.submit(b, p, func(ok bool) {
 		if !ok && t == payload.TypeCall {
 			s.step(call.PushFailed{Call: c.id, Binding: id})

@@ -66,13 +66,13 @@ func (s *Server) refreshPushes() {
 		return
 	}
 	now := s.cfg.Now()
-	for _, b := range s.reg.RefreshDue(now, s.cfg.RefreshPushBefore) {
+	for _, b := range s.reg.RefreshDue(now, s.cfg.RefreshPushBefore, s.serves) {
 		b.Refreshed = true
 		if err := s.reg.Put(b); err != nil {
 			s.log.Error("sip: mark refresh push", "err", err)
 			continue
 		}
-		s.submit(b, payload.Payload{Type: payload.TypeRegRefresh, Node: s.cfg.Advertise, TS: now.UnixMilli()}, nil)
+		s.submit(b, payload.Payload{Type: payload.TypeRegRefresh, Node: s.nodeFor(b.AOR), TS: now.UnixMilli()}, nil)
 	}
 }
 
@@ -89,4 +89,28 @@ func (s *Server) DeadToken(_ context.Context, dead dispatch.DeadToken) error {
 		s.log.Info("sip: push token dead, binding keeps ringing without push", "aor", s.red.Token(aor))
 	}
 	return err
+}
+
+// placement is Config.Placement, or "this node" alone.
+func (s *Server) placement(aor string) (self bool, addr string) {
+	if s.cfg.Placement == nil {
+		return true, s.cfg.Advertise
+	}
+	return s.cfg.Placement(aor)
+}
+
+// serves reports whether this node sends aor's refresh pushes: the node
+// serving its user, so that a cluster sends one.
+func (s *Server) serves(aor string) bool {
+	self, _ := s.placement(aor)
+	return self
+}
+
+// nodeFor is the SIP address a pushed phone of aor must register to: the
+// node serving its user (after a failover, the one that took it over).
+func (s *Server) nodeFor(aor string) string {
+	if self, addr := s.placement(aor); !self && addr != "" {
+		return addr
+	}
+	return s.cfg.Advertise
 }

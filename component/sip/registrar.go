@@ -91,6 +91,28 @@ func (r *Registrar) AORs() []string {
 	return out
 }
 
+// All returns every binding held, for a full copy to a node that joins.
+func (r *Registrar) All() []Binding {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Binding
+	for _, bs := range r.byAOR {
+		out = append(out, bs...)
+	}
+	return out
+}
+
+// Count returns how many bindings are held (expired ones until swept).
+func (r *Registrar) Count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, bs := range r.byAOR {
+		n += len(bs)
+	}
+	return n
+}
+
 // ErrOutOfOrder: a REGISTER older than the one that set the binding
 // (same Call-ID, lower or equal CSeq), RFC 3261 §10.3 step 7.
 var ErrOutOfOrder = errors.New("sip: REGISTER out of order")
@@ -207,14 +229,17 @@ func (r *Registrar) DropPush(aor, id, token string) (bool, error) {
 	return true, r.Put(b)
 }
 
-// RefreshDue returns the push bindings that asked for refresh pushes and
-// expire within before of now without having had one for this
-// registration (C8: 120 s).
-func (r *Registrar) RefreshDue(now time.Time, before time.Duration) []Binding {
+// RefreshDue returns the push bindings of the AORs serve accepts that
+// asked for refresh pushes and expire within before of now without having
+// had one for this registration (C8: 120 s).
+func (r *Registrar) RefreshDue(now time.Time, before time.Duration, serve func(aor string) bool) []Binding {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []Binding
-	for _, bs := range r.byAOR {
+	for aor, bs := range r.byAOR {
+		if !serve(aor) {
+			continue
+		}
 		for _, b := range bs {
 			if b.Push != nil && b.PNSReg && !b.Refreshed && now.Before(b.Expires) && !now.Before(b.Expires.Add(-before)) {
 				out = append(out, b)
@@ -226,11 +251,14 @@ func (r *Registrar) RefreshDue(now time.Time, before time.Duration) []Binding {
 }
 
 // NextRefresh is when RefreshDue will next have something (zero: never).
-func (r *Registrar) NextRefresh(before time.Duration) time.Time {
+func (r *Registrar) NextRefresh(before time.Duration, serve func(aor string) bool) time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var next time.Time
-	for _, bs := range r.byAOR {
+	for aor, bs := range r.byAOR {
+		if !serve(aor) {
+			continue
+		}
 		for _, b := range bs {
 			if b.Push != nil && b.PNSReg && !b.Refreshed {
 				if at := b.Expires.Add(-before); next.IsZero() || at.Before(next) {
@@ -298,4 +326,46 @@ func index(bs []Binding, id string) int {
 // aorOf is "user@domain" of a SIP URI's user and host, lower-cased host.
 func aorOf(user, host string) string {
 	return user + "@" + strings.ToLower(host)
+}
+
+// Import stores a binding another node of the cluster registered (or
+// removes it), without telling OnChange: it came from there. Of two
+// versions of a binding the later registration wins, so that copies
+// crossing on the wire cannot step a phone back. It reports whether the
+// binding is now stored as given (and not removed).
+func (r *Registrar) Import(b Binding, removed bool) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur := r.byAOR[b.AOR]
+	i := index(cur, b.ID)
+	if i >= 0 && cur[i].Updated.After(b.Updated) {
+		return false, nil
+	}
+	if removed {
+		if i < 0 {
+			return false, nil
+		}
+		if err := r.persist(nil, []Binding{cur[i]}); err != nil {
+			return false, err
+		}
+		cur = slices.Delete(slices.Clone(cur), i, i+1)
+		if len(cur) == 0 {
+			delete(r.byAOR, b.AOR)
+		} else {
+			r.byAOR[b.AOR] = cur
+		}
+		return false, nil
+	}
+	if err := r.persist([]Binding{b}, nil); err != nil {
+		return false, err
+	}
+	cur = slices.Clone(cur)
+	if i >= 0 {
+		cur[i] = b
+	} else {
+		cur = append(cur, b)
+		sort.Slice(cur, func(i, j int) bool { return cur[i].ID < cur[j].ID })
+	}
+	r.byAOR[b.AOR] = cur
+	return true, nil
 }

@@ -91,7 +91,8 @@ type Server struct {
 	calls map[call.ID]*callCtx
 	// late are INVITEs sent to phones for calls that already ended (C8),
 	// kept until their CANCEL went.
-	closing bool
+	closing   bool
+	closeOnce sync.Once
 
 	wg sync.WaitGroup
 }
@@ -171,6 +172,20 @@ func (s *Server) Listen() error {
 	return nil
 }
 
+// ApplyBinding takes a binding another node of the cluster stored (a
+// KindBinding record): a phone that registered there is reachable from
+// here, and a call this node holds for it goes to it at once (C3).
+func (s *Server) ApplyBinding(b Binding, removed bool) error {
+	stored, err := s.reg.Import(b, removed)
+	if err != nil || !stored {
+		return err
+	}
+	if s.cfg.Now().Before(b.Expires) {
+		s.step(call.Registered{AOR: b.AOR, Binding: s.machineBinding(b)})
+	}
+	return nil
+}
+
 // Addr is where the server listens ("udp", "tcp", "tls"); "" if not.
 func (s *Server) Addr(network string) string {
 	switch {
@@ -206,15 +221,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	case first = <-errc:
 		n--
 	}
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
-	_ = s.ua.Close()
-	_ = s.udp.Close()
-	_ = s.tcp.Close()
-	if s.tls != nil {
-		_ = s.tls.Close()
-	}
+	s.Close()
 	for range n {
 		<-errc
 	}
@@ -224,6 +231,26 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("sip: %w", first)
 	}
 	return nil
+}
+
+// Close closes the sockets (Serve does it when it ends; a server that
+// never served needs it). Safe to call twice.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.closeOnce.Do(func() {
+		_ = s.ua.Close()
+		if s.udp != nil {
+			_ = s.udp.Close()
+		}
+		if s.tcp != nil {
+			_ = s.tcp.Close()
+		}
+		if s.tls != nil {
+			_ = s.tls.Close()
+		}
+	})
 }
 
 // step hands an event to the loop. It never blocks for long: the loop
@@ -264,7 +291,7 @@ func (s *Server) loop(ctx context.Context) {
 // the next refresh push.
 func (s *Server) rearm(t *time.Timer) {
 	next := s.machine.Next()
-	if r := s.reg.NextRefresh(s.cfg.RefreshPushBefore); !r.IsZero() && (next.IsZero() || r.Before(next)) {
+	if r := s.reg.NextRefresh(s.cfg.RefreshPushBefore, s.serves); !r.IsZero() && (next.IsZero() || r.Before(next)) {
 		next = r
 	}
 	d := time.Hour

@@ -56,7 +56,10 @@ type Config struct {
 	// Devices, when set, serves /api/devices and /api/push/test (501
 	// without: the node runs no push provider).
 	Devices Devices
-	Logger  *slog.Logger
+	// Bindings, when set, serves /api/sip/bindings (501 without: SIP is
+	// off on the node).
+	Bindings Bindings
+	Logger   *slog.Logger
 }
 
 // Cluster reports the node's cluster for operators.
@@ -121,6 +124,7 @@ func Listen(cfg Config) (*Server, error) {
 	mux.HandleFunc("PUT /api/users/password", s.auth(s.setPassword))
 	mux.HandleFunc("DELETE /api/users", s.auth(s.deleteUser))
 	mux.HandleFunc("GET /api/memory", s.authOnly(memory))
+	s.sipRoutes(mux)
 	if cfg.Cluster != nil {
 		mux.HandleFunc("GET /api/cluster/status", s.authOnly(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
