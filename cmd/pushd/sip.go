@@ -105,7 +105,8 @@ func (n *node) startSIP(reg prometheus.Registerer) error {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pushd_sip_bindings", Help: "SIP bindings held (every node holds every binding of its cluster).",
 	}, func() float64 { return float64(n.sipReg.Count()) }))
-	deps := sip.Deps{Registrar: n.sipReg, Accounts: n.db.Accounts(), Metrics: sip.NewMetrics(reg)}
+	deps := sip.Deps{Registrar: n.sipReg, Accounts: n.db.Accounts(), Metrics: sip.NewMetrics(reg),
+		InCall: newInCalls(n.router.Step).changed}
 	if n.push != nil {
 		deps.Pusher = n.push.dispatcher
 		deps.Devices = n.push.registry
