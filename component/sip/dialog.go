@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/emiago/sipgo"
@@ -34,7 +35,7 @@ func (s *Server) inDialog(req *sip.Request, tx sip.ServerTransaction) {
 	fwd.SetDestination(next)
 	opts := []sipgo.ClientRequestOption{sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia}
 	if req.IsInvite() {
-		opts = append(opts, sipgo.ClientRequestAddRecordRoute)
+		opts = append(opts, s.addRecordRoute)
 	}
 	ctx := sip.ServerTransactionContext(tx)
 	ctx, cancel := context.WithCancel(ctx)
@@ -120,4 +121,21 @@ func hostPort(u sip.Uri) string {
 func parseAddr(host string) (netip.Addr, error) {
 	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
 	return ip.Unmap(), err
+}
+
+// addRecordRoute puts pushd in the dialog's route (RFC 3261 §16.6 4) with
+// the address it listens on for the request's transport. sipgo's own
+// option reads its listen-port map without the lock its Serve takes.
+func (s *Server) addRecordRoute(_ *sipgo.Client, r *sip.Request) error {
+	network := strings.ToLower(r.Transport())
+	addr := s.Addr(network)
+	if addr == "" {
+		addr = s.Addr("udp")
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	host, _, _ := net.SplitHostPort(s.cfg.Advertise)
+	p, _ := strconv.Atoi(port)
+	r.PrependHeader(&sip.RecordRouteHeader{Address: sip.Uri{Host: host, Port: p,
+		UriParams: sip.HeaderParams{{K: "transport", V: network}, {K: "lr", V: ""}}}})
+	return nil
 }

@@ -162,7 +162,7 @@ func destination(b Binding, uri sip.Uri) string {
 // runBranch is one client transaction: responses relayed to the caller
 // and told to the machine, the CANCEL sent when it may be.
 func (s *Server) runBranch(c *callCtx, br *branch, late bool) {
-	tx, err := s.client.TransactionRequest(c.ctx, br.req, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia, sipgo.ClientRequestAddRecordRoute)
+	tx, err := s.client.TransactionRequest(c.ctx, br.req, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia, s.addRecordRoute)
 	if err != nil {
 		s.log.Info("sip: branch failed", "err", err)
 		if !late {
