@@ -57,13 +57,9 @@ func pushAdmin(cfg componentFileConfig, log *slog.Logger) (admin.Devices, func()
 
 // openRegistry opens the data directory of a node that is not running.
 func openRegistry(cfg componentFileConfig) (*store.DB, *component.Registry, error) {
-	if _, err := os.Stat(filepath.Join(cfg.DataDir, "db")); err != nil {
-		return nil, nil, fmt.Errorf("no database in %s: %w", cfg.DataDir, err)
-	}
-	db, err := store.Open(store.Config{Dir: filepath.Join(cfg.DataDir, "db"), Domain: cfg.Domain,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	db, err := openDataDir(cfg.DataDir, cfg.Domain)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open data dir (a node holds it, but its admin API at [admin] listen did not answer): %w", err)
+		return nil, nil, err
 	}
 	reg, err := component.OpenRegistry(db.Badger(), nil)
 	if err != nil {
@@ -71,6 +67,20 @@ func openRegistry(cfg componentFileConfig) (*store.DB, *component.Registry, erro
 		return nil, nil, err
 	}
 	return db, reg, nil
+}
+
+// openDataDir opens the database of a node that is not running, for the
+// operator commands.
+func openDataDir(dataDir, domain string) (*store.DB, error) {
+	if _, err := os.Stat(filepath.Join(dataDir, "db")); err != nil {
+		return nil, fmt.Errorf("no database in %s: %w", dataDir, err)
+	}
+	db, err := store.Open(store.Config{Dir: filepath.Join(dataDir, "db"), Domain: domain,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		return nil, fmt.Errorf("open data dir (a node holds it, but its admin API at [admin] listen did not answer): %w", err)
+	}
+	return db, nil
 }
 
 func cmdDevice(args []string, stdout, stderr io.Writer) error {

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	"pushd/component/sip"
 	"pushd/internal/admin"
-	"pushd/internal/store"
 )
 
 const sipUsage = `usage: pushd sip bindings [--config FILE] [USER]
@@ -77,13 +75,9 @@ func sipBindings(cfg fileConfig, user string) ([]admin.Binding, error) {
 			}
 		}
 	}
-	if _, err := os.Stat(filepath.Join(cfg.DataDir, "db")); err != nil {
-		return nil, fmt.Errorf("no database in %s: %w", cfg.DataDir, err)
-	}
-	db, err := store.Open(store.Config{Dir: filepath.Join(cfg.DataDir, "db"), Domain: cfg.Domain,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	db, err := openDataDir(cfg.DataDir, cfg.Domain)
 	if err != nil {
-		return nil, fmt.Errorf("open data dir (a node holds it, but its admin API at [admin] listen did not answer): %w", err)
+		return nil, err
 	}
 	defer db.Close()
 	reg, err := sip.OpenRegistrar(db.Badger())
