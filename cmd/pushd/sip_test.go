@@ -12,6 +12,7 @@ import (
 	"pushd/component/dispatch"
 	"pushd/component/payload"
 	"pushd/internal/apnstest"
+	"pushd/internal/fcmtest"
 	"pushd/internal/peertest"
 )
 
@@ -35,14 +36,29 @@ func (c *sipClock) advance(d time.Duration) {
 }
 
 // sipWorld is a node with SIP on a free port, APNS through the test
-// server, a fake SIP clock, and alice (the callee, with a phone) and bob
-// (the caller).
+// server (and FCM through its test server when asked), a fake SIP clock,
+// and alice (the callee, with a phone) and bob (the caller).
 type sipWorld struct {
 	n     *testNode
 	apns  *apnstest.Server
+	fcm   *fcmtest.Server // nil without sipWorldOptions.FCM
 	clock *sipClock
 	logs  *syncBuffer
 	key   [payload.KeySize]byte
+	// fcmKey is the key of alice's Android phone (FCM).
+	fcmKey [payload.KeySize]byte
+}
+
+// sipWorldOptions change a sipWorld's node.
+type sipWorldOptions struct {
+	// FCM adds [fcm] through the FCM test server and a service-account
+	// file, and alice's Android phone registered for push over XMPP with
+	// the token sipFCMToken and fcmKey.
+	FCM bool
+	// DigestAlgorithms replaces the order sipp needs (MD5 first).
+	DigestAlgorithms []string
+	// Trusted is [sip] trusted: the proxies whose INVITEs need no digest.
+	Trusted []string
 }
 
 const (
@@ -52,15 +68,29 @@ const (
 
 func startSIPWorld(t *testing.T) *sipWorld {
 	t.Helper()
+	return startSIPWorldWith(t, sipWorldOptions{})
+}
+
+func startSIPWorldWith(t *testing.T, o sipWorldOptions) *sipWorld {
+	t.Helper()
 	peertest.RequirePeer(t, peertest.PeerSIPp)
 	srv, withAPNS := apnsTestServer(t)
 	w := &sipWorld{apns: srv, clock: &sipClock{now: time.Unix(1_800_000_000, 0)}, logs: &syncBuffer{}}
+	withFCM := func(*fileConfig) {}
+	if o.FCM {
+		w.fcm, withFCM = fcmTestServer(t)
+	}
 	w.n = startTestNodeLogging(t, w.logs, func(c *fileConfig) {
 		withAPNS(c)
+		withFCM(c)
 		c.SIP.Listen = peertest.Loopback(peertest.FreeUDPPort(t))
 		c.sipClock = w.clock.Now
 		// sipp 3.6 answers the first challenge only, and only MD5.
 		c.SIP.DigestAlgorithms = []string{"MD5", "SHA-256"}
+		if o.DigestAlgorithms != nil {
+			c.SIP.DigestAlgorithms = o.DigestAlgorithms
+		}
+		c.SIP.Trusted = o.Trusted
 	})
 	w.n.addUser("alice", alicePW)
 	w.n.addUser("bob", bobPW)
@@ -72,6 +102,14 @@ func startSIPWorld(t *testing.T) *sipWorld {
 	if _, _, err := w.n.push.registry.Register(component.RegisterRequest{Account: "alice@localhost", DeviceID: "phone-1",
 		Provider: dispatch.APNS, Token: tokAlice, VoIPToken: &voip, Key: &w.key}); err != nil {
 		t.Fatal(err)
+	}
+	if o.FCM {
+		// Her Android phone did the same with its FCM token.
+		w.fcmKey[0], w.fcmKey[31] = 0xf0, 0x0f
+		if _, _, err := w.n.push.registry.Register(component.RegisterRequest{Account: "alice@localhost", DeviceID: "android-1",
+			Provider: dispatch.FCM, Token: sipFCMToken, Key: &w.fcmKey}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return w
 }

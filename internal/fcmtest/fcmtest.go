@@ -2,7 +2,10 @@
 // TLS, Google's real path (POST /v1/projects/<id>/messages:send), OAuth
 // bearer check, the message body and Google's JSON error format with the
 // FcmError details the Firebase Admin SDK classifies. It records every
-// request and answers from a script per registration token.
+// request and answers from a script per registration token. It can also be
+// the OAuth token endpoint of a service account it makes (ServiceAccount),
+// so that a client configured with a credentials file runs Google's whole
+// flow against it.
 //
 // It is test-only and must never reach the network beyond its own loopback
 // listener.
@@ -69,10 +72,13 @@ type Request struct {
 type Server struct {
 	*httptest.Server
 
-	// Bearer is the OAuth access token the server accepts ("" accepts any).
-	bearer string
-
-	mu       sync.Mutex
+	mu sync.Mutex
+	// bearer is the OAuth access token the server accepts ("" accepts
+	// any); account, when set, is the service account it mints it for.
+	bearer   string
+	account  *serviceAccount
+	grants   int
+	notify   chan struct{}
 	scripts  map[string][]Answer
 	fallback Answer
 	reqs     []Request
@@ -82,7 +88,7 @@ type Server struct {
 // NewServer starts an HTTP/2 TLS server on loopback accepting bearer
 // (any non-empty bearer when it is "").
 func NewServer(bearer string) *Server {
-	s := &Server{bearer: bearer, scripts: map[string][]Answer{}}
+	s := &Server{bearer: bearer, scripts: map[string][]Answer{}, notify: make(chan struct{}, 1)}
 	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
 	s.EnableHTTP2 = true
 	s.StartTLS()
@@ -110,6 +116,23 @@ func (s *Server) Requests() []Request {
 	return append([]Request(nil), s.reqs...)
 }
 
+// WaitRequests waits until at least n requests were received or timeout
+// passed, and returns them.
+func (s *Server) WaitRequests(n int, timeout time.Duration) []Request {
+	deadline := time.After(timeout)
+	for {
+		if r := s.Requests(); len(r) >= n {
+			return r
+		}
+		select {
+		case <-s.notify:
+		case <-time.After(10 * time.Millisecond): // another waiter took the notice
+		case <-deadline:
+			return s.Requests()
+		}
+	}
+}
+
 type sendBody struct {
 	ValidateOnly bool `json:"validate_only"`
 	Message      *struct {
@@ -125,6 +148,10 @@ type sendBody struct {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == TokenPath {
+		s.token(w, r)
+		return
+	}
 	rest, ok := strings.CutPrefix(r.URL.Path, "/v1/projects/")
 	project, ok2 := strings.CutSuffix(rest, "/messages:send")
 	if r.Method != http.MethodPost || !ok || !ok2 || project == "" || strings.Contains(project, "/") {
@@ -136,8 +163,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	req.Auth, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	var ans Answer
 	var sb sendBody
+	s.mu.Lock()
+	bearer := s.bearer
+	s.mu.Unlock()
 	switch {
-	case req.Auth == "" || (s.bearer != "" && req.Auth != s.bearer):
+	case req.Auth == "" || (bearer != "" && req.Auth != bearer):
 		s.finish(w, req, http.StatusUnauthorized, "UNAUTHENTICATED", "Request had invalid authentication credentials.", "")
 		return
 	case json.Unmarshal(body, &sb) != nil || sb.Message == nil:
@@ -199,8 +229,12 @@ func (s *Server) next(token string) Answer {
 
 func (s *Server) record(r Request) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.reqs = append(s.reqs, r)
+	s.mu.Unlock()
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
 }
 
 // writeError writes Google's error envelope; FCM puts its own code in a
