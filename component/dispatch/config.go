@@ -49,8 +49,9 @@ type Config struct {
 	// CoalesceWindow: at most one message-channel push per device per
 	// window (M3, push_coalesce, default 2 s). A push arriving inside the
 	// window is held; a newer one replaces the held one (it carries the
-	// newer summary; the replaced one ends as "coalesced"). VoIP pushes are
-	// never coalesced: each call matters.
+	// newer summary; the replaced one ends as "coalesced"). Calls are
+	// never coalesced, on the VoIP channel or on the message channel
+	// (C2, C7): each call matters.
 	CoalesceWindow time.Duration
 	// DeviceRate and DeviceBurst rate-limit every channel per device: a
 	// burst, then one push per DeviceRate. Pushes over the limit are

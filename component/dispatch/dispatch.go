@@ -441,7 +441,11 @@ func (d *Dispatcher) route(l *lane, p *Push) {
 		dev = &device{}
 		d.devices[key] = dev
 	}
-	if p.Channel == payload.ChannelMessage && d.cfg.CoalesceWindow > 0 {
+	// Only summaries coalesce (M3). A call's pushes ride the message
+	// channel where there is no VoIP channel (FCM, APNS in CN, single-
+	// channel devices: C7), and must neither wait out the window (C2: at
+	// once) nor be replaced by a newer summary, which lost the call.
+	if p.Channel == payload.ChannelMessage && !p.Sealed.Type.IsCall() && d.cfg.CoalesceWindow > 0 {
 		if dev.held != nil {
 			// A release is already scheduled; it will send this newer one.
 			// The replaced one ends on a worker, like every push, so that

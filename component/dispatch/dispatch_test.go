@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -376,6 +377,48 @@ func TestCoalescing(t *testing.T) {
 		t.Fatalf("sent %v", ids)
 	}
 	if e.final("coalesced") != 1 || e.final("delivered") != 3 {
+		t.Fatalf("coalesced=%v delivered=%v", e.final("coalesced"), e.final("delivered"))
+	}
+}
+
+// A call's pushes on the message channel (FCM; APNS without a VoIP
+// token, region CN, legacy single-channel devices: C7) are never held by
+// the message coalescing window (C2: "at once") nor replaced by a newer
+// message summary, which would leave the phone without its call; only
+// the summaries around them coalesce.
+func TestCallOnMessageChannelNotCoalesced(t *testing.T) {
+	p, srv := newAPNS(t)
+	e := start(t, openDB(t, ""), map[dispatch.ProviderName]dispatch.Provider{dispatch.APNS: p}, nil)
+	defer e.d.Close()
+	gate := make(chan struct{})
+	e.clk.mu.Lock()
+	e.clk.gate = gate
+	e.clk.mu.Unlock()
+	ctx := context.Background()
+	a, _ := e.d.Submit(ctx, msgJob(""))
+	srv.WaitRequests(1, 5*time.Second)
+	var calls []string
+	for _, typ := range []payload.Type{payload.TypeCall, payload.TypeMissedCall} {
+		id := dispatch.NewTrackingID()
+		j := msgJob(id) // no VoIP token: the call goes as an alert
+		j.Payload = payload.Payload{Type: typ, From: "+4930123", CallID: "c1"}
+		if _, err := e.d.Submit(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+		calls = append(calls, id)
+	}
+	b, _ := e.d.Submit(ctx, msgJob("")) // inside the window: held, and sent
+	srv.WaitRequests(3, 5*time.Second)
+	close(gate)
+	e.waitIdle(t)
+	var ids []string
+	for _, r := range srv.Requests() {
+		ids = append(ids, r.ApnsID)
+	}
+	if fmt.Sprint(ids) != fmt.Sprint([]string{a, calls[0], calls[1], b}) {
+		t.Fatalf("sent %v, want the message, the call, the missed call at once, then the held message %v", ids, []string{a, calls[0], calls[1], b})
+	}
+	if e.final("coalesced") != 0 || e.final("delivered") != 4 {
 		t.Fatalf("coalesced=%v delivered=%v", e.final("coalesced"), e.final("delivered"))
 	}
 }
