@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"syscall"
@@ -101,27 +100,10 @@ func TestSIPClusterFailover(t *testing.T) {
 	if len(reqs) != 1 || reqs[0].Token != sipPhonePRID || reqs[0].PushType != "voip" {
 		t.Fatalf("call push: %+v", reqs)
 	}
-	var body struct {
-		Enc string `json:"enc"`
-	}
-	if err := json.Unmarshal(reqs[0].Body, &body); err != nil {
-		t.Fatal(err)
-	}
-	p, err := payload.Open(key, body.Enc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := openAPNSPush(t, key, reqs[0].Body)
 	if p.Type != payload.TypeCall || p.Node != sipOf[bName] || p.Name != "Bob Builder" {
 		t.Fatalf("call push %+v: want type call naming the new primary %s", p, sipOf[bName])
 	}
 	register(p.Node)
-	if err := caller.Wait(30 * time.Second); err != nil {
-		t.Fatalf("caller: %v\n%s", err, caller.Output())
-	}
-	if err := phone.Wait(10 * time.Second); err != nil {
-		t.Fatalf("phone: %v\n%s", err, phone.Output())
-	}
-	if !strings.Contains(phone.Log(), p.CallID) {
-		t.Errorf("the phone's INVITE is not the pushed call %q:\n%s", p.CallID, phone.Log())
-	}
+	waitAnswered(t, caller, phone, p.CallID)
 }

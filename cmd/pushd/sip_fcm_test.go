@@ -95,15 +95,7 @@ func TestSIPCallPushFCM(t *testing.T) {
 		t.Fatal("the push went without the service account's token exchange")
 	}
 	w.register(t, phone.Port, fcmPN(), androidInstance)
-	if err := c.Wait(30 * time.Second); err != nil {
-		t.Fatalf("caller: %v\n%s", err, c.Output())
-	}
-	if err := phone.Wait(10 * time.Second); err != nil {
-		t.Fatalf("phone: %v\n%s", err, phone.Output())
-	}
-	if !strings.Contains(phone.Log(), p.CallID) {
-		t.Errorf("the phone's INVITE does not carry the pushed call id %q:\n%s", p.CallID, phone.Log())
-	}
+	waitAnswered(t, c, phone, p.CallID)
 
 	// C4: the phone sleeps through the next call.
 	c = w.caller(t, "caller_unanswered.xml")

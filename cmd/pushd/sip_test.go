@@ -143,17 +143,38 @@ func (w *sipWorld) callPush(t *testing.T, n int) (apnstest.Request, payload.Payl
 		t.Fatalf("%d pushes, want %d", len(reqs), n)
 	}
 	r := reqs[n-1]
-	var body struct {
+	return r, openAPNSPush(t, w.key, r.Body)
+}
+
+// openAPNSPush opens the sealed payload of an APNS request body.
+func openAPNSPush(t *testing.T, key [payload.KeySize]byte, body []byte) payload.Payload {
+	t.Helper()
+	var b struct {
 		Enc string `json:"enc"`
 	}
-	if err := json.Unmarshal(r.Body, &body); err != nil {
+	if err := json.Unmarshal(body, &b); err != nil {
 		t.Fatal(err)
 	}
-	p, err := payload.Open(w.key, body.Enc)
+	p, err := payload.Open(key, b.Enc)
 	if err != nil {
-		t.Fatalf("push %d does not open with the device key: %v", n, err)
+		t.Fatalf("push does not open with the device key: %v", err)
 	}
-	return r, p
+	return p
+}
+
+// waitAnswered waits for a caller and a phone scenario to end well and
+// checks that the phone's INVITE is the pushed call.
+func waitAnswered(t *testing.T, caller, phone *peertest.SIPp, callID string) {
+	t.Helper()
+	if err := caller.Wait(30 * time.Second); err != nil {
+		t.Fatalf("caller: %v\n%s", err, caller.Output())
+	}
+	if err := phone.Wait(10 * time.Second); err != nil {
+		t.Fatalf("phone: %v\n%s", err, phone.Output())
+	}
+	if !strings.Contains(phone.Log(), callID) {
+		t.Errorf("the phone's INVITE does not carry the pushed call id %q:\n%s", callID, phone.Log())
+	}
 }
 
 // TestSIPCallPushAPNS is issue 12's main path with sipp as caller and
@@ -185,15 +206,7 @@ func TestSIPCallPushAPNS(t *testing.T) {
 	waitFor(t, "the caller hears ringing", 10*time.Second, func() bool { return strings.Contains(caller.Log(), "RINGING") })
 	// The woken phone registers again: the held INVITE goes to it at once.
 	w.register(t, phone.Port, pn, `;+sip.instance="<urn:uuid:6c4f0a2e-1111-4d5e-9a1b-0123456789ab>"`)
-	if err := caller.Wait(30 * time.Second); err != nil {
-		t.Fatalf("caller: %v\n%s", err, caller.Output())
-	}
-	if err := phone.Wait(10 * time.Second); err != nil {
-		t.Fatalf("phone: %v\n%s", err, phone.Output())
-	}
-	if !strings.Contains(phone.Log(), p.CallID) {
-		t.Errorf("the phone's INVITE does not carry the pushed call id %q:\n%s", p.CallID, phone.Log())
-	}
+	waitAnswered(t, caller, phone, p.CallID)
 	if n := len(w.apns.Requests()); n != 1 {
 		t.Errorf("%d pushes for one answered call, want 1", n)
 	}
