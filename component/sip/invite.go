@@ -30,6 +30,7 @@ type callCtx struct {
 	branches map[string]*branch // by binding id
 	bindings map[string]Binding // the AOR's bindings as the call saw them
 	answered bool               // the caller has its final response
+	admitted bool               // the machine has stepped its Invite (guarded by Server.mu)
 	done     chan struct{}      // closed when the caller's transaction may end
 	finished bool
 }

@@ -89,6 +89,8 @@ type Server struct {
 
 	mu    sync.Mutex
 	calls map[call.ID]*callCtx
+	// admitted counts the calls whose Invite the machine has stepped.
+	admitted int
 	// late are INVITEs sent to phones for calls that already ended (C8),
 	// kept until their CANCEL went.
 	closing   bool
@@ -273,6 +275,7 @@ func (s *Server) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case ev := <-s.events:
+			s.admit(ev)
 			s.carry(s.machine.Step(s.cfg.Now(), ev))
 		case <-timer.C:
 			s.carry(s.machine.Step(s.cfg.Now(), call.Tick{}))
@@ -351,14 +354,36 @@ func (s *Server) call(id call.ID) *callCtx {
 	return s.calls[id]
 }
 
+// admit marks a call's context as the machine's once its Invite is
+// stepped: until then the machine does not know the call, and
+// forgetEnded must not take that for the call having ended.
+func (s *Server) admit(ev call.Event) {
+	inv, ok := ev.(call.Invite)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	if c := s.calls[inv.Call]; c != nil && !c.admitted {
+		c.admitted = true
+		s.admitted++
+	}
+	s.mu.Unlock()
+}
+
 // forgetEnded drops the contexts of calls the machine no longer knows.
+// It looks only when the machine holds fewer calls than were admitted,
+// so a step that forgot nothing costs no scan.
 func (s *Server) forgetEnded() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.machine.Len() >= s.admitted {
+		return
+	}
 	for id, c := range s.calls {
-		if !s.machine.Known(id) {
+		if c.admitted && !s.machine.Known(id) {
 			c.release()
 			delete(s.calls, id)
+			s.admitted--
 		}
 	}
 }
