@@ -234,11 +234,11 @@ func (c *c2s) negotiate() (*stream, error) {
 			}
 			if ok {
 				c.authed = true
-				if here, _, addr := c.home(); !here {
+				if here, node, addr := c.home(); !here {
 					// This user's sessions live on another node (H1):
 					// carried there (H7), or sent there.
 					if !c.redirects() && !c.relayedIn && addr != "" {
-						return nil, c.relay(addr)
+						return nil, c.relay(node, addr)
 					}
 					// The client has restarted its stream on <success/>
 					// and parses from a fresh header: the error goes
@@ -284,9 +284,15 @@ func (c *c2s) negotiate() (*stream, error) {
 func (c *c2s) redirects() bool { return c.srv.cfg.Redirect || c.srv.cfg.RelayKey == nil }
 
 // home says whether the authenticated user's sessions live on this node.
+// A stream another node relays here came because that node's view names
+// this one: this node may not have noticed the same failure yet, and
+// waits for its own view to agree rather than refuse at once.
 func (c *c2s) home() (here bool, node, c2sAddr string) {
 	if c.srv.cfg.Cluster == nil {
 		return true, "", ""
+	}
+	if c.relayedIn {
+		return c.srv.cfg.Cluster.Claimed(c.user.String())
 	}
 	return c.srv.cfg.Cluster.Home(c.user.String())
 }

@@ -21,6 +21,14 @@ type Cluster interface {
 	// this node takes the user over (stanzas are then held, in order,
 	// until Home says it is done).
 	Serving(user string) string
+	// Claimed is Home for a stream another node relays here, naming this
+	// node: it waits, bounded by the takeover, for this node to serve
+	// user before it says where user lives.
+	Claimed(user string) (here bool, node, c2sAddr string)
+	// Rehome waits, bounded by the takeover, until a node other than
+	// gone (dead, or having handed user over) serves user, and names it
+	// and where its clients connect; ok false if none does in time.
+	Rehome(user, gone string) (node, c2sAddr string, ok bool)
 	// Forward hands a stanza to node, where its recipient lives; wait
 	// returns once the node holds what the stanza caused durably.
 	Forward(node string, st *stanza.Element) (wait func() error)

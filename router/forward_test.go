@@ -95,6 +95,9 @@ func (c *moveCluster) Serving(user string) string {
 	return "here"
 }
 
+func (c *moveCluster) Claimed(u string) (bool, string, string)      { return c.Home(u) }
+func (c *moveCluster) Rehome(string, string) (string, string, bool) { return "", "", false }
+
 func (c *moveCluster) Forward(node string, st *stanza.Element) func() error {
 	c.mu.Lock()
 	c.sent = append(c.sent, st.ChildText(stanza.NSClient, "body"))

@@ -14,6 +14,7 @@ type Metrics struct {
 	publishes    prometheus.Counter
 	pushDisabled *prometheus.CounterVec
 	relayed      prometheus.Gauge
+	carried      prometheus.Counter
 }
 
 // NewMetrics registers the router's metrics on reg (nil: unregistered,
@@ -50,9 +51,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		relayed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pushd_streams_relayed", Help: "Client streams this node carries to the node that serves their user (H7).",
 		}),
+		carried: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pushd_streams_carried_total", Help: "Relayed client streams resumed at their user's new node when the old one went away (H7).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.streams, m.detached, m.stanzasIn, m.streamErrors, m.authFailures, m.resumes, m.publishes, m.pushDisabled, m.relayed)
+		reg.MustRegister(m.connections, m.streams, m.detached, m.stanzasIn, m.streamErrors, m.authFailures, m.resumes, m.publishes, m.pushDisabled, m.relayed, m.carried)
 	}
 	return m
 }

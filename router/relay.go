@@ -9,12 +9,12 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	"mellium.im/xmpp/jid"
@@ -32,9 +32,10 @@ import (
 // it; this node keeps only the client's TCP/TLS connection.
 //
 // When the relayed node goes away (it died, or handed the user over), the
-// client's connection is closed: it reconnects, to any node, and resumes
-// its stream where its user lives now, which holds the replicated
-// session (H4).
+// stream is carried on to the node that serves the user next (carry.go);
+// where it cannot be, the client's connection is closed: it reconnects,
+// to any node, and resumes its stream where its user lives now, which
+// holds the replicated session (H4).
 
 // edgeMechanism is the SASL mechanism by which a node logs a relayed
 // client in at the user's node. It is never offered in the stream
@@ -68,9 +69,10 @@ func tlsExporter(conn net.Conn) ([]byte, error) {
 	return cs.ExportKeyingMaterial("EXPORTER-pushd-edge", nil, 32)
 }
 
-// relay carries the authenticated client's stream to the node at addr,
-// which serves its user, until either side ends it.
-func (c *c2s) relay(addr string) error {
+// relay carries the authenticated client's stream to node, which serves
+// its user and takes clients at addr, until either side ends it (see
+// carrier for what happens when node goes away).
+func (c *c2s) relay(node, addr string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), relayDialTimeout)
 	defer cancel()
 	up, err := c.srv.edgeLogin(ctx, addr, c.user)
@@ -83,28 +85,15 @@ func (c *c2s) relay(addr string) error {
 		}
 		return seeOtherHost("")
 	}
+	if _, err := c.readHeader(); err != nil {
+		_ = up.Close()
+		return err
+	}
 	_ = c.conn.SetDeadline(time.Time{})
 	c.srv.cfg.Metrics.relayed.Inc()
 	defer c.srv.cfg.Metrics.relayed.Dec()
-	c.srv.trackRelay(up, true)
-	defer c.srv.trackRelay(up, false)
-	var once sync.Once
-	closeBoth := func() {
-		once.Do(func() {
-			_ = up.Close()
-			_ = c.conn.Close()
-		})
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_, _ = io.Copy(c.conn, up) // the user's node to the client
-		closeBoth()
-	}()
-	_, _ = io.Copy(up, c.conn) // the client to the user's node
-	closeBoth()
-	<-done
-	return errRelayed
+	k := &carrier{c: c, user: c.user.String(), node: node}
+	return k.run(up)
 }
 
 // edgeLogin opens a stream to the client listener at addr and logs user in
@@ -128,25 +117,33 @@ func (s *Server) edgeLogin(ctx context.Context, addr string, user jid.JID) (net.
 	return conn, nil
 }
 
+// openEdgeStream opens a client stream on conn as a node does for the
+// clients it carries, and reads the answer up to the features.
+func (s *Server) openEdgeStream(conn net.Conn) (*stanza.Reader, xml.StartElement, *stanza.Element, error) {
+	hdr := "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='" +
+		s.domain.String() + "' version='1.0'>"
+	if _, err := io.WriteString(conn, hdr); err != nil {
+		return nil, xml.StartElement{}, nil, err
+	}
+	r := stanza.NewReader(conn, s.cfg.Limits)
+	start, err := r.Header()
+	if err != nil {
+		return nil, start, nil, err
+	}
+	feats, err := r.Next()
+	if err != nil {
+		return nil, start, nil, err
+	}
+	if !feats.Is(stanza.NSStream, "features") {
+		return nil, start, nil, fmt.Errorf("expected features, got %s", feats.Name.Local)
+	}
+	return r, start, feats, nil
+}
+
 func (s *Server) edgeNegotiate(raw net.Conn, user jid.JID) (net.Conn, error) {
 	open := func(conn net.Conn) (*stanza.Reader, *stanza.Element, error) {
-		hdr := "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='" +
-			s.domain.String() + "' version='1.0'>"
-		if _, err := io.WriteString(conn, hdr); err != nil {
-			return nil, nil, err
-		}
-		r := stanza.NewReader(conn, s.cfg.Limits)
-		if _, err := r.Header(); err != nil {
-			return nil, nil, err
-		}
-		feats, err := r.Next()
-		if err != nil {
-			return nil, nil, err
-		}
-		if !feats.Is(stanza.NSStream, "features") {
-			return nil, nil, fmt.Errorf("expected features, got %s", feats.Name.Local)
-		}
-		return r, feats, nil
+		r, _, feats, err := s.openEdgeStream(conn)
+		return r, feats, err
 	}
 	r, feats, err := open(raw)
 	if err != nil {

@@ -87,3 +87,99 @@ func TestAnyNodeServesRawClient(t *testing.T) {
 		t.Fatalf("H4: after resuming on her new primary through the node she reached: %q, want %q", got, want)
 	}
 }
+
+// H7 when the primary dies under a live relayed stream: alice's phone,
+// connected to the node that is neither her primary nor her backup, keeps
+// its connection; that node resumes her stream at the backup that took
+// her over, on her behalf. What bob sends her in the detection window and
+// after arrives on the same connection, what she sends in the window
+// reaches bob, each once and in order, and the backup's count of her
+// stanzas is hers.
+func TestAnyNodeCarriesStreamOn(t *testing.T) {
+	fc := newFailoverCast(t, nil)
+	alice, P, B, edge := fc.alice, fc.P, fc.B, fc.bobHome
+	b := fc.desk(t)
+	a := xmpptest.Login(t, edge.c2s(), "localhost", "alice", alicePW, "phone")
+	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+	a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	a.Send(`<presence/>`)
+	toBob := func(body string) {
+		a.Send(fmt.Sprintf(`<message to='%s/desk' type='chat'><body>%s</body></message>`, fc.bob, body))
+	}
+	// bob reads his stream until until says stop, keeping what alice
+	// sends him.
+	var gotBob []string
+	bobReads := func(until func(*stanza.Element) bool) {
+		t.Helper()
+		for {
+			el, err := b.Next()
+			if err != nil {
+				t.Fatalf("bob, with %q: %v", gotBob, err)
+			}
+			if el.Is(stanza.NSClient, "message") {
+				gotBob = append(gotBob, el.ChildText(stanza.NSClient, "body"))
+			}
+			if until(el) {
+				return
+			}
+		}
+	}
+	toAlice := func(body string) {
+		t.Helper()
+		b.Send(fmt.Sprintf(`<message to='%s' type='chat'><body>%s</body></message><r xmlns='urn:xmpp:sm:3'/>`, alice, body))
+		bobReads(func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") })
+	}
+	// What she sent before is acknowledged: it must not come again. (What
+	// no <a/> covered may: XEP-0198 resends it, at least once.)
+	toBob("before")
+	a.Send(`<r xmlns='urn:xmpp:sm:3'/>`)
+	if h := a.Expect("ack", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") }).Get("h"); h != "2" {
+		t.Fatalf("her primary counts %s stanzas, want 2", h)
+	}
+	bobReads(func(*stanza.Element) bool { return slices.Contains(gotBob, "before") })
+	toAlice("hello alice")
+	a.ExpectBody("hello alice")
+
+	check(t, P.cluster.c.Shutdown())
+	P.stopAbruptly()
+	toBob("sent in the window")
+	toAlice("in the window") // acknowledged only once the backup holds it
+	waitFor(t, "alice's phone carried on to "+B.cluster.c.Name(), 30*time.Second, func() bool {
+		d := B.devices(t, alice)
+		return len(d) == 1 && !d[0].Detached
+	})
+	toAlice("after the takeover")
+	toBob("last")
+
+	// Her stream: the two new messages once, nothing she had again, and
+	// the count of what she sent (her presence, three messages) kept
+	// across the carry.
+	a.Send(`<r xmlns='urn:xmpp:sm:3'/>`)
+	var got []string
+	var h string
+	for h == "" {
+		el, err := a.Next()
+		if err != nil {
+			t.Fatalf("H7: alice's connection after the carry, with %q: %v", got, err)
+		}
+		switch {
+		case el.Is(stanza.NSClient, "message"):
+			got = append(got, el.ChildText(stanza.NSClient, "body"))
+		case el.Is(stanza.NSSM, "a") && len(got) >= 2:
+			h = el.Get("h")
+		}
+	}
+	if want := []string{"in the window", "after the takeover"}; !slices.Equal(got, want) {
+		t.Fatalf("H7/M5: alice got %q on her carried stream, want %q", got, want)
+	}
+	if h != "4" {
+		t.Fatalf("H4: her new primary counts %s stanzas from her, want 4", h)
+	}
+	bobReads(func(*stanza.Element) bool { return slices.Contains(gotBob, "last") })
+	if want := []string{"before", "sent in the window", "last"}; !slices.Equal(gotBob, want) {
+		t.Fatalf("H7: bob got %q from alice's carried stream, want %q", gotBob, want)
+	}
+	if a.Closed() {
+		t.Fatal("H7: alice's connection was closed")
+	}
+}

@@ -242,6 +242,26 @@ func (cn *clusterNode) Home(user string) (bool, string, string) {
 	return false, node, m.Meta.C2SAddr
 }
 
+// Claimed is Home for a stream another node relays here because its view
+// names this node: this one may not have declared the same failure yet.
+func (cn *clusterNode) Claimed(user string) (bool, string, string) {
+	self := cn.c.Name()
+	cn.awaitServed(user, func(serving string) bool { return serving == self })
+	return cn.Home(user)
+}
+
+// Rehome says which node serves user once gone no longer does: the edge
+// of a relayed client carries its stream on there (H7).
+func (cn *clusterNode) Rehome(user, gone string) (string, string, bool) {
+	if !cn.awaitServed(user, func(serving string) bool { return serving != "" && serving != gone }) {
+		return "", "", false
+	}
+	v, _ := cn.currentView()
+	node := v.Serving(user)
+	m, ok := cn.c.Member(node)
+	return node, m.Meta.C2SAddr, ok && m.Meta.C2SAddr != ""
+}
+
 // awaitServed waits until ok accepts the node the view names for user;
 // false (and a warning) if adoptWait passed first.
 func (cn *clusterNode) awaitServed(user string, ok func(serving string) bool) bool {
