@@ -57,15 +57,18 @@ type carrier struct {
 
 // carried is the edge's view of the stream's XEP-0198 state.
 type carried struct {
-	id      string // resumption id; "" while the stream cannot be resumed
-	on      bool   // counting, since <enabled/> or <resumed/>
-	in, out uint32 // stanzas client → node, node → client
-	resumeH uint32 // h of the client's own <resume/>, until answered
-	unacked []sentStanza
-	first   uint32 // the count of the oldest stanza unacked may hold
-	asked   bool   // the edge's own <r/> is unanswered
-	csi     []byte // the client's last CSI state, said again after a carry
-	closing bool   // the client ended its stream
+	id string // resumption id; "" while the stream cannot be resumed
+	// Each side counts from its own point (XEP-0198 §4): the client's
+	// stanzas from its <enable/>, the node's from its <enabled/> (or
+	// both from the <resume/> they agreed on).
+	inOn, outOn bool
+	in, out     uint32 // stanzas client → node, node → client
+	resumeH     uint32 // h of the client's own <resume/>, until answered
+	unacked     []sentStanza
+	first       uint32 // the count of the oldest stanza unacked may hold
+	asked       bool   // the edge's own <r/> is unanswered
+	csi         []byte // the client's last CSI state, said again after a carry
+	closing     bool   // the client ended its stream
 }
 
 type sentStanza struct {
@@ -199,7 +202,7 @@ func (k *carrier) pass(el *stanza.Element) bool {
 	sm := &k.sm
 	switch {
 	case el.IsStanza():
-		if sm.on {
+		if sm.inOn {
 			sm.in++
 			sm.unacked = append(sm.unacked, sentStanza{sm.in, b})
 			if len(sm.unacked) > carryBuffer {
@@ -211,6 +214,8 @@ func (k *carrier) pass(el *stanza.Element) bool {
 				b = append(b, `<r xmlns="urn:xmpp:sm:3"/>`...)
 			}
 		}
+	case el.Is(stanza.NSSM, "enable"):
+		sm.inOn, sm.in, sm.unacked, sm.first = true, 0, nil, 1
 	case el.Is(stanza.NSSM, "resume"):
 		if h, err := strconv.ParseUint(el.Get("h"), 10, 32); err == nil {
 			sm.resumeH = uint32(h)
@@ -292,22 +297,23 @@ func (k *carrier) deliver(el *stanza.Element) bool {
 	sm := &k.sm
 	switch {
 	case el.IsStanza():
-		if sm.on {
+		if sm.outOn {
 			sm.out++
 		}
 	case el.Is(stanza.NSSM, "enabled"):
+		sm.id = ""
 		if el.Get("resume") == "true" || el.Get("resume") == "1" {
 			sm.id = el.Get("id")
 		}
-		*sm = carried{id: sm.id, on: true, csi: sm.csi}
+		sm.outOn, sm.out = true, 0
 	case el.Is(stanza.NSSM, "resumed"):
-		h, err := strconv.ParseUint(el.Get("h"), 10, 32)
-		if err == nil {
-			*sm = carried{id: sm.id, on: true, in: uint32(h), out: sm.resumeH, first: uint32(h) + 1, csi: sm.csi}
+		if h, err := strconv.ParseUint(el.Get("h"), 10, 32); err == nil {
+			*sm = carried{id: sm.id, inOn: true, outOn: true, in: uint32(h), out: sm.resumeH, first: uint32(h) + 1, csi: sm.csi}
 		}
 	case el.Is(stanza.NSSM, "failed"):
-		if !sm.on {
-			sm.id = "" // the client's own <resume/> failed: it binds anew
+		if !sm.outOn {
+			// The client's <enable/> or its own <resume/> failed.
+			sm.id, sm.inOn = "", false
 		}
 	case el.Is(stanza.NSSM, "a"):
 		if h, err := strconv.ParseUint(el.Get("h"), 10, 32); err == nil {

@@ -2,7 +2,10 @@ package main
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -181,5 +184,43 @@ func TestAnyNodeCarriesStreamOn(t *testing.T) {
 	}
 	if a.Closed() {
 		t.Fatal("H7: alice's connection was closed")
+	}
+}
+
+// H7 with slixmpp and @xmpp/client: alice and bob are connected to the
+// node that is neither alice's primary nor her backup; her primary is
+// killed while they chat, and both go on sending through the detection
+// window. Her connection stays up (carried on to her backup); every
+// message arrives once, in order, and all she sent is acknowledged.
+func TestAnyNodeCarriesPeers(t *testing.T) {
+	for _, peer := range []string{"slixmpp", "xmppjs"} {
+		t.Run(peer, func(t *testing.T) {
+			fc := newFailoverCast(t, nil)
+			var once sync.Once
+			kill := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				once.Do(func() {
+					_ = fc.P.cluster.c.Shutdown()
+					fc.P.stopAbruptly()
+				})
+			}))
+			t.Cleanup(kill.Close)
+			res := runPeer(t, peer, "carry", fc.bobHome.c2s(), fc.alice, fc.bob, "--kill-url", kill.URL, "--messages", "5")
+			var toAlice, toBob []string
+			for _, m := range []string{"before 0", "before 1", "window 0", "window 1", "window 2", "window 3", "window 4"} {
+				toAlice, toBob = append(toAlice, m), append(toBob, "a "+m)
+			}
+			if got := res.Strings("alice"); !slices.Equal(got, toAlice) {
+				t.Errorf("H7: alice got %q, want %q", got, toAlice)
+			}
+			if got := res.Strings("bob"); !slices.Equal(got, toBob) {
+				t.Errorf("H7: bob got %q, want %q", got, toBob)
+			}
+			if res.Bool("disconnected") {
+				t.Error("H7: alice's connection dropped when her primary died")
+			}
+			if !res.Bool("ok") || res.Int("acked") != res.Int("sent") {
+				t.Errorf("H4: %d of alice's %d stanzas acknowledged: %v", res.Int("acked"), res.Int("sent"), res)
+			}
+		})
 	}
 }
