@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -51,8 +52,10 @@ type carrier struct {
 	node  string   // the node the stream is carried to
 	up    net.Conn // nil while carrying on
 	ready chan struct{}
-	done  bool
-	sm    carried
+	// unwatch ends the watch on the current node (see watch).
+	unwatch chan struct{}
+	done    bool
+	sm      carried
 }
 
 // carried is the edge's view of the stream's XEP-0198 state.
@@ -119,6 +122,7 @@ func (k *carrier) run(up net.Conn) error {
 	}
 	k.up = up
 	k.c.srv.trackRelay(up, true)
+	k.watch(up, k.node)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -127,6 +131,14 @@ func (k *carrier) run(up net.Conn) error {
 	k.fromClient()
 	<-done
 	return errRelayed
+}
+
+// stopWatch ends the watch on the node the stream leaves; under mu.
+func (k *carrier) stopWatch() {
+	if k.unwatch != nil {
+		close(k.unwatch)
+		k.unwatch = nil
+	}
 }
 
 // end closes both sides once.
@@ -139,6 +151,7 @@ func (k *carrier) end() {
 	k.done = true
 	up := k.up
 	k.up = nil
+	k.stopWatch()
 	if k.ready != nil {
 		close(k.ready)
 		k.ready = nil
@@ -352,6 +365,7 @@ func (k *carrier) carryOn() *stanza.Reader {
 	}
 	old, gone := k.up, k.node
 	k.up, k.ready = nil, make(chan struct{})
+	k.stopWatch()
 	id, closing := k.sm.id, k.sm.closing
 	k.mu.Unlock()
 	if old != nil {
@@ -424,12 +438,9 @@ func (k *carrier) resumeAt(node, addr string) (*stanza.Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !el.Is(stanza.NSSM, "resumed") {
-		return nil, errNotCarried
-	}
 	h64, err := strconv.ParseUint(el.Get("h"), 10, 32)
-	if err != nil {
-		return nil, errNotCarried
+	if !el.Is(stanza.NSSM, "resumed") || err != nil {
+		return nil, fmt.Errorf("%w: %s", errNotCarried, stanza.Marshal(el, stanza.NSClient))
 	}
 	h := uint32(h64)
 	_ = up.SetDeadline(time.Time{})
@@ -439,8 +450,9 @@ func (k *carrier) resumeAt(node, addr string) (*stanza.Reader, error) {
 	if k.done || int32(h-sm.in) > 0 || int32(sm.first-(h+1)) > 0 {
 		// The node counts more than the client sent, or the stanzas
 		// after its count are no longer all kept.
+		in, first := sm.in, sm.first
 		k.mu.Unlock()
-		return nil, errNotCarried
+		return nil, fmt.Errorf("%w: the node counts %d of the client's stanzas, the edge %d, keeping from %d", errNotCarried, h, in, first)
 	}
 	sm.ack(h)
 	var again []byte
@@ -465,5 +477,29 @@ func (k *carrier) resumeAt(node, addr string) (*stanza.Reader, error) {
 	}
 	keep = true
 	s.trackRelay(up, true)
+	k.watch(up, node)
 	return r, nil
+}
+
+// watch closes up once the view serves the user from a node other than
+// node: a node that was paused or cut off keeps the connection open but
+// says nothing, and its user has been taken over meanwhile. The reader
+// then carries the stream on.
+func (k *carrier) watch(up net.Conn, node string) {
+	if k.c.srv.cfg.Cluster == nil {
+		return
+	}
+	stop := make(chan struct{})
+	k.mu.Lock()
+	if k.done || k.up != up {
+		k.mu.Unlock()
+		return
+	}
+	k.unwatch = stop
+	k.mu.Unlock()
+	go func() {
+		if k.c.srv.cfg.Cluster.AwaitMoved(k.user, node, stop) {
+			_ = up.Close()
+		}
+	}()
 }

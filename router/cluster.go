@@ -29,6 +29,10 @@ type Cluster interface {
 	// gone (dead, or having handed user over) serves user, and names it
 	// and where its clients connect; ok false if none does in time.
 	Rehome(user, gone string) (node, c2sAddr string, ok bool)
+	// AwaitMoved blocks until a node other than node serves user (true),
+	// or stop is closed (false): a relayed stream's node may go quiet
+	// (paused, cut off) rather than close its connection.
+	AwaitMoved(user, node string, stop <-chan struct{}) bool
 	// Forward hands a stanza to node, where its recipient lives; wait
 	// returns once the node holds what the stanza caused durably.
 	Forward(node string, st *stanza.Element) (wait func() error)

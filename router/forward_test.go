@@ -95,7 +95,11 @@ func (c *moveCluster) Serving(user string) string {
 	return "here"
 }
 
-func (c *moveCluster) Claimed(u string) (bool, string, string)      { return c.Home(u) }
+func (c *moveCluster) Claimed(u string) (bool, string, string) { return c.Home(u) }
+func (c *moveCluster) AwaitMoved(_, _ string, stop <-chan struct{}) bool {
+	<-stop
+	return false
+}
 func (c *moveCluster) Rehome(string, string) (string, string, bool) { return "", "", false }
 
 func (c *moveCluster) Forward(node string, st *stanza.Element) func() error {

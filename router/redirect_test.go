@@ -27,8 +27,12 @@ func (p placed) Home(user string) (bool, string, string) {
 	}
 	return true, "", ""
 }
-func (p placed) Serving(string) string                        { return "" }
-func (p placed) Claimed(u string) (bool, string, string)      { return p.Home(u) }
+func (p placed) Serving(string) string                   { return "" }
+func (p placed) Claimed(u string) (bool, string, string) { return p.Home(u) }
+func (p placed) AwaitMoved(_, _ string, stop <-chan struct{}) bool {
+	<-stop
+	return false
+}
 func (p placed) Rehome(string, string) (string, string, bool) { return "", "", false }
 func (p placed) Forward(string, *stanza.Element) func() error { return done }
 func (p placed) Enqueue(string, []jsm.Entry) func() error     { return done }

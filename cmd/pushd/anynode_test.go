@@ -5,10 +5,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"pushd/cluster"
 	"pushd/internal/stanza"
 	"pushd/internal/xmpptest"
 )
@@ -222,5 +225,92 @@ func TestAnyNodeCarriesPeers(t *testing.T) {
 				t.Errorf("H4: %d of alice's %d stanzas acknowledged: %v", res.Int("acked"), res.Int("sent"), res)
 			}
 		})
+	}
+}
+
+// H7 across the ways a node stops serving a user, with three processes:
+// alice's phone stays connected to the node that is neither her primary
+// nor her backup while her primary is killed (SIGKILL: carried to her
+// backup), starts again and is handed her back (see-other-host from the
+// backup: carried home), then is paused past failure detection (SIGSTOP:
+// the node says nothing, and the edge carries her stream on when the view
+// moves her) and continues (SIGCONT: handed back once more). A message
+// from bob, on the edge, reaches her after each step on the one
+// connection, and each once.
+func TestAnyNodeCarriesStreamProcesses(t *testing.T) {
+	_, procs, byProc := threePushProcs(t)
+	place := cluster.NewPlacement([]string{"n1", "n2", "n3"})
+	pName, bName := place.PrimaryBackup("alice@localhost")
+	P, B, E := byProc[pName], byProc[bName], byProc[otherThan(pName, bName)]
+	adm := procs[0].admin(t)
+	check(t, adm.AddUser("alice", "pw"))
+	bob := ""
+	for i := 0; bob == ""; i++ {
+		if u := fmt.Sprintf("bob%d", i); place.Primary(u+"@localhost") == E.name {
+			bob = u
+		}
+	}
+	check(t, adm.AddUser(bob, "pw"))
+	// Every member sees the other two and has synced: alice's session goes
+	// to the backup her primary names from the first record on.
+	for _, p := range procs {
+		waitFor(t, "accounts and members on "+p.name, 30*time.Second, func() bool {
+			l, err := p.admin(t).ListUsers()
+			raw, serr := p.admin(t).ClusterStatus()
+			return err == nil && len(l) == 2 && serr == nil && strings.Count(string(raw), `"alive"`) == 3 &&
+				p.metric("pushd_cluster_syncing") == 0
+		})
+	}
+	a := xmpptest.Login(t, E.c2s, "localhost", "alice", "pw", "phone")
+	a.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/><presence/>`)
+	a.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	b := xmpptest.Login(t, E.c2s, "localhost", bob, "pw", "desk")
+	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+
+	// live says alice's stream is bound and attached at n, carried there.
+	live := func(n *clusterProc) bool {
+		return n.metric("pushd_streams_bound")-n.metric("pushd_streams_detached") == 1
+	}
+	var got []string
+	step := func(what string, at *clusterProc) {
+		t.Helper()
+		waitFor(t, "alice's stream carried to "+at.name+" "+what, 60*time.Second, func() bool { return live(at) })
+		b.Send(`<message to='alice@localhost' type='chat'><body>` + what + `</body></message><r xmlns='urn:xmpp:sm:3'/>`)
+		b.Expect("ack of "+what, func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") })
+		a.Expect(what, func(e *stanza.Element) bool {
+			if e.Is(stanza.NSClient, "message") {
+				got = append(got, e.ChildText(stanza.NSClient, "body"))
+			}
+			return slices.Contains(got, what)
+		})
+	}
+	step("first", P)
+	check(t, P.proc.Cmd.Process.Signal(syscall.SIGKILL))
+	<-P.proc.Done()
+	step("after the kill", B)
+	P.start(t)
+	step("after the restart", P)
+	check(t, syscall.Kill(P.proc.PID(), syscall.SIGSTOP))
+	step("during the pause", B)
+	check(t, syscall.Kill(P.proc.PID(), syscall.SIGCONT))
+	step("after the pause", P)
+
+	// Nothing twice, and her stanzas (her presence) counted once.
+	a.Send(`<r xmlns='urn:xmpp:sm:3'/>`)
+	h := a.Expect("ack", func(e *stanza.Element) bool {
+		if e.Is(stanza.NSClient, "message") {
+			got = append(got, e.ChildText(stanza.NSClient, "body"))
+		}
+		return e.Is(stanza.NSSM, "a")
+	}).Get("h")
+	if want := []string{"first", "after the kill", "after the restart", "during the pause", "after the pause"}; !slices.Equal(got, want) {
+		t.Fatalf("H7: alice got %q on her one connection, want %q", got, want)
+	}
+	if h != "1" {
+		t.Fatalf("H4: her node counts %s stanzas from her, want 1", h)
+	}
+	if n := E.metric("pushd_streams_carried_total"); n != 4 {
+		t.Errorf("the edge carried her stream on %v times, want 4", n)
 	}
 }

@@ -262,6 +262,24 @@ func (cn *clusterNode) Rehome(user, gone string) (string, string, bool) {
 	return node, m.Meta.C2SAddr, ok && m.Meta.C2SAddr != ""
 }
 
+// AwaitMoved blocks until the view serves user from a node other than
+// node, or stop closes.
+func (cn *clusterNode) AwaitMoved(user, node string, stop <-chan struct{}) bool {
+	for {
+		v, changed := cn.currentView()
+		if serving := v.Serving(user); serving != "" && serving != node {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-stop:
+			return false
+		case <-cn.quit:
+			return false
+		}
+	}
+}
+
 // awaitServed waits until ok accepts the node the view names for user;
 // false (and a warning) if adoptWait passed first.
 func (cn *clusterNode) awaitServed(user string, ok func(serving string) bool) bool {
