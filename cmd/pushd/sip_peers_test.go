@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"pushd/component/payload"
 	"pushd/internal/peertest"
 )
 
@@ -54,7 +55,8 @@ func TestSIPBaresipAnswers(t *testing.T) {
 // is not challenged. Alice's phone sleeps (a push binding): the call
 // pushes it at once with the caller ID (C2), pushd's 180 at 5 s reaches
 // the caller through Kamailio (C3), the phone registers again and gets
-// the held INVITE, and 200, ACK and BYE go through both proxies.
+// the held INVITE, and 200, ACK and BYE go through both proxies. A
+// second caller hangs up while it rings (C5).
 func TestSIPKamailioUpstream(t *testing.T) {
 	peertest.RequirePeer(t, peertest.PeerKamailio)
 	w := startSIPWorldWith(t, sipWorldOptions{Trusted: []string{"127.0.0.1/32"}})
@@ -88,6 +90,26 @@ func TestSIPKamailioUpstream(t *testing.T) {
 	if n := len(w.apns.Requests()); n != 1 {
 		t.Errorf("%d pushes for one answered call, want 1", n)
 	}
+
+	// C5 through the proxy: the next caller hangs up while pushd rings
+	// back; Kamailio relays the CANCEL, the caller gets 487, and the
+	// phone, asleep again, a missed-call push.
+	c = peertest.StartSIPp(t, peertest.SIPpOptions{Scenario: "caller_trunk_cancel.xml", Target: k.Addr,
+		Keys: map[string]string{"user": "bob", "domain": "localhost", "callee": "alice"}})
+	w.waitPushes(t, payload.TypeCall, payload.TypeCall)
+	w.tick(5 * time.Second)
+	if err := c.Wait(20 * time.Second); err != nil {
+		t.Fatalf("cancelling caller: %v\n%s", err, c.Output())
+	}
+	if !strings.Contains(c.Log(), "TERMINATED") {
+		t.Fatalf("no 487 for the cancelled call:\n%s", c.Log())
+	}
+	// Kamailio sends a CANCEL where its INVITE went (its transaction):
+	// the 487 and the push say that was pushd.
+	if !hasLine(k.Output(), "relay CANCEL ") {
+		t.Error("kamailio did not relay the CANCEL")
+	}
+	w.waitPushes(t, payload.TypeCall, payload.TypeCall, payload.TypeMissedCall)
 }
 
 // hasLine reports whether a line of out holds every one of parts.
