@@ -39,6 +39,8 @@ func TestSIPBaresipAnswers(t *testing.T) {
 	// pushd's relay, and the caller's scenario wants both.
 	waitFor(t, "the caller hears baresip ring", 10*time.Second, func() bool { return strings.Contains(c.Log(), "RINGING") })
 	ua.Command(t, "accept", "")
+	// The called baresip reports the call established when the caller's
+	// ACK has reached it, through pushd.
 	ua.WaitEvent(t, 10*time.Second, "CALL_ESTABLISHED")
 	if err := c.Wait(30 * time.Second); err != nil {
 		t.Fatalf("caller: %v\n%s", err, c.Output())
