@@ -108,3 +108,41 @@ func FreeUDPPort(t testing.TB) int {
 	t.Fatal("peertest: no free udp+tcp port")
 	return 0
 }
+
+// WaitSIP sends OPTIONS over UDP to addr until anything answers, ctx
+// ends, or alive (if not nil) reports that the server has exited. A
+// listening UDP socket says nothing by itself: only an answer shows the
+// server is reading it.
+func WaitSIP(ctx context.Context, addr string, alive func() error) error {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	to, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return err
+	}
+	local := c.LocalAddr().String()
+	buf := make([]byte, 4096)
+	for i := 0; ; i++ {
+		if alive != nil {
+			if err := alive(); err != nil {
+				return fmt.Errorf("waiting for %s: %w", addr, err)
+			}
+		}
+		msg := fmt.Sprintf("OPTIONS sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKpeertest%d\r\n"+
+			"From: <sip:probe@%s>;tag=peertest\r\nTo: <sip:%s>\r\nCall-ID: peertest-probe-%d@%s\r\n"+
+			"CSeq: %d OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", addr, local, i, local, addr, i, local, i+1)
+		if _, err := c.WriteTo([]byte(msg), to); err != nil {
+			return err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, _, err := c.ReadFrom(buf); err == nil && n > 0 {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("waiting for %s: %w", addr, ctx.Err())
+		}
+	}
+}

@@ -1,6 +1,8 @@
-// Package peertest runs real XMPP peers against an XMPP server under test:
-// a throwaway Prosody 0.12 (the reference server) or ejabberd 23.01,
-// slixmpp scripts and @xmpp/client scripts from testdata/peers.
+// Package peertest runs real peers against the server under test: on the
+// XMPP side a throwaway Prosody 0.12 (the reference server) or ejabberd
+// 23.01, slixmpp scripts and @xmpp/client scripts from testdata/peers; on
+// the SIP side sipp scenarios (testdata/sipp), baresip 1.0 as a user agent
+// and Kamailio 5.6 as an upstream proxy (testdata/kamailio).
 //
 // It owns process lifetime and wiring only: free ports on 127.0.0.1, temp
 // configs, certificates, logs into the test log, cleanup of every process it
@@ -18,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -30,6 +33,8 @@ const (
 	PeerSlixmpp     = "slixmpp"      // python3-slixmpp importable by /usr/bin/python3
 	PeerNode        = "node"         // node and npm
 	PeerSIPp        = "sipp"         // sipp from sip-tester
+	PeerBaresip     = "baresip"      // baresip 1.0 with its modules (aubridge, g711, menu, ctrl_tcp)
+	PeerKamailio    = "kamailio"     // kamailio 5.6
 	PeerEjabberd    = "ejabberd"     // erl and ejabberd's Erlang application
 	// PeerSystemdAnalyze is systemd-analyze (Debian package systemd), which
 	// checks the shipped unit.
@@ -110,6 +115,16 @@ func probe(name string) string {
 		return lookPath("sipp")
 	case PeerEjabberd:
 		return probeEjabberd()
+	case PeerBaresip:
+		if why := lookPath("baresip"); why != "" {
+			return why
+		}
+		for _, m := range baresipModules {
+			if _, err := os.Stat(filepath.Join(BaresipModulesDir, m)); err != nil {
+				return "baresip module " + m + " not in " + BaresipModulesDir
+			}
+		}
+		return ""
 	default:
 		if _, err := exec.LookPath(name); err != nil {
 			return name + " not found in PATH"
@@ -136,6 +151,21 @@ func RepoRoot(t testing.TB) string {
 		}
 		dir = parent
 	}
+}
+
+// testdataFile finds testdata/dir/name from this file's place in the
+// tree (a test's working directory is its own package's).
+func testdataFile(t testing.TB, dir, name string) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("peertest: no caller")
+	}
+	p := filepath.Join(filepath.Dir(file), "..", "..", "testdata", dir, name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("peertest: %s/%s: %v", dir, name, err)
+	}
+	return p
 }
 
 // PeersDir is testdata/peers under the repository root.

@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -100,16 +99,8 @@ func (s *SIPp) Log() string {
 	return string(b)
 }
 
-// sippScenario finds testdata/sipp/name from this file's place in the tree.
+// sippScenario is testdata/sipp/name.
 func sippScenario(t testing.TB, name string) string {
 	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("peertest: no caller")
-	}
-	p := filepath.Join(filepath.Dir(file), "..", "..", "testdata", "sipp", name)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("peertest: scenario %s: %v", name, err)
-	}
-	return p
+	return testdataFile(t, "sipp", name)
 }
