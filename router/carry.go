@@ -1,7 +1,9 @@
 package router
 
 import (
+	"bytes"
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -40,13 +42,25 @@ const carryBuffer = 512
 // second failure during the first takeover).
 const carryAttempts = 3
 
-// carrier relays one authenticated client's stream (see relay).
-type carrier struct {
-	c    *c2s
-	user string
+// carryBatch bounds what is batched for one write: elements that arrive
+// together leave together, and nothing waits once the input is drained.
+const carryBatch = 32 << 10
 
-	cw sync.Mutex // writes to the client
-	uw sync.Mutex // writes to the user's node; taken after mu, never before
+// carrier relays one authenticated client's stream (see relay). Elements
+// pass as the bytes they came as (stanza.Scanner); only those XEP-0198
+// and CSI need are parsed.
+type carrier struct {
+	c     *c2s
+	user  string
+	cs    *stanza.Scanner // the client's stream
+	decls []string        // the client header's prefix declarations
+
+	cw       sync.Mutex // writes to the client
+	toClient []byte     // batched for the client, under cw
+
+	uw     sync.Mutex // writes to the user's node; taken after mu, never before
+	toUp   []byte     // batched for upFor, under uw
+	toUpAt net.Conn
 
 	mu    sync.Mutex
 	node  string   // the node the stream is carried to
@@ -79,58 +93,136 @@ type sentStanza struct {
 	b []byte
 }
 
-// appendTop serialises a top-level element of either stream; the stream
-// namespace's own (features, error) keep the prefix the headers bind.
-func appendTop(b []byte, el *stanza.Element) []byte {
-	if el.Name.Space != stanza.NSStream {
-		return stanza.Append(b, el, stanza.NSClient)
+// elementKind sorts a top-level element by its name as written, so that
+// only the few the edge must read are parsed.
+type elementKind uint8
+
+const (
+	kindOther   elementKind = iota
+	kindStanza              // message, presence, iq
+	kindNonza               // XEP-0198 or CSI: parsed
+	kindStreamE             // stream:error
+)
+
+func kindOf(name []byte) elementKind {
+	switch string(name) {
+	case "message", "presence", "iq":
+		return kindStanza
+	case "enable", "enabled", "resume", "resumed", "failed", "r", "a", "active", "inactive":
+		return kindNonza
+	case "stream:error":
+		return kindStreamE
 	}
-	prefixed := *el
-	prefixed.Name.Space, prefixed.Name.Local = stanza.NSClient, "stream:"+el.Name.Local
-	return stanza.Append(b, &prefixed, stanza.NSClient)
+	return kindOther
 }
 
-// openUpstream opens a stream on conn, logged in by edgeLogin, and reads
-// the node's header and features.
-func (s *Server) openUpstream(conn net.Conn) (*stanza.Reader, string, *stanza.Element, error) {
-	r, hdr, feats, err := s.openEdgeStream(conn)
+// prefixDecls returns the header's namespace prefix declarations other
+// than the stream's own, which the relayed elements may use: the edge's
+// header to the user's node declares them too.
+func prefixDecls(hdr xml.StartElement) []string {
+	var decls []string
+	for _, a := range hdr.Attr {
+		if a.Name.Space == "xmlns" && a.Name.Local != "stream" {
+			decls = append(decls, a.Name.Local, a.Value)
+		}
+	}
+	return decls
+}
+
+// openUpstream opens the relayed stream on conn, logged in by edgeLogin:
+// it returns the node's stream id, its features as written, and the
+// scanner reading on from there.
+func (k *carrier) openUpstream(conn net.Conn) (*stanza.Scanner, string, []byte, error) {
+	hdr := []byte("<?xml version='1.0'?>")
+	attrs := []string{"xmlns", stanza.NSClient, "xmlns:stream", stanza.NSStream}
+	for i := 0; i+1 < len(k.decls); i += 2 {
+		attrs = append(attrs, "xmlns:"+k.decls[i], k.decls[i+1])
+	}
+	hdr = stanza.AppendStart(hdr, "stream:stream", append(attrs, "to", k.c.srv.domain.String(), "version", "1.0")...)
+	if _, err := conn.Write(hdr); err != nil {
+		return nil, "", nil, err
+	}
+	sc := stanza.NewScanner(conn, k.c.srv.cfg.Limits)
+	_, start, err := sc.Header()
 	if err != nil {
 		return nil, "", nil, err
 	}
+	raw, name, err := sc.Next()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if string(name) != "stream:features" {
+		return nil, "", nil, fmt.Errorf("expected features, got %s", name)
+	}
 	var id string
-	for _, a := range hdr.Attr {
+	for _, a := range start.Attr {
 		if a.Name.Space == "" && a.Name.Local == "id" {
 			id = a.Value
 		}
 	}
-	return r, id, feats, nil
+	return sc, id, raw, nil
 }
 
 // run relays until the stream ends; the client has restarted its stream
 // (its header is read) and up is logged in at node.
 func (k *carrier) run(up net.Conn) error {
-	r, id, feats, err := k.c.srv.openUpstream(up)
+	sc, id, feats, err := k.openUpstream(up)
 	if err != nil {
 		_ = up.Close()
 		return err
 	}
+	k.c.sentHd = false // the client's stream restarted
 	k.c.header(id)
-	k.c.out = appendTop(k.c.out, feats)
+	k.c.out = append(k.c.out, feats...)
 	if err := k.c.flush(); err != nil {
 		_ = up.Close()
 		return err
 	}
-	k.up = up
+	k.up, k.toUpAt = up, up
 	k.c.srv.trackRelay(up, true)
 	k.watch(up, k.node)
+	k.cs.BeforeRead = k.flushUp
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		k.fromNode(r)
+		k.fromNode(sc)
 	}()
 	k.fromClient()
 	<-done
 	return errRelayed
+}
+
+// flushUp writes what was batched for the user's node.
+func (k *carrier) flushUp() error {
+	k.uw.Lock()
+	defer k.uw.Unlock()
+	if len(k.toUp) == 0 {
+		return nil
+	}
+	_, err := k.toUpAt.Write(k.toUp)
+	k.toUp = k.toUp[:0]
+	if err != nil {
+		// The node's side notices too and carries the stream on; what
+		// was lost here is in unacked.
+		_ = k.toUpAt.Close()
+	}
+	return nil
+}
+
+// flushClient writes what was batched for the client.
+func (k *carrier) flushClient() error {
+	k.cw.Lock()
+	defer k.cw.Unlock()
+	return k.flushClientLocked()
+}
+
+func (k *carrier) flushClientLocked() error {
+	if len(k.toClient) == 0 {
+		return nil
+	}
+	_, err := k.c.conn.Write(k.toClient)
+	k.toClient = k.toClient[:0]
+	return err
 }
 
 // stopWatch ends the watch on the node the stream leaves; under mu.
@@ -167,7 +259,7 @@ func (k *carrier) end() {
 // fromClient reads the client's stream and passes it on until it ends.
 func (k *carrier) fromClient() {
 	for {
-		el, err := k.c.r.Next()
+		raw, name, err := k.cs.Next()
 		if errors.Is(err, io.EOF) {
 			// The client closed its stream: pass that on and let the
 			// node answer with its own end tag, which ends the relay.
@@ -180,11 +272,11 @@ func (k *carrier) fromClient() {
 				return
 			}
 			k.uw.Lock()
-			_, werr := io.WriteString(up, "</stream:stream>")
-			k.uw.Unlock()
-			if werr != nil {
-				k.end()
+			if k.toUpAt == up {
+				k.toUp = append(k.toUp, "</stream:stream>"...)
 			}
+			k.uw.Unlock()
+			_ = k.flushUp()
 			return
 		}
 		if err != nil {
@@ -193,13 +285,14 @@ func (k *carrier) fromClient() {
 			if se := readError(err); se != nil {
 				k.c.srv.cfg.Metrics.streamErrors.WithLabelValues(se.Condition).Inc()
 				k.cw.Lock()
-				_, _ = k.c.conn.Write(appendStreamError(nil, se))
+				k.toClient = appendStreamError(k.toClient, se)
+				_ = k.flushClientLocked()
 				k.cw.Unlock()
 			}
 			k.end()
 			return
 		}
-		if !k.pass(el) {
+		if !k.pass(raw, name) {
 			return
 		}
 	}
@@ -209,22 +302,30 @@ func (k *carrier) fromClient() {
 // stream is being carried on it waits; what it read then is in the
 // carried state (a stanza in unacked, a CSI state, an ack request) and
 // goes out with the carry, or was for the node that went away (an <a/>).
-func (k *carrier) pass(el *stanza.Element) bool {
-	b := appendTop(nil, el)
+func (k *carrier) pass(raw, name []byte) bool {
+	var el *stanza.Element
+	kind := kindOf(name)
+	if kind == kindNonza {
+		var err error
+		if el, err = stanza.Unmarshal(raw, stanza.NSClient, 4); err != nil {
+			kind = kindOther // the node judges it
+		}
+	}
+	extra := ""
 	k.mu.Lock()
 	sm := &k.sm
 	switch {
-	case el.IsStanza():
+	case kind == kindStanza:
 		if sm.inOn {
 			sm.in++
-			sm.unacked = append(sm.unacked, sentStanza{sm.in, b})
+			sm.unacked = append(sm.unacked, sentStanza{sm.in, bytes.Clone(raw)})
 			if len(sm.unacked) > carryBuffer {
 				sm.unacked = sm.unacked[1:]
 				sm.first = sm.unacked[0].n
 			}
 			if len(sm.unacked) >= carryBuffer/2 && !sm.asked && sm.id != "" {
 				sm.asked = true
-				b = append(b, `<r xmlns="urn:xmpp:sm:3"/>`...)
+				extra = `<r xmlns="urn:xmpp:sm:3"/>`
 			}
 		}
 	case el.Is(stanza.NSSM, "enable"):
@@ -234,8 +335,8 @@ func (k *carrier) pass(el *stanza.Element) bool {
 			sm.resumeH = uint32(h)
 			sm.id = el.Get("previd")
 		}
-	case el.Name.Space == stanza.NSCSI:
-		sm.csi = b
+	case el != nil && el.Name.Space == stanza.NSCSI:
+		sm.csi = bytes.Clone(raw)
 	}
 	waited := false
 	for k.up == nil && !k.done {
@@ -254,24 +355,29 @@ func (k *carrier) pass(el *stanza.Element) bool {
 		return true
 	}
 	k.uw.Lock()
-	_, err := up.Write(b)
+	if k.toUpAt != up {
+		// Read for the node that went away, and carried on since.
+		k.uw.Unlock()
+		return true
+	}
+	k.toUp = append(append(k.toUp, raw...), extra...)
+	full := len(k.toUp) >= carryBatch
 	k.uw.Unlock()
-	if err != nil {
-		// The node's side notices too and carries the stream on; what
-		// was lost here is in unacked.
-		_ = up.Close()
+	if full {
+		_ = k.flushUp()
 	}
 	return true
 }
 
 // fromNode reads the user's node's stream and passes it to the client,
 // carrying the stream on when that node goes away.
-func (k *carrier) fromNode(r *stanza.Reader) {
+func (k *carrier) fromNode(sc *stanza.Scanner) {
 	defer k.end()
 	for {
-		el, err := r.Next()
-		if err == nil && !(el.Is(stanza.NSStream, "error") && k.carryable(el)) {
-			if !k.deliver(el) {
+		sc.BeforeRead = k.flushClient
+		raw, name, err := sc.Next()
+		if err == nil && !(kindOf(name) == kindStreamE && carryable(raw)) {
+			if !k.deliver(raw, name) {
 				return
 			}
 			continue
@@ -280,39 +386,50 @@ func (k *carrier) fromNode(r *stanza.Reader) {
 			// The node ended the stream (answering the client's end,
 			// or its own decision): so does the client's.
 			k.cw.Lock()
-			_, _ = io.WriteString(k.c.conn, "</stream:stream>")
+			k.toClient = append(k.toClient, "</stream:stream>"...)
+			_ = k.flushClientLocked()
 			k.cw.Unlock()
 			return
 		}
 		if err == nil {
 			k.c.srv.log.Info("cluster: the user's node moved a relayed stream on; carrying it", "user", k.c.srv.Redact(k.user), "node", k.node)
+			raw = bytes.Clone(raw)
 		}
-		if r = k.carryOn(); r == nil {
+		if sc = k.carryOn(); sc == nil {
 			if err == nil {
 				// Its own redirect, had the edge not been able to carry.
-				_ = k.deliver(el)
+				_ = k.deliver(raw, name)
+				_ = k.flushClient()
 			}
 			return
 		}
 	}
 }
 
-// carryable: a stream error by which the node says the user is served
-// elsewhere now (a handover) or that it is stopping.
-func (k *carrier) carryable(el *stanza.Element) bool {
-	return el.Child(stanza.NSStreamErr, "see-other-host") != nil || el.Child(stanza.NSStreamErr, "system-shutdown") != nil
+// carryable: a stream error by which the node (a pushd node, which
+// writes it so) says the user is served elsewhere now (a handover) or
+// that it is stopping.
+func carryable(raw []byte) bool {
+	return bytes.Contains(raw, []byte("<see-other-host")) || bytes.Contains(raw, []byte("<system-shutdown"))
 }
 
-// deliver writes one element of the node's to the client, noting what
+// deliver passes one element of the node's to the client, noting what
 // XEP-0198 needs.
-func (k *carrier) deliver(el *stanza.Element) bool {
+func (k *carrier) deliver(raw, name []byte) bool {
+	kind := kindOf(name)
+	var el *stanza.Element
+	if kind == kindNonza {
+		el, _ = stanza.Unmarshal(raw, stanza.NSClient, 4)
+	}
 	k.mu.Lock()
 	sm := &k.sm
 	switch {
-	case el.IsStanza():
+	case kind == kindStanza:
 		if sm.outOn {
 			sm.out++
 		}
+	case kind == kindStreamE:
+		sm.closing = true // the node ends the stream, not to be carried
 	case el.Is(stanza.NSSM, "enabled"):
 		sm.id = ""
 		if el.Get("resume") == "true" || el.Get("resume") == "1" {
@@ -335,9 +452,12 @@ func (k *carrier) deliver(el *stanza.Element) bool {
 	}
 	k.mu.Unlock()
 	k.cw.Lock()
-	_, err := k.c.conn.Write(appendTop(nil, el))
-	k.cw.Unlock()
-	return err == nil
+	defer k.cw.Unlock()
+	k.toClient = append(k.toClient, raw...)
+	if len(k.toClient) >= carryBatch {
+		return k.flushClientLocked() == nil
+	}
+	return true
 }
 
 // ack drops the stanzas the node's count h covers.
@@ -354,10 +474,11 @@ func (sm *carried) ack(h uint32) {
 }
 
 // carryOn logs the client in where its user is served now and resumes
-// its stream there. It returns the new node's reader, or nil when the
-// stream cannot be carried on (then it ends).
-func (k *carrier) carryOn() *stanza.Reader {
+// its stream there. It returns the scanner of the new node's stream, or
+// nil when the stream cannot be carried on (then it ends).
+func (k *carrier) carryOn() *stanza.Scanner {
 	s := k.c.srv
+	_ = k.flushClient() // what the old node sent before it went
 	k.mu.Lock()
 	if k.done {
 		k.mu.Unlock()
@@ -387,11 +508,11 @@ func (k *carrier) carryOn() *stanza.Reader {
 			s.log.Warn("cluster: no node took over a relayed stream's user; closing it", "user", s.Redact(k.user), "gone", gone)
 			return nil
 		}
-		r, err := k.resumeAt(node, addr)
+		sc, err := k.resumeAt(node, addr)
 		if err == nil {
 			s.cfg.Metrics.carried.Inc()
 			s.log.Info("cluster: relayed stream carried on", "user", s.Redact(k.user), "from", gone, "to", node, "took", time.Since(start))
-			return r
+			return sc
 		}
 		s.log.Warn("cluster: carrying a relayed stream on failed", "user", s.Redact(k.user), "node", node, "err", err)
 		if errors.Is(err, errNotCarried) {
@@ -407,7 +528,7 @@ func (k *carrier) carryOn() *stanza.Reader {
 var errNotCarried = errors.New("router: stream not carried on")
 
 // resumeAt logs the client in at node and resumes its stream there.
-func (k *carrier) resumeAt(node, addr string) (*stanza.Reader, error) {
+func (k *carrier) resumeAt(node, addr string) (*stanza.Scanner, error) {
 	s := k.c.srv
 	ctx, cancel := context.WithTimeout(context.Background(), relayDialTimeout)
 	defer cancel()
@@ -424,7 +545,7 @@ func (k *carrier) resumeAt(node, addr string) (*stanza.Reader, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = up.SetDeadline(dl)
 	}
-	r, _, _, err := s.openUpstream(up)
+	sc, _, _, err := k.openUpstream(up)
 	if err != nil {
 		return nil, err
 	}
@@ -434,13 +555,17 @@ func (k *carrier) resumeAt(node, addr string) (*stanza.Reader, error) {
 	if _, err := io.WriteString(up, `<resume xmlns="urn:xmpp:sm:3" previd="`+id+`" h="`+strconv.FormatUint(uint64(out), 10)+`"/>`); err != nil {
 		return nil, err
 	}
-	el, err := r.Next()
+	raw, _, err := sc.Next()
+	if err != nil {
+		return nil, err
+	}
+	el, err := stanza.Unmarshal(raw, stanza.NSClient, 4)
 	if err != nil {
 		return nil, err
 	}
 	h64, err := strconv.ParseUint(el.Get("h"), 10, 32)
 	if !el.Is(stanza.NSSM, "resumed") || err != nil {
-		return nil, fmt.Errorf("%w: %s", errNotCarried, stanza.Marshal(el, stanza.NSClient))
+		return nil, fmt.Errorf("%w: %s", errNotCarried, raw)
 	}
 	h := uint32(h64)
 	_ = up.SetDeadline(time.Time{})
@@ -469,6 +594,7 @@ func (k *carrier) resumeAt(node, addr string) (*stanza.Reader, error) {
 	k.ready = nil
 	k.uw.Lock()
 	k.mu.Unlock()
+	k.toUp, k.toUpAt = k.toUp[:0], up
 	_, err = up.Write(again)
 	k.uw.Unlock()
 	if err != nil {
@@ -478,7 +604,7 @@ func (k *carrier) resumeAt(node, addr string) (*stanza.Reader, error) {
 	keep = true
 	s.trackRelay(up, true)
 	k.watch(up, node)
-	return r, nil
+	return sc, nil
 }
 
 // watch closes up once the view serves the user from a node other than

@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -85,14 +84,22 @@ func (c *c2s) relay(node, addr string) error {
 		}
 		return seeOtherHost("")
 	}
-	if _, err := c.readHeader(); err != nil {
+	// The client's restarted stream is read by the relay's scanner from
+	// its first byte: what it writes after its header is passed on as it
+	// came.
+	cs := stanza.NewScanner(c.conn, c.srv.cfg.Limits)
+	_, hdr, err := cs.Header()
+	if err == nil {
+		err = c.checkHeader(hdr, stanza.NSClient)
+	}
+	if err != nil {
 		_ = up.Close()
 		return err
 	}
 	_ = c.conn.SetDeadline(time.Time{})
 	c.srv.cfg.Metrics.relayed.Inc()
 	defer c.srv.cfg.Metrics.relayed.Dec()
-	k := &carrier{c: c, user: c.user.String(), node: node}
+	k := &carrier{c: c, user: c.user.String(), node: node, cs: cs, decls: prefixDecls(hdr)}
 	return k.run(up)
 }
 
@@ -117,33 +124,25 @@ func (s *Server) edgeLogin(ctx context.Context, addr string, user jid.JID) (net.
 	return conn, nil
 }
 
-// openEdgeStream opens a client stream on conn as a node does for the
-// clients it carries, and reads the answer up to the features.
-func (s *Server) openEdgeStream(conn net.Conn) (*stanza.Reader, xml.StartElement, *stanza.Element, error) {
-	hdr := "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='" +
-		s.domain.String() + "' version='1.0'>"
-	if _, err := io.WriteString(conn, hdr); err != nil {
-		return nil, xml.StartElement{}, nil, err
-	}
-	r := stanza.NewReader(conn, s.cfg.Limits)
-	start, err := r.Header()
-	if err != nil {
-		return nil, start, nil, err
-	}
-	feats, err := r.Next()
-	if err != nil {
-		return nil, start, nil, err
-	}
-	if !feats.Is(stanza.NSStream, "features") {
-		return nil, start, nil, fmt.Errorf("expected features, got %s", feats.Name.Local)
-	}
-	return r, start, feats, nil
-}
-
 func (s *Server) edgeNegotiate(raw net.Conn, user jid.JID) (net.Conn, error) {
 	open := func(conn net.Conn) (*stanza.Reader, *stanza.Element, error) {
-		r, _, feats, err := s.openEdgeStream(conn)
-		return r, feats, err
+		hdr := "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='" +
+			s.domain.String() + "' version='1.0'>"
+		if _, err := io.WriteString(conn, hdr); err != nil {
+			return nil, nil, err
+		}
+		r := stanza.NewReader(conn, s.cfg.Limits)
+		if _, err := r.Header(); err != nil {
+			return nil, nil, err
+		}
+		feats, err := r.Next()
+		if err != nil {
+			return nil, nil, err
+		}
+		if !feats.Is(stanza.NSStream, "features") {
+			return nil, nil, fmt.Errorf("expected features, got %s", feats.Name.Local)
+		}
+		return r, feats, nil
 	}
 	r, feats, err := open(raw)
 	if err != nil {
