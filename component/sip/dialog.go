@@ -33,7 +33,7 @@ func (s *Server) inDialog(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	fwd := req.Clone()
 	fwd.SetDestination(next)
-	opts := []sipgo.ClientRequestOption{sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia}
+	opts := []sipgo.ClientRequestOption{sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia, s.fromListener}
 	if req.IsInvite() {
 		opts = append(opts, s.addRecordRoute)
 	}
@@ -80,7 +80,7 @@ func (s *Server) onAck(req *sip.Request, _ sip.ServerTransaction) {
 	}
 	fwd := req.Clone()
 	fwd.SetDestination(next)
-	if err := s.client.WriteRequest(fwd, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia); err != nil {
+	if err := s.client.WriteRequest(fwd, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia, s.fromListener); err != nil {
 		s.log.Debug("sip: forward ACK", "err", err)
 	}
 }
@@ -108,6 +108,20 @@ func (s *Server) nextHop(req *sip.Request) (string, bool) {
 		return hostPort(nr.Address), true
 	}
 	return hostPort(req.Recipient), true
+}
+
+// fromListener sends a UDP request from pushd's listening socket: the
+// address phones registered to, so through their NAT pinhole, and the one
+// their Via answers come back to. Without it sipgo opens a socket per
+// destination it has not heard from, whose reference count can go
+// negative, so that neither its close nor the server's closes it.
+func (s *Server) fromListener(_ *sipgo.Client, r *sip.Request) error {
+	if !strings.EqualFold(r.Transport(), "udp") || s.udp == nil {
+		return nil
+	}
+	a := s.udp.LocalAddr().(*net.UDPAddr)
+	r.Laddr = sip.Addr{IP: a.IP, Port: a.Port}
+	return nil
 }
 
 func hostPort(u sip.Uri) string {

@@ -163,7 +163,7 @@ func destination(b Binding, uri sip.Uri) string {
 // runBranch is one client transaction: responses relayed to the caller
 // and told to the machine, the CANCEL sent when it may be.
 func (s *Server) runBranch(c *callCtx, br *branch, late bool) {
-	tx, err := s.client.TransactionRequest(c.ctx, br.req, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia, s.addRecordRoute)
+	tx, err := s.client.TransactionRequest(c.ctx, br.req, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia, s.addRecordRoute, s.fromListener)
 	if err != nil {
 		s.log.Info("sip: branch failed", "err", err)
 		if !late {
@@ -280,7 +280,9 @@ func (s *Server) sendCancel(c *callCtx, br *branch, reason call.Reason) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		tx, err := s.client.TransactionRequest(context.Background(), cr, asIs)
+		// One option and none that builds: sipgo sends the CANCEL as
+		// built (with no option at all it adds headers of its own).
+		tx, err := s.client.TransactionRequest(context.Background(), cr, s.fromListener)
 		if err != nil {
 			s.log.Info("sip: cancel failed", "err", err)
 			return
@@ -292,9 +294,6 @@ func (s *Server) sendCancel(c *callCtx, br *branch, reason call.Reason) {
 		}
 	}()
 }
-
-// asIs sends a request exactly as built (sipgo adds headers otherwise).
-func asIs(*sipgo.Client, *sip.Request) error { return nil }
 
 // bye hangs up a late branch the phone answered anyway.
 func (s *Server) bye(c *callCtx, br *branch, res *sip.Response) {
@@ -309,7 +308,7 @@ func (s *Server) bye(c *callCtx, br *branch, res *sip.Response) {
 	req.SetTransport(br.req.Transport())
 	req.SetDestination(br.req.Destination())
 	go func() {
-		tx, err := s.client.TransactionRequest(context.Background(), req, sipgo.ClientRequestAddVia)
+		tx, err := s.client.TransactionRequest(context.Background(), req, sipgo.ClientRequestAddVia, s.fromListener)
 		if err == nil {
 			<-tx.Done()
 		}
