@@ -223,12 +223,21 @@ func (s *Server) Serve(ctx context.Context) error {
 	case first = <-errc:
 		n--
 	}
-	s.Close()
+	// Reading stops first, and sipgo closes its transactions and
+	// connections only once nothing reads: a message read just before
+	// still makes its transaction (and for a response, maybe a fresh
+	// connection) in a goroutine of sipgo's, which the pool must hold by
+	// the time it is cleared.
+	s.stopListening()
 	for range n {
 		<-errc
 	}
+	s.Close()
 	<-loopDone
 	s.wg.Wait()
+	// What the handlers that ran until now opened (a response's
+	// connection, a late branch's) goes too.
+	_ = s.ua.Close()
 	if first != nil && !errors.Is(first, net.ErrClosed) && ctx.Err() == nil {
 		return fmt.Errorf("sip: %w", first)
 	}
@@ -238,21 +247,28 @@ func (s *Server) Serve(ctx context.Context) error {
 // Close closes the sockets (Serve does it when it ends; a server that
 // never served needs it). Safe to call twice.
 func (s *Server) Close() {
+	s.stopListening()
+	s.closeOnce.Do(func() { _ = s.ua.Close() })
+}
+
+// stopListening refuses new calls and closes the sockets. Safe to call
+// twice.
+func (s *Server) stopListening() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return
+	}
 	s.closing = true
-	s.mu.Unlock()
-	s.closeOnce.Do(func() {
-		_ = s.ua.Close()
-		if s.udp != nil {
-			_ = s.udp.Close()
-		}
-		if s.tcp != nil {
-			_ = s.tcp.Close()
-		}
-		if s.tls != nil {
-			_ = s.tls.Close()
-		}
-	})
+	if s.udp != nil {
+		_ = s.udp.Close()
+	}
+	if s.tcp != nil {
+		_ = s.tcp.Close()
+	}
+	if s.tls != nil {
+		_ = s.tls.Close()
+	}
 }
 
 // step hands an event to the loop. It never blocks for long: the loop
