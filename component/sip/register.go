@@ -117,7 +117,7 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 			return u, false, nil
 		}
 		expires := headerExpires
-		if v, ok := c.Params.Get("expires"); ok {
+		if v, ok := param(c.Params, "expires"); ok {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
 				return u, false, sip.NewResponseFromRequest(req, 400, "Bad Expires", nil)
@@ -128,7 +128,7 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 		if expires >= 0 {
 			life = time.Duration(expires) * time.Second
 		}
-		push, q, err := contactPush(c.Address.UriParams.Get, s.cfg.Providers)
+		push, q, err := contactPush(func(name string) (string, bool) { return param(c.Address.UriParams, name) }, s.cfg.Providers)
 		if err != nil {
 			s.count("register_555")
 			r := sip.NewResponseFromRequest(req, 555, "Push Notification Service Not Supported", nil)
@@ -140,10 +140,10 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 		query = query || q
 		b := Binding{AOR: aor, Transport: strings.ToLower(req.Transport()), Source: req.Source(), Push: push,
 			CallID: callID, CSeq: cseq, Updated: now}
-		b.Instance, _ = c.Params.Get("+sip.instance")
+		b.Instance, _ = param(c.Params, "+sip.instance")
 		b.Instance = strings.Trim(b.Instance, `"`)
-		b.PNSReg = c.Params.Has("+sip.pnsreg")
-		if k, ok := c.Address.UriParams.Get("pn-pushd-key"); ok {
+		_, b.PNSReg = param(c.Params, "+sip.pnsreg")
+		if k, ok := param(c.Address.UriParams, "pn-pushd-key"); ok {
 			if b.Transport != "tls" {
 				// A key sent in clear is no secret: refuse rather than
 				// seal pushes under it (S2).
@@ -159,7 +159,7 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 		b.ID = b.Contact
 		if b.Instance != "" {
 			b.ID = b.Instance
-			if rid, ok := c.Params.Get("reg-id"); ok {
+			if rid, ok := param(c.Params, "reg-id"); ok {
 				b.ID += ";" + rid
 			}
 		}
@@ -182,10 +182,26 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 // never goes back on the wire.
 func contactURI(u sip.Uri) string {
 	c := u
-	c.UriParams = u.UriParams.Clone()
-	c.UriParams.Remove("pn-pushd-key")
+	c.UriParams = nil
+	for _, p := range u.UriParams {
+		if !strings.EqualFold(p.K, "pn-pushd-key") {
+			c.UriParams = append(c.UriParams, p)
+		}
+	}
 	c.Headers = nil
 	return c.String()
+}
+
+// param looks a parameter up by name in any case: names of URI and
+// header parameters are case-insensitive (RFC 3261 §19.1.4, §7.3.1), and
+// a phone writing PN-Provider is still asking for pushes.
+func param(ps sip.HeaderParams, name string) (string, bool) {
+	for _, p := range ps {
+		if strings.EqualFold(p.K, name) {
+			return p.V, true
+		}
+	}
+	return "", false
 }
 
 func instanceParam(b Binding) string {

@@ -2,15 +2,21 @@ package sip
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/netip"
 	"runtime"
@@ -238,7 +244,7 @@ func (l *lockedBuffer) String() string {
 // text, as bad as a test wants.
 type peer struct {
 	t       *testing.T
-	network string // "udp" or "tcp"
+	network string // "udp", "tcp" or "tls"
 	conn    net.Conn
 	udp     *net.UDPConn // a UDP peer hears anyone (pushd's branches too)
 	local   string
@@ -263,10 +269,13 @@ func dialPeer(t *testing.T, network, addr string) *peer {
 		}
 		p.udp, p.local, p.conn = c, c.LocalAddr().String(), &udpTo{UDPConn: c, dst: dst}
 		go p.readUDP()
-	case "tcp":
+	case "tcp", "tls":
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if network == "tls" {
+			c = tls.Client(c, &tls.Config{InsecureSkipVerify: true}) // the test's own certificate
 		}
 		p.conn, p.local = c, c.LocalAddr().String()
 		go p.readTCP()
@@ -558,3 +567,23 @@ func (p *peer) registerAs(t *testing.T, req message, user, password string) *sip
 }
 
 func loopback() []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")} }
+
+// withTLS adds a TLS listener on a free port with a throwaway certificate.
+func withTLS(t *testing.T) func(*Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: testDomain},
+		DNSNames: []string{testDomain}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return func(c *Config) {
+		c.TLSListen = "127.0.0.1:0"
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+}
