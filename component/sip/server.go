@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -418,13 +419,64 @@ func (s *Server) guard(h sipgo.RequestHandler) sipgo.RequestHandler {
 			}
 			return
 		}
-		if n := len(req.Body()); n > s.cfg.MaxMessageBytes {
+		if messageSize(req) > s.cfg.MaxMessageBytes {
 			s.count("too_large")
 			_ = tx.Respond(sip.NewResponseFromRequest(req, 513, "Message Too Large", nil))
 			return
 		}
+		if why := malformed(req); why != "" {
+			s.count("malformed")
+			if !req.IsAck() {
+				_ = tx.Respond(sip.NewResponseFromRequest(req, 400, why, nil))
+			}
+			return
+		}
 		h(req, tx)
 	}
+}
+
+// maxHeaders bounds the header fields of a request: a few dozen in
+// practice, a Via and a Record-Route more per hop (70 at most).
+const maxHeaders = 256
+
+// malformed says why a request lacks what every handler may take for
+// granted (RFC 3261 §8.1.1: To, From, CSeq, Call-ID, Max-Forwards, Via;
+// §8.1.1.5: CSeq's method is the request's), as a 400's reason phrase;
+// "" if nothing. sipgo's transaction layer refuses a request without Via
+// or CSeq itself, but passes on one without To, From or Call-ID.
+func malformed(req *sip.Request) string {
+	switch {
+	case req.Via() == nil:
+		return "Missing Via"
+	case req.From() == nil:
+		return "Missing From"
+	case req.To() == nil:
+		return "Missing To"
+	case req.CallID() == nil || req.CallID().Value() == "":
+		return "Missing Call-ID"
+	case req.CSeq() == nil:
+		return "Missing CSeq"
+	case req.CSeq().MethodName != req.Method:
+		return "CSeq Method Mismatch"
+	case len(req.Headers()) > maxHeaders:
+		return "Too Many Headers"
+	}
+	return ""
+}
+
+// messageSize is the length of m on the wire, counted without building
+// it.
+func messageSize(m interface{ StringWrite(io.StringWriter) }) int {
+	var n byteCounter
+	m.StringWrite(&n)
+	return int(n)
+}
+
+type byteCounter int
+
+func (c *byteCounter) WriteString(s string) (int, error) {
+	*c += byteCounter(len(s))
+	return len(s), nil
 }
 
 func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {

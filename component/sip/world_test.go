@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,12 +157,20 @@ func startWorld(t *testing.T, edit func(*Config)) *world {
 	if edit != nil {
 		edit(&cfg)
 	}
-	w.srv, err = New(cfg, Deps{Registrar: w.reg, Accounts: testAccounts, Pusher: w.pusher})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.srv.Listen(); err != nil {
-		t.Fatal(err)
+	// TCP listens on the port UDP got: another process may hold it.
+	for try := 0; ; try++ {
+		w.srv, err = New(cfg, Deps{Registrar: w.reg, Accounts: testAccounts, Pusher: w.pusher})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = w.srv.Listen()
+		if err == nil {
+			break
+		}
+		w.srv.Close()
+		if try == 10 || !errors.Is(err, syscall.EADDRINUSE) {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
