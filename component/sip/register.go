@@ -47,11 +47,40 @@ func (s *Server) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		s.reply(tx, req, 500, "Server Internal Error") // §10.3 7: retransmission out of order
 		return
 	}
+	if errors.Is(err, ErrTooManyBindings) {
+		s.count("register_too_many")
+		s.reply(tx, req, 403, "Too Many Bindings")
+		return
+	}
 	if err != nil {
 		s.log.Error("sip: register", "err", err, "aor", s.red.Token(aor))
 		s.reply(tx, req, 500, "Server Internal Error")
 		return
 	}
+	ok200 := s.registered(req, bindings, now, query, u.Store)
+	if strings.EqualFold(req.Transport(), "udp") && messageSize(ok200) > maxUDPResponse {
+		// §10.3 8 wants every binding listed, but a 200 that does not go
+		// out helps nobody: over UDP the phone hears of its own.
+		ok200 = s.registered(req, u.Store, now, query, u.Store)
+		if messageSize(ok200) > maxUDPResponse {
+			ok200 = s.registered(req, nil, now, query, u.Store)
+		}
+	}
+	_ = tx.Respond(ok200)
+	s.count("register")
+	for _, b := range u.Store {
+		s.step(call.Registered{AOR: aor, Binding: s.machineBinding(b)})
+	}
+}
+
+// maxUDPResponse is the largest response sipgo sends over UDP (RFC 3261
+// §18.1.1: 200 bytes under a 1500-byte MTU).
+const maxUDPResponse = 1300
+
+// registered is the 200 of a REGISTER listing bindings, with the
+// Feature-Caps RFC 8599 asks for: the providers for a query, the refresh
+// interval when a stored push binding asked for +sip.pnsreg.
+func (s *Server) registered(req *sip.Request, bindings []Binding, now time.Time, query bool, stored []Binding) *sip.Response {
 	ok200 := sip.NewResponseFromRequest(req, 200, "OK", nil)
 	for _, b := range bindings {
 		if !now.Before(b.Expires) {
@@ -66,7 +95,7 @@ func (s *Server) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 			ok200.AppendHeader(sip.NewHeader("Feature-Caps", `*;+sip.pns="`+string(p)+`"`))
 		}
 	}
-	for _, b := range u.Store {
+	for _, b := range stored {
 		if b.PNSReg && b.Push != nil {
 			secs := int(s.cfg.RefreshPushBefore / time.Second)
 			ok200.AppendHeader(sip.NewHeader("Feature-Caps", `*;+sip.pnsreg="`+strconv.Itoa(secs)+`"`))
@@ -74,11 +103,7 @@ func (s *Server) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		}
 	}
 	ok200.AppendHeader(sip.NewHeader("Date", now.UTC().Format(time.RFC1123)))
-	_ = tx.Respond(ok200)
-	s.count("register")
-	for _, b := range u.Store {
-		s.step(call.Registered{AOR: aor, Binding: s.machineBinding(b)})
-	}
+	return ok200
 }
 
 // parseContacts turns a REGISTER's Contact headers into an Update. A

@@ -2,7 +2,9 @@ package sip
 
 import (
 	"encoding/base64"
+	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -232,5 +234,40 @@ func TestRegisterBindingLifecycle(t *testing.T) {
 	req := r.p.register("alice", contactOf("127.0.0.1:5070", "")).with("To", "<sip:alice@elsewhere.example>")
 	if code := r.p.expect(t, req); code != 404 {
 		t.Errorf("another domain: %d, want 404", code)
+	}
+}
+
+// S4, C1: an AOR holds at most maxBindings bindings, and a REGISTER over
+// UDP gets its 200 whatever the AOR holds. RFC 8599 contacts are long (a
+// token, a bundle id, an instance): a 200 listing a handful of them was
+// larger than sipgo sends over UDP, so the phone never heard its answer,
+// and a user could add bindings without end.
+func TestRegisterManyBindings(t *testing.T) {
+	r := newRegistrar(t, "udp", nil)
+	contact := func(i int) string {
+		return contactOf("127.0.0.1:"+strconv.Itoa(5100+i), ";pn-provider=fcm;pn-prid="+strings.Repeat("t", 160)+strconv.Itoa(i)+
+			";pn-param=example-project") + `;+sip.instance="<urn:uuid:00000000-0000-4000-8000-0000000000` + fmt.Sprintf("%02d", i) + `>"`
+	}
+	for i := range maxBindings {
+		res := r.register(nil, contact(i))
+		if res.StatusCode != 200 {
+			t.Fatalf("binding %d: %d %s", i, res.StatusCode, res.Reason)
+		}
+		if c := headerValues(res, "Contact"); len(c) == 0 || !strings.Contains(strings.Join(c, ","), "0000000000"+fmt.Sprintf("%02d", i)) {
+			t.Fatalf("binding %d: the 200 does not list the binding it made: %q", i, c)
+		}
+	}
+	if n := len(r.bindings()); n != maxBindings {
+		t.Fatalf("%d bindings, want %d", n, maxBindings)
+	}
+	if res := r.register(nil, contact(maxBindings)); res.StatusCode != 403 {
+		t.Errorf("binding %d: %d, want 403", maxBindings, res.StatusCode)
+	}
+	// A refresh of one held is no new binding.
+	if res := r.register(nil, contact(3)); res.StatusCode != 200 {
+		t.Errorf("refresh at the bound: %d", res.StatusCode)
+	}
+	if n := len(r.bindings()); n != maxBindings {
+		t.Errorf("%d bindings, want %d", n, maxBindings)
 	}
 }
