@@ -596,3 +596,5 @@ func withTLS(t *testing.T) func(*Config) {
 		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
