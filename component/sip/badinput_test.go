@@ -134,3 +134,128 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("the held call heard %v, want 180 and 480", got)
 	}
 }
+
+// S4, S5: bad digests at the registrar. Malformed credentials are 400; a
+// replayed nonce count is stale (401 stale=true, not a failure); five
+// wrong passwords are 403 each and then the source is paced: 403 with
+// Retry-After even for the right one, until the block ends on the clock.
+func TestBadDigest(t *testing.T) {
+	w := startWorld(t, nil)
+	p := dialPeer(t, "udp", w.addr())
+	contact := "<sip:alice@" + p.local + ">"
+
+	req := p.register("alice", contact)
+	p.send(req.String())
+	challenge, _ := p.final(t, req.get("Call-ID"), time.Second)
+	if challenge == nil || challenge.StatusCode != 401 {
+		t.Fatalf("REGISTER without credentials: %v", challenge)
+	}
+	for _, bad := range []string{`Digest username=`, `Digest username="alice", realm="` + testDomain + `"`, `Basic YWxpY2U6cGFzcw==`, "Digest " + strings.Repeat("x", 5000)} {
+		m := authorize(t, req, challenge, "alice", "alice-pw").with("Authorization", bad)
+		if code := p.expect(t, m); code != 400 {
+			t.Errorf("Authorization %.30q: %d, want 400", bad, code)
+		}
+	}
+
+	good := authorize(t, req, challenge, "alice", "alice-pw")
+	if code := p.expect(t, good); code != 200 {
+		t.Fatalf("right password: %d", code)
+	}
+	replay := authorize(t, good, challenge, "alice", "alice-pw").with("Authorization", good.get("Authorization"))
+	p.send(replay.String())
+	res, _ := p.final(t, replay.get("Call-ID"), time.Second)
+	if res == nil || res.StatusCode != 401 || !strings.Contains(strings.Join(headerValues(res, "WWW-Authenticate"), " "), "stale=true") {
+		t.Fatalf("replayed credentials: %v, want 401 stale=true", res)
+	}
+
+	for i := range 5 {
+		m := authorize(t, p.register("alice", contact), challenge, "alice", "wrong")
+		if code := p.expect(t, m); code != 403 {
+			t.Fatalf("wrong password %d: %d, want 403", i, code)
+		}
+	}
+	m := authorize(t, p.register("alice", contact), challenge, "alice", "alice-pw")
+	p.send(m.String())
+	res, _ = p.final(t, m.get("Call-ID"), time.Second)
+	if res == nil || res.StatusCode != 403 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("right password after five wrong: %v, want 403 with Retry-After", res)
+	}
+	// Every peer here is 127.0.0.1, and the pace is by source address:
+	// the block ends on the clock.
+	w.clock.Advance(2 * time.Minute)
+	w.stillServes(t)
+}
+
+// S4: an INVITE from outside [sip] trusted is challenged (407 with
+// Proxy-Authenticate) and goes on once authenticated; a wrong password
+// is 403.
+func TestInviteNeedsAuth(t *testing.T) {
+	w := startWorld(t, nil)
+	p := dialPeer(t, "udp", w.addr())
+	inv := p.invite("dave")
+	p.send(inv.String())
+	res, _ := p.final(t, inv.get("Call-ID"), time.Second)
+	if res == nil || res.StatusCode != 407 || res.GetHeader("Proxy-Authenticate") == nil {
+		t.Fatalf("INVITE without credentials: %v, want 407 with Proxy-Authenticate", res)
+	}
+	if code := p.expect(t, authorize(t, inv, res, "bob", "wrong")); code != 403 {
+		t.Errorf("wrong password: %d, want 403", code)
+	}
+	if code := p.expect(t, authorize(t, inv, res, "bob", "bob-pw")); code != 480 {
+		t.Errorf("authenticated INVITE for a user without bindings: %d, want 480", code)
+	}
+}
+
+// S4: a flood from one source is 503 with Retry-After past its burst; a
+// call held meanwhile is not harmed, and the source is served again once
+// its bucket refills. (All peers are 127.0.0.1 here; that another source
+// keeps its own bucket is TestSourceLimiter's.)
+func TestFlood(t *testing.T) {
+	w := startWorld(t, func(c *Config) {
+		c.Trusted = loopback()
+		c.RequestRate, c.RequestBurst = 10, 20
+	})
+	w.bind(t, "alice", "sip:alice@127.0.0.1:9", &PushParams{Provider: "apns", PRID: testPRID, Param: "TEAM1234.com.example.app.voip"})
+	held := dialPeer(t, "udp", w.addr())
+	heldCall := held.invite("alice")
+	held.send(heldCall.String())
+	w.pusher.wait(t, 1)
+
+	for _, network := range []string{"udp", "tcp"} {
+		p := dialPeer(t, network, w.srv.Addr(network))
+		var ids []string
+		for range 60 {
+			m := p.request("OPTIONS", "sip:"+testDomain, "<sip:bob@"+testDomain+">", "<sip:"+testDomain+">")
+			ids = append(ids, m.get("Call-ID"))
+			p.send(m.String())
+		}
+		codes := map[int]int{}
+		retryAfter := true
+		for range ids {
+			m := p.next(2 * time.Second)
+			if m == nil {
+				break
+			}
+			if res, ok := m.(*sip.Response); ok {
+				codes[int(res.StatusCode)]++
+				if res.StatusCode == 503 && res.GetHeader("Retry-After") == nil {
+					retryAfter = false
+				}
+			}
+		}
+		if codes[200] > 20 || codes[503] < 35 || codes[200]+codes[503] != 60 || !retryAfter {
+			t.Errorf("%s flood of 60: %v, want at most the burst of 20 served and the rest 503 with Retry-After", network, codes)
+		}
+		w.clock.Advance(10 * time.Second)
+	}
+	w.stillServes(t)
+
+	a := answers{}
+	w.tick(5 * time.Second)
+	w.tick(8 * time.Second)
+	id := heldCall.get("Call-ID")
+	held.collect(a, 3*time.Second, func() bool { return a.final(id) != 0 })
+	if !a.has(id, 180) || a.final(id) != 480 {
+		t.Errorf("the held call heard %v, want 180 and 480", a[id])
+	}
+}
