@@ -114,7 +114,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, fmt.Errorf("sip: advertise %q: %w", cfg.Advertise, err)
 	}
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("pushd"), sipgo.WithUserAgentHostname(host),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet(cfg.Logger))))
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet(cfg.Logger))),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(quiet(cfg.Logger))))
 	if err != nil {
 		return nil, fmt.Errorf("sip: %w", err)
 	}
