@@ -111,8 +111,8 @@ func (s *Server) registered(req *sip.Request, bindings []Binding, now time.Time,
 func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u Update, query bool, res *sip.Response) {
 	headerExpires := -1
 	if h := req.GetHeader("Expires"); h != nil {
-		n, err := strconv.Atoi(strings.TrimSpace(h.Value()))
-		if err != nil || n < 0 {
+		n, ok := deltaSeconds(h.Value())
+		if !ok {
 			return u, false, sip.NewResponseFromRequest(req, 400, "Bad Expires", nil)
 		}
 		headerExpires = n
@@ -143,8 +143,8 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 		}
 		expires := headerExpires
 		if v, ok := param(c.Params, "expires"); ok {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
+			n, ok := deltaSeconds(v)
+			if !ok {
 				return u, false, sip.NewResponseFromRequest(req, 400, "Bad Expires", nil)
 			}
 			expires = n
@@ -201,6 +201,27 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 		u.Store = append(u.Store, b)
 	}
 	return u, query, nil
+}
+
+// deltaSeconds reads an expires value (RFC 3261 §25.1: digits). One past
+// 2^32-1 counts as that (§20.19), so that a huge value is a long
+// registration, cut to the maximum, not a Duration that overflows into
+// a negative one.
+func deltaSeconds(v string) (int, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	const most = 1<<32 - 1
+	n := 0
+	for i := range len(v) {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = min(n*10+int(c-'0'), most)
+	}
+	return n, true
 }
 
 // contactURI is the contact as we will call it: pushd's own key parameter

@@ -220,7 +220,15 @@ func TestRegisterBindingLifecycle(t *testing.T) {
 	if bs := r.bindings(); len(bs) != 1 || !bs[0].Expires.Equal(r.w.clock.Now().Add(time.Hour)) {
 		t.Errorf("bindings %+v", bs)
 	}
-	for _, bad := range []string{"abc", "-1"} {
+	// 9.3e9 s overflowed the Duration into a negative one (423); more
+	// digits than an int holds were 400.
+	for _, huge := range []string{"9300000000", "99999999999999999999"} {
+		res = r.register(func(m message) message { return m.with("Expires", huge) }, contactOf("127.0.0.1:5070", ""))
+		if c := headerValues(res, "Contact"); res.StatusCode != 200 || len(c) != 1 || !strings.Contains(c[0], "expires=3600") {
+			t.Errorf("Expires %s: %d %q, want 200 and expires=3600", huge, res.StatusCode, c)
+		}
+	}
+	for _, bad := range []string{"abc", "-1", "+5", ""} {
 		if res := r.register(func(m message) message { return m.with("Expires", bad) }, contactOf("127.0.0.1:5070", "")); res.StatusCode != 400 {
 			t.Errorf("Expires %q: %d, want 400", bad, res.StatusCode)
 		}
