@@ -152,3 +152,35 @@ func TestDialogRefusals(t *testing.T) {
 		}
 	}
 }
+
+// A Route names pushd by its advertised host and port, the port 5060 when
+// left out (RFC 3261 §19.1.2). A port below 5060 was taken for 5060, so
+// that on such a port pushd did not know its own Record-Route and
+// answered the dialog's BYE 481.
+func TestIsUs(t *testing.T) {
+	for _, tc := range []struct {
+		advertise string
+		uri       sip.Uri
+		want      bool
+	}{
+		{"192.0.2.10:5000", sip.Uri{Host: "192.0.2.10", Port: 5000}, true},
+		{"192.0.2.10:5000", sip.Uri{Host: "192.0.2.10", Port: 5060}, false},
+		{"192.0.2.10:5000", sip.Uri{Host: "192.0.2.10"}, false},
+		{"192.0.2.10:5000", sip.Uri{Host: "192.0.2.11", Port: 5000}, false},
+		{"192.0.2.10:5060", sip.Uri{Host: "192.0.2.10"}, true},
+		{"192.0.2.10:5060", sip.Uri{Host: "192.0.2.10", Port: 5060}, true},
+		{"192.0.2.10:5080", sip.Uri{Host: "192.0.2.10", Port: 5080}, true},
+		{"sip.example.com:5060", sip.Uri{Host: "SIP.example.com"}, true},
+	} {
+		cfg := DefaultConfig()
+		cfg.Domain, cfg.Advertise, cfg.Logger = testDomain, tc.advertise, discardLogger()
+		s, err := New(cfg, Deps{Registrar: &Registrar{}, Accounts: testAccounts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.isUs(tc.uri); got != tc.want {
+			t.Errorf("advertised %s, Route %s: %v, want %v", tc.advertise, tc.uri.String(), got, tc.want)
+		}
+		s.Close()
+	}
+}

@@ -459,10 +459,7 @@ func (s *Server) trusted(source string) bool {
 
 // isUs reports whether a URI names this node (our Record-Route).
 func (s *Server) isUs(u sip.Uri) bool {
-	addr := net.JoinHostPort(u.Host, itoa(max(u.Port, 5060)))
-	if u.Port == 0 {
-		addr = net.JoinHostPort(u.Host, "5060")
-	}
+	addr := hostPort(u)
 	for _, a := range []string{s.Addr("udp"), s.Addr("tcp"), s.Addr("tls"), s.cfg.Advertise} {
 		if a != "" && strings.EqualFold(a, addr) {
 			return true
