@@ -83,6 +83,10 @@ func TestBadInput(t *testing.T) {
 		{"BYE without From", func(p *peer) string {
 			return p.request("BYE", "sip:alice@127.0.0.1:5070", "<sip:bob@"+testDomain+">", "<sip:alice@"+testDomain+">;tag=x").without("From").String()
 		}, 400, 400},
+		{"ACK without Call-ID", func(p *peer) string {
+			return p.request("ACK", "sip:alice@127.0.0.1:5070", "<sip:bob@"+testDomain+">", "<sip:alice@"+testDomain+">;tag=x").
+				with("Route", "<sip:"+p.remote+";lr>").without("Call-ID").String()
+		}, noAnswer, noAnswer},
 		{"Max-Forwards 0", func(p *peer) string { return p.invite("dave").with("Max-Forwards", "0").String() }, 483, 483},
 		{"body over max_message_bytes", func(p *peer) string {
 			m := p.invite("dave").with("Content-Type", "application/sdp")

@@ -109,7 +109,11 @@ func TestDialogLooseRouting(t *testing.T) {
 	if ack.GetHeader("Route") != nil {
 		t.Errorf("pushd left its Route on the ACK: %v", ack.GetHeader("Route"))
 	}
-	bye := inDialog("BYE", 2)
+	// Max-Forwards 0 is the one not forwarded (§16.3 3); 1 still is.
+	if code := caller.expect(t, inDialog("INFO", 2).with("Max-Forwards", "0")); code != 483 {
+		t.Errorf("INFO with Max-Forwards 0: %d, want 483", code)
+	}
+	bye := inDialog("BYE", 3).with("Max-Forwards", "1")
 	caller.send(bye.String())
 	got = phone.nextRequest(sip.BYE, 2*time.Second)
 	if got == nil {
@@ -125,9 +129,12 @@ func TestDialogLooseRouting(t *testing.T) {
 }
 
 // pushd is no open relay (S4): an in-dialog request that does not name
-// it in a Route, or names another host, is 481; a new INVITE routed to
-// another host is 403; a CANCEL that matches no INVITE is 481; an
-// in-dialog request with its last hop is 483.
+// it in a Route, names another host, or names it but belongs to no call
+// it holds is 481; a new INVITE routed on to another host is 403, one
+// with only pushd's Route (pushd as the phone's outbound proxy) a call
+// like any other; a CANCEL that matches no INVITE is 481. Before, any
+// request with pushd's Route went to its Request-URI, wherever that was,
+// new INVITEs too and without a challenge.
 func TestDialogRefusals(t *testing.T) {
 	w := startWorld(t, func(c *Config) { c.Trusted = loopback() })
 	p := dialPeer(t, "udp", w.addr())
@@ -145,7 +152,9 @@ func TestDialogRefusals(t *testing.T) {
 		{"re-INVITE without Route", p.request("INVITE", "sip:carol@127.0.0.1:5999", from, to), 481},
 		{"INVITE routed elsewhere", p.invite("carol").with("Route", "<sip:192.0.2.1:5060;lr>"), 403},
 		{"CANCEL of nothing", p.request("CANCEL", "sip:carol@"+testDomain, from, "<sip:carol@"+testDomain+">"), 481},
-		{"BYE on its last hop", bye().with("Route", us).with("Max-Forwards", "1"), 483},
+		{"BYE through pushd for a call it does not hold", bye().with("Route", us), 481},
+		{"INVITE routed through pushd and on elsewhere", p.invite("carol").with("Route", us).add("Route", "<sip:192.0.2.1:5060;lr>"), 403},
+		{"INVITE with pushd as outbound proxy", p.invite("dave").with("Route", us), 480},
 	} {
 		if got := p.expect(t, tc.req); got != tc.want {
 			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)

@@ -64,13 +64,16 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 	}
-	if route := req.Route(); route != nil && !s.isUs(route.Address) {
-		s.reply(tx, req, 403, "Forbidden") // we are no open relay
-		return
-	}
-	if req.Route() != nil {
-		s.inDialog(req, tx)
-		return
+	// §16.4: a Route naming us (a phone with pushd as its outbound proxy)
+	// is ours to remove; the call is then for one of our users like any
+	// other. A Route on to anywhere else is a relay pushd does not do: it
+	// would carry anyone's call to a PBX that trusts it.
+	for route := req.Route(); route != nil; route = req.Route() {
+		if !s.isUs(route.Address) {
+			s.reply(tx, req, 403, "Forbidden")
+			return
+		}
+		req.RemoveHeader("Route")
 	}
 	if mf := req.MaxForwards(); mf != nil && mf.Val() <= 0 {
 		s.reply(tx, req, 483, "Too Many Hops")
@@ -163,7 +166,7 @@ func destination(b Binding, uri sip.Uri) string {
 // runBranch is one client transaction: responses relayed to the caller
 // and told to the machine, the CANCEL sent when it may be.
 func (s *Server) runBranch(c *callCtx, br *branch, late bool) {
-	tx, err := s.client.TransactionRequest(c.ctx, br.req, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia, s.addRecordRoute, s.fromListener)
+	tx, err := s.client.TransactionRequest(c.ctx, br.req, decreaseMaxForwards, sipgo.ClientRequestAddVia, s.addRecordRoute, s.fromListener)
 	if err != nil {
 		s.log.Info("sip: branch failed", "err", err)
 		if !late {

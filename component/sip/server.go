@@ -135,7 +135,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	s.srv.OnRegister(s.guard(s.onRegister))
 	s.srv.OnInvite(s.guard(s.onInvite))
-	s.srv.OnAck(s.onAck)
+	s.srv.OnAck(s.guard(s.onAck))
 	s.srv.OnCancel(s.guard(s.onCancel))
 	s.srv.OnBye(s.guard(s.inDialog))
 	s.srv.OnOptions(s.guard(s.onOptions))
@@ -406,8 +406,9 @@ func (s *Server) forgetEnded() {
 	}
 }
 
-// guard applies the per-source request limit and the size bound before
-// a handler (S4).
+// guard applies the per-source request limit, the size bound and the
+// checks of what every handler takes for granted before it (S4). An ACK
+// gets no answer, whatever is wrong with it.
 func (s *Server) guard(h sipgo.RequestHandler) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		host, _, _ := net.SplitHostPort(req.Source())
@@ -422,7 +423,9 @@ func (s *Server) guard(h sipgo.RequestHandler) sipgo.RequestHandler {
 		}
 		if messageSize(req) > s.cfg.MaxMessageBytes {
 			s.count("too_large")
-			_ = tx.Respond(sip.NewResponseFromRequest(req, 513, "Message Too Large", nil))
+			if !req.IsAck() {
+				_ = tx.Respond(sip.NewResponseFromRequest(req, 513, "Message Too Large", nil))
+			}
 			return
 		}
 		if why := malformed(req); why != "" {

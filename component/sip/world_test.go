@@ -257,6 +257,7 @@ type peer struct {
 	conn    net.Conn
 	udp     *net.UDPConn // a UDP peer hears anyone (pushd's branches too)
 	local   string
+	remote  string // the server's address
 	in      chan sip.Message
 	closed  chan struct{}
 }
@@ -265,7 +266,7 @@ type peer struct {
 // pushd's INVITEs when a binding names it.
 func dialPeer(t *testing.T, network, addr string) *peer {
 	t.Helper()
-	p := &peer{t: t, network: network, in: make(chan sip.Message, 256), closed: make(chan struct{})}
+	p := &peer{t: t, network: network, remote: addr, in: make(chan sip.Message, 256), closed: make(chan struct{})}
 	switch network {
 	case "udp":
 		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
