@@ -141,6 +141,11 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 			u.RemoveAll = true
 			return u, false, nil
 		}
+		if c.Address.Scheme != "sip" && c.Address.Scheme != "sips" || c.Address.Host == "" {
+			// pushd calls its bindings over SIP: a tel: or mailto:
+			// contact has no host, and its branches went to ":5060".
+			return u, false, sip.NewResponseFromRequest(req, 400, "Bad Contact", nil)
+		}
 		expires := headerExpires
 		if v, ok := param(c.Params, "expires"); ok {
 			n, ok := deltaSeconds(v)

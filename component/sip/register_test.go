@@ -228,6 +228,11 @@ func TestRegisterBindingLifecycle(t *testing.T) {
 			t.Errorf("Expires %s: %d %q, want 200 and expires=3600", huge, res.StatusCode, c)
 		}
 	}
+	for _, c := range []string{"<tel:+15551234567>", "<mailto:alice@example.com>"} {
+		if res := r.register(nil, c); res.StatusCode != 400 {
+			t.Errorf("Contact %s: %d, want 400", c, res.StatusCode)
+		}
+	}
 	for _, bad := range []string{"abc", "-1", "+5", ""} {
 		if res := r.register(func(m message) message { return m.with("Expires", bad) }, contactOf("127.0.0.1:5070", "")); res.StatusCode != 400 {
 			t.Errorf("Expires %q: %d, want 400", bad, res.StatusCode)
