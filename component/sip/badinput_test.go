@@ -93,6 +93,13 @@ func TestBadInput(t *testing.T) {
 			m.body = strings.Repeat("a=x\r\n", 1000)
 			return m.String()
 		}, 513, 513},
+		// sipgo reads 32 KiB of a datagram: the rest of one this size is
+		// cut off, and what is left does not parse.
+		{"60 KiB", func(p *peer) string {
+			m := p.invite("dave").with("Content-Type", "application/sdp")
+			m.body = strings.Repeat("a=x\r\n", 12000)
+			return m.String()
+		}, noAnswer, 513},
 		{"headers over max_message_bytes", func(p *peer) string { return pad(p.invite("dave"), 50, 100).String() }, 513, 513},
 		{"too many headers", func(p *peer) string { return pad(p.invite("dave"), 300, 1).String() }, 400, 400},
 	}
