@@ -186,6 +186,11 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 			b.Key = key
 		}
 		b.Contact = contactURI(c.Address)
+		if err := sip.ParseUri(b.Contact, &sip.Uri{}); err != nil {
+			// A contact sipgo parses but does not read back (sip:@0;[,
+			// found by FuzzRegister) could never be called.
+			return u, false, sip.NewResponseFromRequest(req, 400, "Bad Contact", nil)
+		}
 		b.ID = b.Contact
 		if b.Instance != "" {
 			b.ID = b.Instance
