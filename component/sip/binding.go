@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -154,9 +155,10 @@ func contactPush(get func(string) (string, bool), supported []dispatch.ProviderN
 	}
 	switch name {
 	case dispatch.APNS:
-		// TEAMID.bundle.id: a team id and at least a two-label bundle id.
-		team, bundle, ok := strings.Cut(param, ".")
-		if !ok || team == "" || !strings.Contains(bundle, ".") {
+		// TEAMID.bundle.id: a team id and a bundle id of two labels or
+		// more, ".voip" aside: the bundle is the push's topic.
+		team, bundle, _ := strings.Cut(param, ".")
+		if team == "" || !validBundle(strings.TrimSuffix(bundle, ".voip")) {
 			return nil, false, ErrPushParams
 		}
 	case dispatch.FCM:
@@ -175,6 +177,11 @@ func contactKey(v string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: pn-pushd-key", ErrPushParams)
 	}
 	return raw, nil
+}
+
+func validBundle(b string) bool {
+	labels := strings.Split(b, ".")
+	return len(labels) >= 2 && !slices.Contains(labels, "")
 }
 
 func printable(s string) bool {

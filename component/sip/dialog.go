@@ -22,7 +22,7 @@ func (s *Server) inDialog(req *sip.Request, tx sip.ServerTransaction) {
 		s.reply(tx, req, 481, "Call/Transaction Does Not Exist")
 		return
 	}
-	if mf := req.MaxForwards(); mf != nil && mf.Val() <= 1 {
+	if mf := req.MaxForwards(); mf != nil && mf.Val() <= 0 {
 		s.reply(tx, req, 483, "Too Many Hops")
 		return
 	}
@@ -33,7 +33,7 @@ func (s *Server) inDialog(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	fwd := req.Clone()
 	fwd.SetDestination(next)
-	opts := []sipgo.ClientRequestOption{sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia}
+	opts := []sipgo.ClientRequestOption{decreaseMaxForwards, sipgo.ClientRequestAddVia, s.fromListener}
 	if req.IsInvite() {
 		opts = append(opts, s.addRecordRoute)
 	}
@@ -75,12 +75,12 @@ func (s *Server) inDialog(req *sip.Request, tx sip.ServerTransaction) {
 // the ACK of a non-2xx never reaches here: the transaction absorbs it.
 func (s *Server) onAck(req *sip.Request, _ sip.ServerTransaction) {
 	next, ok := s.nextHop(req)
-	if !ok {
+	if mf := req.MaxForwards(); !ok || mf != nil && mf.Val() <= 0 {
 		return
 	}
 	fwd := req.Clone()
 	fwd.SetDestination(next)
-	if err := s.client.WriteRequest(fwd, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia); err != nil {
+	if err := s.client.WriteRequest(fwd, decreaseMaxForwards, sipgo.ClientRequestAddVia, s.fromListener); err != nil {
 		s.log.Debug("sip: forward ACK", "err", err)
 	}
 }
@@ -93,14 +93,16 @@ func (s *Server) onCancel(req *sip.Request, tx sip.ServerTransaction) {
 
 // nextHop pops our own Route and returns where the request goes: the
 // next Route, or its Request-URI. ok false: the request names no route
-// through us, which pushd does not relay (no open relay).
+// through us, or belongs to no call pushd holds, and pushd relays it
+// nowhere: anyone can write pushd's Route on a request, and pushd would
+// carry it to any address.
 func (s *Server) nextHop(req *sip.Request) (string, bool) {
 	routes := req.GetHeaders("Route")
 	if len(routes) == 0 {
 		return "", false
 	}
 	top, ok := routes[0].(*sip.RouteHeader)
-	if !ok || !s.isUs(top.Address) {
+	if !ok || !s.isUs(top.Address) || s.call(call.ID(req.CallID().Value())) == nil {
 		return "", false
 	}
 	req.RemoveHeader("Route")
@@ -108,6 +110,30 @@ func (s *Server) nextHop(req *sip.Request) (string, bool) {
 		return hostPort(nr.Address), true
 	}
 	return hostPort(req.Recipient), true
+}
+
+// decreaseMaxForwards takes one hop off a request pushd forwards. A
+// request that came with 0 was refused (483, RFC 3261 §16.3 3); one that
+// came with 1 goes on with 0 (§16.6 3), which sipgo's own option refuses.
+func decreaseMaxForwards(_ *sipgo.Client, r *sip.Request) error {
+	if mf := r.MaxForwards(); mf != nil && mf.Val() > 0 {
+		mf.Dec()
+	}
+	return nil
+}
+
+// fromListener sends a UDP request from pushd's listening socket: the
+// address phones registered to, so through their NAT pinhole, and the one
+// their Via answers come back to. Without it sipgo opens a socket per
+// destination it has not heard from, whose reference count can go
+// negative, so that neither its close nor the server's closes it.
+func (s *Server) fromListener(_ *sipgo.Client, r *sip.Request) error {
+	if !strings.EqualFold(r.Transport(), "udp") || s.udp == nil {
+		return nil
+	}
+	a := s.udp.LocalAddr().(*net.UDPAddr)
+	r.Laddr = sip.Addr{IP: a.IP, Port: a.Port}
+	return nil
 }
 
 func hostPort(u sip.Uri) string {

@@ -64,13 +64,16 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 	}
-	if route := req.Route(); route != nil && !s.isUs(route.Address) {
-		s.reply(tx, req, 403, "Forbidden") // we are no open relay
-		return
-	}
-	if req.Route() != nil {
-		s.inDialog(req, tx)
-		return
+	// §16.4: a Route naming us (a phone with pushd as its outbound proxy)
+	// is ours to remove; the call is then for one of our users like any
+	// other. A Route on to anywhere else is a relay pushd does not do: it
+	// would carry anyone's call to a PBX that trusts it.
+	for route := req.Route(); route != nil; route = req.Route() {
+		if !s.isUs(route.Address) {
+			s.reply(tx, req, 403, "Forbidden")
+			return
+		}
+		req.RemoveHeader("Route")
 	}
 	if mf := req.MaxForwards(); mf != nil && mf.Val() <= 0 {
 		s.reply(tx, req, 483, "Too Many Hops")
@@ -163,7 +166,7 @@ func destination(b Binding, uri sip.Uri) string {
 // runBranch is one client transaction: responses relayed to the caller
 // and told to the machine, the CANCEL sent when it may be.
 func (s *Server) runBranch(c *callCtx, br *branch, late bool) {
-	tx, err := s.client.TransactionRequest(c.ctx, br.req, sipgo.ClientRequestDecreaseMaxForward, sipgo.ClientRequestAddVia, s.addRecordRoute)
+	tx, err := s.client.TransactionRequest(c.ctx, br.req, decreaseMaxForwards, sipgo.ClientRequestAddVia, s.addRecordRoute, s.fromListener)
 	if err != nil {
 		s.log.Info("sip: branch failed", "err", err)
 		if !late {
@@ -280,7 +283,9 @@ func (s *Server) sendCancel(c *callCtx, br *branch, reason call.Reason) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		tx, err := s.client.TransactionRequest(context.Background(), cr, asIs)
+		// One option and none that builds: sipgo sends the CANCEL as
+		// built (with no option at all it adds headers of its own).
+		tx, err := s.client.TransactionRequest(context.Background(), cr, s.fromListener)
 		if err != nil {
 			s.log.Info("sip: cancel failed", "err", err)
 			return
@@ -292,9 +297,6 @@ func (s *Server) sendCancel(c *callCtx, br *branch, reason call.Reason) {
 		}
 	}()
 }
-
-// asIs sends a request exactly as built (sipgo adds headers otherwise).
-func asIs(*sipgo.Client, *sip.Request) error { return nil }
 
 // bye hangs up a late branch the phone answered anyway.
 func (s *Server) bye(c *callCtx, br *branch, res *sip.Response) {
@@ -309,7 +311,7 @@ func (s *Server) bye(c *callCtx, br *branch, res *sip.Response) {
 	req.SetTransport(br.req.Transport())
 	req.SetDestination(br.req.Destination())
 	go func() {
-		tx, err := s.client.TransactionRequest(context.Background(), req, sipgo.ClientRequestAddVia)
+		tx, err := s.client.TransactionRequest(context.Background(), req, sipgo.ClientRequestAddVia, s.fromListener)
 		if err == nil {
 			<-tx.Done()
 		}
@@ -460,10 +462,7 @@ func (s *Server) trusted(source string) bool {
 
 // isUs reports whether a URI names this node (our Record-Route).
 func (s *Server) isUs(u sip.Uri) bool {
-	addr := net.JoinHostPort(u.Host, itoa(max(u.Port, 5060)))
-	if u.Port == 0 {
-		addr = net.JoinHostPort(u.Host, "5060")
-	}
+	addr := hostPort(u)
 	for _, a := range []string{s.Addr("udp"), s.Addr("tcp"), s.Addr("tls"), s.cfg.Advertise} {
 		if a != "" && strings.EqualFold(a, addr) {
 			return true

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -127,11 +128,21 @@ func (f *levelFloor) Handle(ctx context.Context, r slog.Record) error {
 	out := slog.NewRecord(r.Time, r.Level, "sipgo: "+r.Message, r.PC)
 	r.Attrs(func(a slog.Attr) bool {
 		if a.Key == "error" || a.Key == "err" {
+			if namesSomeone(a.Value.String()) {
+				a.Value = slog.StringValue("(withheld: it quotes the message)")
+			}
 			out.AddAttrs(a)
 		}
 		return true
 	})
 	return f.h.Handle(ctx, out)
+}
+
+// namesSomeone reports whether an error of sipgo's quotes part of a
+// message (a URI, a start line, a header value), which may name a user
+// or number (S3).
+func namesSomeone(s string) bool {
+	return strings.ContainsAny(s, "@'\"<") || strings.Contains(s, "sip:") || strings.Contains(s, "sips:") || strings.Contains(s, "tel:")
 }
 
 func (f *levelFloor) WithAttrs([]slog.Attr) slog.Handler { return f }

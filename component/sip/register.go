@@ -47,11 +47,40 @@ func (s *Server) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		s.reply(tx, req, 500, "Server Internal Error") // §10.3 7: retransmission out of order
 		return
 	}
+	if errors.Is(err, ErrTooManyBindings) {
+		s.count("register_too_many")
+		s.reply(tx, req, 403, "Too Many Bindings")
+		return
+	}
 	if err != nil {
 		s.log.Error("sip: register", "err", err, "aor", s.red.Token(aor))
 		s.reply(tx, req, 500, "Server Internal Error")
 		return
 	}
+	ok200 := s.registered(req, bindings, now, query, u.Store)
+	if strings.EqualFold(req.Transport(), "udp") && messageSize(ok200) > maxUDPResponse {
+		// §10.3 8 wants every binding listed, but a 200 that does not go
+		// out helps nobody: over UDP the phone hears of its own.
+		ok200 = s.registered(req, u.Store, now, query, u.Store)
+		if messageSize(ok200) > maxUDPResponse {
+			ok200 = s.registered(req, nil, now, query, u.Store)
+		}
+	}
+	_ = tx.Respond(ok200)
+	s.count("register")
+	for _, b := range u.Store {
+		s.step(call.Registered{AOR: aor, Binding: s.machineBinding(b)})
+	}
+}
+
+// maxUDPResponse is the largest response sipgo sends over UDP (RFC 3261
+// §18.1.1: 200 bytes under a 1500-byte MTU).
+const maxUDPResponse = 1300
+
+// registered is the 200 of a REGISTER listing bindings, with the
+// Feature-Caps RFC 8599 asks for: the providers for a query, the refresh
+// interval when a stored push binding asked for +sip.pnsreg.
+func (s *Server) registered(req *sip.Request, bindings []Binding, now time.Time, query bool, stored []Binding) *sip.Response {
 	ok200 := sip.NewResponseFromRequest(req, 200, "OK", nil)
 	for _, b := range bindings {
 		if !now.Before(b.Expires) {
@@ -66,7 +95,7 @@ func (s *Server) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 			ok200.AppendHeader(sip.NewHeader("Feature-Caps", `*;+sip.pns="`+string(p)+`"`))
 		}
 	}
-	for _, b := range u.Store {
+	for _, b := range stored {
 		if b.PNSReg && b.Push != nil {
 			secs := int(s.cfg.RefreshPushBefore / time.Second)
 			ok200.AppendHeader(sip.NewHeader("Feature-Caps", `*;+sip.pnsreg="`+strconv.Itoa(secs)+`"`))
@@ -74,11 +103,7 @@ func (s *Server) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		}
 	}
 	ok200.AppendHeader(sip.NewHeader("Date", now.UTC().Format(time.RFC1123)))
-	_ = tx.Respond(ok200)
-	s.count("register")
-	for _, b := range u.Store {
-		s.step(call.Registered{AOR: aor, Binding: s.machineBinding(b)})
-	}
+	return ok200
 }
 
 // parseContacts turns a REGISTER's Contact headers into an Update. A
@@ -86,8 +111,8 @@ func (s *Server) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u Update, query bool, res *sip.Response) {
 	headerExpires := -1
 	if h := req.GetHeader("Expires"); h != nil {
-		n, err := strconv.Atoi(strings.TrimSpace(h.Value()))
-		if err != nil || n < 0 {
+		n, ok := deltaSeconds(h.Value())
+		if !ok {
 			return u, false, sip.NewResponseFromRequest(req, 400, "Bad Expires", nil)
 		}
 		headerExpires = n
@@ -116,10 +141,15 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 			u.RemoveAll = true
 			return u, false, nil
 		}
+		if c.Address.Scheme != "sip" && c.Address.Scheme != "sips" || c.Address.Host == "" {
+			// pushd calls its bindings over SIP: a tel: or mailto:
+			// contact has no host, and its branches went to ":5060".
+			return u, false, sip.NewResponseFromRequest(req, 400, "Bad Contact", nil)
+		}
 		expires := headerExpires
-		if v, ok := c.Params.Get("expires"); ok {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
+		if v, ok := param(c.Params, "expires"); ok {
+			n, ok := deltaSeconds(v)
+			if !ok {
 				return u, false, sip.NewResponseFromRequest(req, 400, "Bad Expires", nil)
 			}
 			expires = n
@@ -128,7 +158,7 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 		if expires >= 0 {
 			life = time.Duration(expires) * time.Second
 		}
-		push, q, err := contactPush(c.Address.UriParams.Get, s.cfg.Providers)
+		push, q, err := contactPush(func(name string) (string, bool) { return param(c.Address.UriParams, name) }, s.cfg.Providers)
 		if err != nil {
 			s.count("register_555")
 			r := sip.NewResponseFromRequest(req, 555, "Push Notification Service Not Supported", nil)
@@ -140,10 +170,10 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 		query = query || q
 		b := Binding{AOR: aor, Transport: strings.ToLower(req.Transport()), Source: req.Source(), Push: push,
 			CallID: callID, CSeq: cseq, Updated: now}
-		b.Instance, _ = c.Params.Get("+sip.instance")
+		b.Instance, _ = param(c.Params, "+sip.instance")
 		b.Instance = strings.Trim(b.Instance, `"`)
-		b.PNSReg = c.Params.Has("+sip.pnsreg")
-		if k, ok := c.Address.UriParams.Get("pn-pushd-key"); ok {
+		_, b.PNSReg = param(c.Params, "+sip.pnsreg")
+		if k, ok := param(c.Address.UriParams, "pn-pushd-key"); ok {
 			if b.Transport != "tls" {
 				// A key sent in clear is no secret: refuse rather than
 				// seal pushes under it (S2).
@@ -156,10 +186,15 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 			b.Key = key
 		}
 		b.Contact = contactURI(c.Address)
+		if err := sip.ParseUri(b.Contact, &sip.Uri{}); err != nil {
+			// A contact sipgo parses but does not read back (sip:@0;[,
+			// found by FuzzRegister) could never be called.
+			return u, false, sip.NewResponseFromRequest(req, 400, "Bad Contact", nil)
+		}
 		b.ID = b.Contact
 		if b.Instance != "" {
 			b.ID = b.Instance
-			if rid, ok := c.Params.Get("reg-id"); ok {
+			if rid, ok := param(c.Params, "reg-id"); ok {
 				b.ID += ";" + rid
 			}
 		}
@@ -178,14 +213,51 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 	return u, query, nil
 }
 
+// deltaSeconds reads an expires value (RFC 3261 §25.1: digits). One past
+// 2^32-1 counts as that (§20.19), so that a huge value is a long
+// registration, cut to the maximum, not a Duration that overflows into
+// a negative one.
+func deltaSeconds(v string) (int, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	const most = 1<<32 - 1
+	n := 0
+	for i := range len(v) {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = min(n*10+int(c-'0'), most)
+	}
+	return n, true
+}
+
 // contactURI is the contact as we will call it: pushd's own key parameter
 // never goes back on the wire.
 func contactURI(u sip.Uri) string {
 	c := u
-	c.UriParams = u.UriParams.Clone()
-	c.UriParams.Remove("pn-pushd-key")
+	c.UriParams = nil
+	for _, p := range u.UriParams {
+		if !strings.EqualFold(p.K, "pn-pushd-key") {
+			c.UriParams = append(c.UriParams, p)
+		}
+	}
 	c.Headers = nil
 	return c.String()
+}
+
+// param looks a parameter up by name in any case: names of URI and
+// header parameters are case-insensitive (RFC 3261 §19.1.4, §7.3.1), and
+// a phone writing PN-Provider is still asking for pushes.
+func param(ps sip.HeaderParams, name string) (string, bool) {
+	for _, p := range ps {
+		if strings.EqualFold(p.K, name) {
+			return p.V, true
+		}
+	}
+	return "", false
 }
 
 func instanceParam(b Binding) string {

@@ -113,9 +113,17 @@ func (r *Registrar) Count() int {
 	return n
 }
 
+// maxBindings bounds the bindings of one AOR (S4): a user has a few
+// phones and desk sets, not hundreds.
+const maxBindings = 10
+
 // ErrOutOfOrder: a REGISTER older than the one that set the binding
 // (same Call-ID, lower or equal CSeq), RFC 3261 §10.3 step 7.
 var ErrOutOfOrder = errors.New("sip: REGISTER out of order")
+
+// ErrTooManyBindings: the REGISTER would give its AOR more than
+// maxBindings bindings.
+var ErrTooManyBindings = errors.New("sip: too many bindings")
 
 // Update is one REGISTER's changes to an AOR: bindings to store (new or
 // refreshed) and binding ids to remove (expires 0). RemoveAll is
@@ -156,6 +164,9 @@ func (r *Registrar) Apply(aor string, u Update, now time.Time) ([]Binding, error
 			next = append(next, b)
 		}
 		removed = slices.DeleteFunc(removed, func(o Binding) bool { return o.ID == b.ID })
+	}
+	if len(next) > maxBindings && slices.ContainsFunc(u.Store, func(b Binding) bool { return index(cur, b.ID) < 0 }) {
+		return nil, ErrTooManyBindings
 	}
 	sort.Slice(next, func(i, j int) bool { return next[i].ID < next[j].ID })
 	if err := r.persist(u.Store, removed); err != nil {

@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -113,7 +114,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, fmt.Errorf("sip: advertise %q: %w", cfg.Advertise, err)
 	}
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("pushd"), sipgo.WithUserAgentHostname(host),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet(cfg.Logger))))
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet(cfg.Logger))),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(quiet(cfg.Logger))))
 	if err != nil {
 		return nil, fmt.Errorf("sip: %w", err)
 	}
@@ -133,7 +135,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	s.srv.OnRegister(s.guard(s.onRegister))
 	s.srv.OnInvite(s.guard(s.onInvite))
-	s.srv.OnAck(s.onAck)
+	s.srv.OnAck(s.guard(s.onAck))
 	s.srv.OnCancel(s.guard(s.onCancel))
 	s.srv.OnBye(s.guard(s.inDialog))
 	s.srv.OnOptions(s.guard(s.onOptions))
@@ -223,12 +225,21 @@ func (s *Server) Serve(ctx context.Context) error {
 	case first = <-errc:
 		n--
 	}
-	s.Close()
+	// Reading stops first, and sipgo closes its transactions and
+	// connections only once nothing reads: a message read just before
+	// still makes its transaction (and for a response, maybe a fresh
+	// connection) in a goroutine of sipgo's, which the pool must hold by
+	// the time it is cleared.
+	s.stopListening()
 	for range n {
 		<-errc
 	}
+	s.Close()
 	<-loopDone
 	s.wg.Wait()
+	// What the handlers that ran until now opened (a response's
+	// connection, a late branch's) goes too.
+	_ = s.ua.Close()
 	if first != nil && !errors.Is(first, net.ErrClosed) && ctx.Err() == nil {
 		return fmt.Errorf("sip: %w", first)
 	}
@@ -238,21 +249,28 @@ func (s *Server) Serve(ctx context.Context) error {
 // Close closes the sockets (Serve does it when it ends; a server that
 // never served needs it). Safe to call twice.
 func (s *Server) Close() {
+	s.stopListening()
+	s.closeOnce.Do(func() { _ = s.ua.Close() })
+}
+
+// stopListening refuses new calls and closes the sockets. Safe to call
+// twice.
+func (s *Server) stopListening() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return
+	}
 	s.closing = true
-	s.mu.Unlock()
-	s.closeOnce.Do(func() {
-		_ = s.ua.Close()
-		if s.udp != nil {
-			_ = s.udp.Close()
-		}
-		if s.tcp != nil {
-			_ = s.tcp.Close()
-		}
-		if s.tls != nil {
-			_ = s.tls.Close()
-		}
-	})
+	if s.udp != nil {
+		_ = s.udp.Close()
+	}
+	if s.tcp != nil {
+		_ = s.tcp.Close()
+	}
+	if s.tls != nil {
+		_ = s.tls.Close()
+	}
 }
 
 // step hands an event to the loop. It never blocks for long: the loop
@@ -388,8 +406,9 @@ func (s *Server) forgetEnded() {
 	}
 }
 
-// guard applies the per-source request limit and the size bound before
-// a handler (S4).
+// guard applies the per-source request limit, the size bound and the
+// checks of what every handler takes for granted before it (S4). An ACK
+// gets no answer, whatever is wrong with it.
 func (s *Server) guard(h sipgo.RequestHandler) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		host, _, _ := net.SplitHostPort(req.Source())
@@ -402,13 +421,66 @@ func (s *Server) guard(h sipgo.RequestHandler) sipgo.RequestHandler {
 			}
 			return
 		}
-		if n := len(req.Body()); n > s.cfg.MaxMessageBytes {
+		if messageSize(req) > s.cfg.MaxMessageBytes {
 			s.count("too_large")
-			_ = tx.Respond(sip.NewResponseFromRequest(req, 513, "Message Too Large", nil))
+			if !req.IsAck() {
+				_ = tx.Respond(sip.NewResponseFromRequest(req, 513, "Message Too Large", nil))
+			}
+			return
+		}
+		if why := malformed(req); why != "" {
+			s.count("malformed")
+			if !req.IsAck() {
+				_ = tx.Respond(sip.NewResponseFromRequest(req, 400, why, nil))
+			}
 			return
 		}
 		h(req, tx)
 	}
+}
+
+// maxHeaders bounds the header fields of a request: a few dozen in
+// practice, a Via and a Record-Route more per hop (70 at most).
+const maxHeaders = 256
+
+// malformed says why a request lacks what every handler may take for
+// granted (RFC 3261 §8.1.1: To, From, CSeq, Call-ID, Max-Forwards, Via;
+// §8.1.1.5: CSeq's method is the request's), as a 400's reason phrase;
+// "" if nothing. sipgo's transaction layer refuses a request without Via
+// or CSeq itself, but passes on one without To, From or Call-ID.
+func malformed(req *sip.Request) string {
+	switch {
+	case req.Via() == nil:
+		return "Missing Via"
+	case req.From() == nil:
+		return "Missing From"
+	case req.To() == nil:
+		return "Missing To"
+	case req.CallID() == nil || req.CallID().Value() == "":
+		return "Missing Call-ID"
+	case req.CSeq() == nil:
+		return "Missing CSeq"
+	case req.CSeq().MethodName != req.Method:
+		return "CSeq Method Mismatch"
+	case len(req.Headers()) > maxHeaders:
+		return "Too Many Headers"
+	}
+	return ""
+}
+
+// messageSize is the length of m on the wire, counted without building
+// it.
+func messageSize(m interface{ StringWrite(io.StringWriter) }) int {
+	var n byteCounter
+	m.StringWrite(&n)
+	return int(n)
+}
+
+type byteCounter int
+
+func (c *byteCounter) WriteString(s string) (int, error) {
+	*c += byteCounter(len(s))
+	return len(s), nil
 }
 
 func (s *Server) onOptions(req *sip.Request, tx sip.ServerTransaction) {
