@@ -343,6 +343,16 @@ func TestChaosFailover(t *testing.T) {
 	// data, rejoins by itself, and is handed its users' devices back from
 	// the nodes that took them over; a second round of messages reaches
 	// every device once, in order, when it resumes at its first primary.
+	// Senders on both survivors write through the restart and the
+	// handover back: what they are told is safe meanwhile must reach the
+	// devices once, in order, wherever the handover stands.
+	backLoad := newWindowLoad(devUsers, "rw")
+	for si, su := range sendUsers {
+		if home := all.Primary(su + "@localhost"); home == "n1" || home == "n3" {
+			backLoad.start(t, si, proc(home).c2s, su, "desk-back")
+		}
+	}
+	backLoad.awaitStarted()
 	restarted := time.Now()
 	victim.start(t)
 	waitFor(t, "n2 back with its devices", 60*time.Second, func() bool {
@@ -350,7 +360,14 @@ func TestChaosFailover(t *testing.T) {
 			proc("n1").metric("pushd_streams_detached")+proc("n3").metric("pushd_streams_detached") == float64(devices-onVictim)
 	})
 	t.Logf("H4: n2 serves its %d devices again %v after it was started", onVictim, time.Since(restarted).Round(10*time.Millisecond))
-	total = checkRound(all, "r", pushedRound("r", 11))
+	time.AfterFunc(tail, backLoad.stop)
+	backLoad.wait()
+	t.Logf("fallback: %d messages acknowledged from senders writing through the restart and handover", backLoad.count())
+	backAcked := pushedRound("r", 11)
+	for dev, bodies := range backLoad.acked {
+		backAcked[dev] = append(bodies, backAcked[dev]...)
+	}
+	total = checkRound(all, "r", backAcked)
 	t.Logf("after fallback: checked %d acknowledged messages to %d devices: each delivered once, in order per sender", total, devices)
 
 	// A pause: n3 is stopped (SIGSTOP) past failure detection, the others
