@@ -59,6 +59,10 @@ type sipWorldOptions struct {
 	DigestAlgorithms []string
 	// Trusted is [sip] trusted: the proxies whose INVITEs need no digest.
 	Trusted []string
+	// Region and LegacySingleChannel go with the phone's XMPP push
+	// registration (C7).
+	Region              string
+	LegacySingleChannel bool
 }
 
 const (
@@ -100,7 +104,8 @@ func startSIPWorldWith(t *testing.T, o sipWorldOptions) *sipWorld {
 	w.key[0], w.key[31] = 0x5a, 0xa5
 	voip := sipPhonePRID
 	if _, _, err := w.n.push.registry.Register(component.RegisterRequest{Account: "alice@localhost", DeviceID: "phone-1",
-		Provider: dispatch.APNS, Token: tokAlice, VoIPToken: &voip, Key: &w.key}); err != nil {
+		Provider: dispatch.APNS, Token: tokAlice, VoIPToken: &voip, Key: &w.key,
+		Region: o.Region, LegacySingleChannel: o.LegacySingleChannel}); err != nil {
 		t.Fatal(err)
 	}
 	if o.FCM {
@@ -246,6 +251,44 @@ func (w *sipWorld) waitPushes(t *testing.T, want ...payload.Type) {
 func (w *sipWorld) caller(t *testing.T, scenario string) *peertest.SIPp {
 	return peertest.StartSIPp(t, peertest.SIPpOptions{Scenario: scenario, Target: w.sip(),
 		User: "bob", Password: bobPW, AuthURI: "alice@localhost", Keys: map[string]string{"user": "bob", "domain": "localhost", "callee": "alice"}})
+}
+
+// C7: an iPhone sold in China has no CallKit, and an iOS 12 app takes
+// everything on one channel: the call that would go to the VoIP token
+// goes to the app's message token instead, as an alert push to the bare
+// bundle id, still the call (caller ID inside), and so does the missed
+// call when nobody answers.
+func TestSIPCallPushMessageChannel(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    sipWorldOptions
+	}{
+		{"region CN", sipWorldOptions{Region: "CN"}},
+		{"single channel", sipWorldOptions{LegacySingleChannel: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := startSIPWorldWith(t, tc.o)
+			phone := peertest.StartSIPp(t, peertest.SIPpOptions{Scenario: "late_phone.xml", Timeout: 40 * time.Second})
+			w.register(t, phone.Port, phonePN(), phoneInstance)
+			c := w.caller(t, "caller_unanswered.xml")
+			r, p := w.callPush(t, 1)
+			if r.Token != tokAlice || r.Topic != "com.example.pushd" || r.PushType != "alert" {
+				t.Fatalf("C7: call push went to token %.8s… topic %q type %q, want the message token, the bundle id, alert", r.Token, r.Topic, r.PushType)
+			}
+			if p.Type != payload.TypeCall || p.Name != "Bob Builder" || p.CallID == "" {
+				t.Fatalf("C7: call payload %+v", p)
+			}
+			w.tick(5 * time.Second)
+			w.tick(8 * time.Second)
+			if err := c.Wait(20 * time.Second); err != nil {
+				t.Fatalf("caller: %v\n%s", err, c.Output())
+			}
+			r, p = w.callPush(t, 2)
+			if p.Type != payload.TypeMissedCall || r.Token != tokAlice || r.PushType != "alert" {
+				t.Fatalf("C4/C7: after 480, push %q to token %.8s… type %q", p.Type, r.Token, r.PushType)
+			}
+		})
+	}
 }
 
 // C4 and C5: a call nobody answers rings back at 5 s and ends at 13 s
