@@ -389,7 +389,32 @@ func (cn *clusterNode) kinds() cluster.Kinds {
 		failover.KindHandoverEnd:   cn.ApplyHandoverEnd,
 		failover.KindTakenOver:     cn.ApplyTakenOver,
 		sip.KindBinding:            cn.ApplySIPBinding,
+		sip.KindInCall:             cn.ApplyInCall,
 	}
+}
+
+// ApplyInCall: from has a call up (or none any more) for an AOR; jsm here
+// hears the union of every node's (M7).
+func (cn *clusterNode) ApplyInCall(from string, r cluster.Record) (func() error, error) {
+	aor, active, err := sip.DecodeInCall(r)
+	if err != nil {
+		return nil, err
+	}
+	if cn.n.inCalls != nil {
+		cn.n.inCalls.remoteChanged(from, aor, active)
+	}
+	return nil, nil
+}
+
+// inCallChanged is inCalls.tell: every node hears when an AOR's calls
+// through this one start and end.
+func (cn *clusterNode) inCallChanged(aor string, active bool) {
+	w := cn.c.Broadcast(context.Background(), sip.InCallRecord(aor, active))
+	go func() {
+		if err := w(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
+			cn.log.Warn("cluster: in-call state not replicated", "err", err)
+		}
+	}()
 }
 
 // ApplySIPBinding takes a phone's binding registered at another node:
@@ -702,6 +727,11 @@ func (cn *clusterNode) sendAccounts(to string) {
 	if cn.n.sipReg != nil {
 		for _, b := range cn.n.sipReg.All() {
 			recs = append(recs, sip.BindingRecord(b, false))
+		}
+	}
+	if cn.n.inCalls != nil {
+		for _, aor := range cn.n.inCalls.here() {
+			recs = append(recs, sip.InCallRecord(aor, true))
 		}
 	}
 	if len(recs) == 0 {

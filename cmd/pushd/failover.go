@@ -180,6 +180,9 @@ func (cn *clusterNode) NodeLeft(m cluster.Member) { cn.lost(m) }
 func (cn *clusterNode) NodeFailed(m cluster.Member) { cn.lost(m) }
 
 func (cn *clusterNode) lost(m cluster.Member) {
+	if cn.n.inCalls != nil {
+		cn.n.inCalls.nodeLost(m.Name) // its calls went with it (M7)
+	}
 	if cn.awaitJoined() {
 		cn.inbox.put(failover.MemberLost{Name: m.Name, Members: cn.c.Placement().Nodes()})
 	}

@@ -53,6 +53,9 @@ type node struct {
 	sip       *sip.Server
 	sipServer atomic.Pointer[sip.Server]
 	sipReg    *sip.Registrar
+	// inCalls is which users are in a call, through this node or another
+	// (M7); it feeds jsm.
+	inCalls *inCalls
 	// tls is the node's TLS configuration (its certificate).
 	tls *tls.Config
 }
@@ -177,6 +180,10 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 	if err != nil {
 		n.close()
 		return nil, err
+	}
+	n.inCalls = newInCalls(n.router.Step)
+	if n.cluster != nil {
+		n.inCalls.tell = n.cluster.inCallChanged
 	}
 	if pushOn && n.cluster != nil {
 		// Every node's component serves every device (H3): one hash key

@@ -106,7 +106,7 @@ func (n *node) startSIP(reg prometheus.Registerer) error {
 		Name: "pushd_sip_bindings", Help: "SIP bindings held (every node holds every binding of its cluster).",
 	}, func() float64 { return float64(n.sipReg.Count()) }))
 	deps := sip.Deps{Registrar: n.sipReg, Accounts: n.db.Accounts(), Metrics: sip.NewMetrics(reg),
-		InCall: newInCalls(n.router.Step).changed}
+		InCall: n.inCalls.changed}
 	if n.push != nil {
 		deps.Pusher = n.push.dispatcher
 		deps.Devices = n.push.registry

@@ -38,3 +38,29 @@ func DecodeBinding(r record.Record) (b Binding, removed bool, err error) {
 	}
 	return b, removed, nil
 }
+
+// KindInCall is the kind of the record by which a node tells every other
+// that an AOR has (or no longer has) a call up through it, so that the
+// user's session manager, wherever it is and after any takeover, pushes
+// their phone while they are in a call (M7). Key: the AOR; body: an
+// active flag. The sending node is the record's source. The value is
+// fixed forever.
+const KindInCall record.Kind = 16
+
+// InCallRecord is the KindInCall record for aor.
+func InCallRecord(aor string, active bool) record.Record {
+	return record.Record{Kind: KindInCall, Key: aor, Body: record.AppendBool(nil, active)}
+}
+
+// DecodeInCall reads a KindInCall record.
+func DecodeInCall(r record.Record) (aor string, active bool, err error) {
+	if err := record.Check(r, KindInCall); err != nil {
+		return "", false, err
+	}
+	d := record.NewDecoder(r.Body)
+	active = d.Bool()
+	if err := d.Err(); err != nil || r.Key == "" {
+		return "", false, fmt.Errorf("sip: in-call record: bad body")
+	}
+	return r.Key, active, nil
+}
