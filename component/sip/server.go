@@ -89,8 +89,6 @@ type Server struct {
 
 	mu    sync.Mutex
 	calls map[call.ID]*callCtx
-	// admitted counts the calls whose Invite the machine has stepped.
-	admitted int
 	// late are INVITEs sent to phones for calls that already ended (C8),
 	// kept until their CANCEL went.
 	closing   bool
@@ -355,35 +353,32 @@ func (s *Server) call(id call.ID) *callCtx {
 }
 
 // admit marks a call's context as the machine's once its Invite is
-// stepped: until then the machine does not know the call, and
-// forgetEnded must not take that for the call having ended.
+// stepped: a context whose Invite is still on its way is not the one a
+// forgotten call of the same Call-ID left.
 func (s *Server) admit(ev call.Event) {
 	inv, ok := ev.(call.Invite)
 	if !ok {
 		return
 	}
 	s.mu.Lock()
-	if c := s.calls[inv.Call]; c != nil && !c.admitted {
+	if c := s.calls[inv.Call]; c != nil {
 		c.admitted = true
-		s.admitted++
 	}
 	s.mu.Unlock()
 }
 
-// forgetEnded drops the contexts of calls the machine no longer knows.
-// It looks only when the machine holds fewer calls than were admitted,
-// so a step that forgot nothing costs no scan.
+// forgetEnded drops the contexts of the calls the machine forgot.
 func (s *Server) forgetEnded() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.machine.Len() >= s.admitted {
+	gone := s.machine.Forgotten()
+	if len(gone) == 0 {
 		return
 	}
-	for id, c := range s.calls {
-		if c.admitted && !s.machine.Known(id) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range gone {
+		if c := s.calls[id]; c != nil && c.admitted {
 			c.release()
 			delete(s.calls, id)
-			s.admitted--
 		}
 	}
 }
