@@ -97,6 +97,9 @@ type Server struct {
 	wg sync.WaitGroup
 }
 
+// udpReadBuffer is the UDP socket's receive buffer.
+const udpReadBuffer = 4 << 20
+
 // New builds a server; Listen binds its sockets, Serve runs it.
 func New(cfg Config, deps Deps) (*Server, error) {
 	cfg.fill()
@@ -146,6 +149,12 @@ func (s *Server) Listen() error {
 	var err error
 	if s.udp, err = net.ListenPacket("udp", s.cfg.Listen); err != nil {
 		return fmt.Errorf("sip: listen udp: %w", err)
+	}
+	if u, ok := s.udp.(*net.UDPConn); ok {
+		// The default (~200 KiB) overflows when a burst of requests meets
+		// a busy loop, and UDP drops what does not fit: the caller waits
+		// for a retransmission (500 ms). The kernel caps it at rmem_max.
+		_ = u.SetReadBuffer(udpReadBuffer)
 	}
 	// TCP on the port UDP got, so that ":0" in tests gives one address.
 	if s.tcp, err = net.Listen("tcp", s.udp.LocalAddr().String()); err != nil {
