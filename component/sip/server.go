@@ -86,6 +86,13 @@ type Server struct {
 	machine *call.Machine
 	events  chan call.Event
 	wake    chan struct{}
+	// refresh is the registrar's NextRefresh as of generation refreshGen,
+	// valid while refreshOK: the loop's alone. It is read again when a
+	// binding changes, a refresh timer fires, and at each sweep (what
+	// Placement says may have changed).
+	refresh    time.Time
+	refreshGen uint64
+	refreshOK  bool
 
 	mu    sync.Mutex
 	calls map[call.ID]*callCtx
@@ -285,9 +292,16 @@ func (s *Server) loop(ctx context.Context) {
 			s.admit(ev)
 			s.carry(s.machine.Step(s.cfg.Now(), ev))
 		case <-timer.C:
-			s.carry(s.machine.Step(s.cfg.Now(), call.Tick{}))
-			s.refreshPushes()
+			now := s.cfg.Now()
+			s.carry(s.machine.Step(now, call.Tick{}))
+			// Most fires are the calls' deadlines: the bindings are
+			// looked at only when a refresh push is due.
+			if r := s.refresh; !r.IsZero() && !now.Before(r) {
+				s.refreshOK = false
+				s.refreshPushes()
+			}
 		case <-sweep.C:
+			s.refreshOK = false
 			if err := s.reg.Sweep(s.cfg.Now()); err != nil {
 				s.log.Error("sip: sweep bindings", "err", err)
 			}
@@ -301,7 +315,10 @@ func (s *Server) loop(ctx context.Context) {
 // the next refresh push.
 func (s *Server) rearm(t *time.Timer) {
 	next := s.machine.Next()
-	if r := s.reg.NextRefresh(s.cfg.RefreshPushBefore, s.serves); !r.IsZero() && (next.IsZero() || r.Before(next)) {
+	if gen := s.reg.Generation(); !s.refreshOK || gen != s.refreshGen {
+		s.refresh, s.refreshGen, s.refreshOK = s.reg.NextRefresh(s.cfg.RefreshPushBefore, s.serves), gen, true
+	}
+	if r := s.refresh; !r.IsZero() && (next.IsZero() || r.Before(next)) {
 		next = r
 	}
 	d := time.Hour
