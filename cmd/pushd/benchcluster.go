@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -593,6 +594,17 @@ type benchAPNS struct {
 	dir       string
 	key       [payload.KeySize]byte
 	deviceKey string // base64 of key
+	hook      atomic.Pointer[func(apnstest.Request)]
+}
+
+// onRequest sets (nil: clears) the function that hears every request as
+// it is answered.
+func (a *benchAPNS) onRequest(fn func(apnstest.Request)) {
+	if fn == nil {
+		a.hook.Store(nil)
+		return
+	}
+	a.hook.Store(&fn)
 }
 
 func (a *benchAPNS) close() {
@@ -618,12 +630,17 @@ func benchAPNSServer() (*benchAPNS, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	p, err := newAPNSProvider(dir, apnstest.Options{})
+	a := &benchAPNS{dir: dir}
+	p, err := newAPNSProvider(dir, apnstest.Options{OnRequest: func(q apnstest.Request) {
+		if h := a.hook.Load(); h != nil {
+			(*h)(q)
+		}
+	}})
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, "", err
 	}
-	a := &benchAPNS{apnsProvider: p, dir: dir}
+	a.apnsProvider = p
 	_, _ = rand.Read(a.key[:])
 	a.deviceKey = base64.StdEncoding.EncodeToString(a.key[:])
 	return a, p.section(), nil

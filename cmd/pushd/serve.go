@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 )
@@ -17,6 +18,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "config file (TOML); without it pushd runs on embedded defaults")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the node's whole run to this `file` (benches)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -28,6 +30,17 @@ func cmdServe(args []string, stderr io.Writer) error {
 	log, err := newLogger(cfg.Log.Level, stderr)
 	if err != nil {
 		return err
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	n, err := startNode(cfg, log)
 	if err != nil {
