@@ -51,6 +51,7 @@ type benchSIPOptions struct {
 	LiveRate      float64 // 0: as fast as sipp's window allows
 	LiveWindow    int
 	NoLive        bool
+	NoPush        bool
 	CPUProfile    string // pushd's own profile of the push part
 }
 
@@ -67,6 +68,7 @@ func cmdBenchSIP(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&o.LiveRate, "live-rate", 0, "calls/s offered by sipp in the live part (0: as fast as --live-window allows)")
 	fs.IntVar(&o.LiveWindow, "live-window", 100, "calls in flight at most in the live part (sipp -l)")
 	fs.BoolVar(&o.NoLive, "no-live", false, "skip the live part")
+	fs.BoolVar(&o.NoPush, "no-push", false, "skip the push part")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write pushd's CPU profile (its whole run, both parts) to this `file`")
 	fs.Usage = func() { fmt.Fprintln(stderr, benchSIPUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
@@ -88,6 +90,7 @@ type benchSIPResult struct {
 	// the cores are shared, so the figures need it.
 	LoadBefore, LoadAfter string
 	Push                  benchSIPPush
+	PushSkipped           bool
 	// Live is empty when the live part did not run; LiveSkipped says why.
 	Live        []benchSIPLive
 	LiveSkipped string
@@ -103,8 +106,15 @@ func runBenchSIP(ctx context.Context, exe string, o benchSIPOptions, out io.Writ
 }
 
 func (r benchSIPResult) print(out io.Writer, o benchSIPOptions) {
-	p := r.Push
 	fmt.Fprintf(out, "host: %d cores, load average %s before, %s after\n", runtime.NumCPU(), r.LoadBefore, r.LoadAfter)
+	if !r.PushSkipped {
+		r.printPush(out, o)
+	}
+	r.printLive(out, o)
+}
+
+func (r benchSIPResult) printPush(out io.Writer, o benchSIPOptions) {
+	p := r.Push
 	rate := "as fast as it goes"
 	if o.Rate > 0 {
 		rate = fmt.Sprintf("%.0f/s offered", o.Rate)
@@ -116,6 +126,9 @@ func (r benchSIPResult) print(out io.Writer, o benchSIPOptions) {
 	fmt.Fprintf(out, "  calls %d: call pushes %d, calls pushed twice %d, missed-call pushes %d, 487 answers %d, failed %d\n",
 		p.Calls, p.CallPushes, p.Twice, p.EndPushes, p.Terminated, p.Failed)
 	fmt.Fprintf(out, "  the bench's own process (callers, APNS test server) used %.2f cores\n", p.BenchCores)
+}
+
+func (r benchSIPResult) printLive(out io.Writer, o benchSIPOptions) {
 	if r.LiveSkipped != "" {
 		fmt.Fprintf(out, "live: skipped: %s\n", r.LiveSkipped)
 		return
@@ -131,8 +144,8 @@ func (r benchSIPResult) print(out io.Writer, o benchSIPOptions) {
 		o.LivePhones, o.LiveCalls, live, o.LiveWindow)
 	fmt.Fprintf(out, "  %-30s %8s %9s %9s %9s %9s %11s\n", "proxy", "calls", "calls/s", "p50", "p99", "max", "proxy CPU")
 	for _, l := range r.Live {
-		fmt.Fprintf(out, "  %-30s %8d %9.0f %9s %9s %9s %6.2f cores  (%d failed)\n", l.Name, l.Calls, l.rate(),
-			wholeMS(l.P50), wholeMS(l.P99), wholeMS(l.Max), l.Cores, l.Failed)
+		fmt.Fprintf(out, "  %-30s %8d %9.0f %9s %9s %9s %6.2f cores  (%d failed, %d datagrams dropped by the host)\n", l.Name, l.Calls, l.rate(),
+			wholeMS(l.P50), wholeMS(l.P99), wholeMS(l.Max), l.Cores, l.Failed, l.Dropped)
 		if l.Why != "" {
 			fmt.Fprintf(out, "    first failure: %s\n", l.Why)
 		}
@@ -218,7 +231,9 @@ digest_algorithms = ["MD5", "SHA-256"]
 		return r, err
 	}
 	pid := p.cmd.Process.Pid
-	if r.Push, err = benchSIPPushPart(ctx, sipAddr, pid, phones, apns, o); err != nil {
+	if o.NoPush {
+		r.PushSkipped = true
+	} else if r.Push, err = benchSIPPushPart(ctx, sipAddr, pid, phones, apns, o); err != nil {
 		n := &benchNode{benchProc: p, name: "pushd"}
 		n.logTail(log, 20)
 		return r, fmt.Errorf("push: %w", err)

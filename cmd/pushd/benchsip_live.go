@@ -39,6 +39,9 @@ type benchSIPLive struct {
 	Cores         float64       // the proxy's CPU over Elapsed
 	// Why is the first of sipp's reasons for the failed calls.
 	Why string
+	// Dropped counts the datagrams the kernel dropped for full receive
+	// buffers at the proxy, the UAC and the UAS.
+	Dropped int64
 }
 
 func (l benchSIPLive) rate() float64 { return float64(l.Calls) / l.Elapsed.Seconds() }
@@ -99,18 +102,23 @@ func benchSIPLivePart(ctx context.Context, sipAddr string, pid int, users []stri
 		return nil, err
 	}
 	uasAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	uas, err := startChild(ctx, dir, "sipp-uas.log", "sipp", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", strconv.Itoa(ports[0]),
-		"-nostdin", "-buff_size", sippBuffer, "-trace_err", "-error_file", filepath.Join(dir, "uas-errors.log"))
-	if err != nil {
-		return nil, err
+	// A fresh UAS for each proxy, on the port the phones registered:
+	// neither run inherits the other's calls.
+	uas := func(name string) (*child, error) {
+		return startChild(ctx, dir, name+"-uas.log", "sipp", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", strconv.Itoa(ports[0]),
+			"-nostdin", "-buff_size", sippBuffer, "-trace_err", "-error_file", filepath.Join(dir, name+"-uas-errors.log"))
 	}
-	defer uas.stop()
 	none := func(int) string { return "" }
 	if err := registerSIPPhones(ctx, sipAddr, users, uasAddr, none); err != nil {
 		return nil, fmt.Errorf("pushd: %w", err)
 	}
 	var out []benchSIPLive
-	l, err := runSIPpLoad(ctx, dir, "pushd", sipAddr, []int{pid}, o)
+	phones, err := uas("pushd")
+	if err != nil {
+		return nil, err
+	}
+	l, err := runSIPpLoad(ctx, dir, "pushd", sipAddr, ports[0], []int{pid}, o)
+	phones.stop()
 	if err != nil {
 		return nil, fmt.Errorf("pushd: %w", err)
 	}
@@ -118,7 +126,11 @@ func benchSIPLivePart(ctx context.Context, sipAddr string, pid int, users []stri
 
 	kamAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
 	kam, err := startChild(ctx, dir, "kamailio.log", kamailioPath(), "-DD", "-E", "-f", filepath.Join(dir, "kamailio.cfg"),
-		"-w", dir, "-Y", dir, "-P", filepath.Join(dir, "kamailio.pid"), "-l", "udp:"+kamAddr)
+		"-w", dir, "-Y", dir, "-P", filepath.Join(dir, "kamailio.pid"), "-l", "udp:"+kamAddr,
+		// Its default 64 MiB of shared memory runs out at a few thousand
+		// calls/s (each transaction is kept 5 s after it ends), and it
+		// then drops requests.
+		"-m", "1024")
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +141,11 @@ func benchSIPLivePart(ctx context.Context, sipAddr string, pid int, users []stri
 	if err := registerSIPPhones(ctx, kamAddr, users, uasAddr, none); err != nil {
 		return nil, fmt.Errorf("kamailio: %w", err)
 	}
-	l, err = runSIPpLoad(ctx, dir, kamailioVersion(), kamAddr, append([]int{kam.cmd.Process.Pid}, childPIDs(kam.cmd.Process.Pid)...), o)
+	if phones, err = uas("kamailio"); err != nil {
+		return nil, err
+	}
+	defer phones.stop()
+	l, err = runSIPpLoad(ctx, dir, kamailioVersion(), kamAddr, ports[0], append([]int{kam.cmd.Process.Pid}, childPIDs(kam.cmd.Process.Pid)...), o)
 	if err != nil {
 		return nil, fmt.Errorf("kamailio: %w\n%s", err, kam.tail(20))
 	}
@@ -138,8 +154,8 @@ func benchSIPLivePart(ctx context.Context, sipAddr string, pid int, users []stri
 
 // runSIPpLoad runs the sipp UAC against target until it made o.LiveCalls
 // calls, and reads its response times; procs are the proxy's processes,
-// whose CPU it reports.
-func runSIPpLoad(ctx context.Context, dir, name, target string, procs []int, o benchSIPOptions) (benchSIPLive, error) {
+// whose CPU it reports, and uasPort the UAS's, whose drops it counts.
+func runSIPpLoad(ctx context.Context, dir, name, target string, uasPort int, procs []int, o benchSIPOptions) (benchSIPLive, error) {
 	l := benchSIPLive{Name: name}
 	rate := o.LiveRate
 	if rate == 0 {
@@ -156,14 +172,32 @@ func runSIPpLoad(ctx context.Context, dir, name, target string, procs []int, o b
 		"-trace_stat", "-stf", stat, "-fd", "3600",
 		"-trace_rtt", "-rtt_freq", "1",
 		"-trace_err", "-error_file", filepath.Join(dir, name+"-errors.log"), target}
-	cpu0 := procsCPU(procs)
+	_, tp, _ := net.SplitHostPort(target)
+	targetPort, _ := strconv.Atoi(tp)
+	watched := []int{targetPort, uasPort, port[0]}
+	cpu0, drops0 := procsCPU(procs), udpDrops(watched...)
 	start := time.Now()
 	uac, err := startChild(ctx, dir, name+"-uac.log", "sipp", args...)
 	if err != nil {
 		return l, err
 	}
+	// The UAC's count goes with its socket: keep the last reading.
+	drops := make(chan int64, 1)
+	go func() {
+		last := drops0
+		for {
+			select {
+			case <-uac.done:
+				drops <- last
+				return
+			case <-time.After(100 * time.Millisecond):
+				last = max(last, udpDrops(watched...))
+			}
+		}
+	}()
 	err = uac.wait(10 * time.Minute)
 	l.Elapsed = time.Since(start)
+	l.Dropped = <-drops - drops0
 	if cpu := procsCPU(procs) - cpu0; l.Elapsed > 0 {
 		l.Cores = cpu.Seconds() / l.Elapsed.Seconds()
 	}
@@ -371,6 +405,30 @@ func procsCPU(pids []int) time.Duration {
 		}
 	}
 	return total
+}
+
+// udpDrops sums the datagrams the kernel dropped (receive buffer full)
+// on the UDP sockets bound to these ports of 127.0.0.1, from /proc/net/udp.
+// A socket's count goes when it closes: read it while they are open.
+func udpDrops(ports ...int) int64 {
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		return 0
+	}
+	want := map[string]bool{}
+	for _, p := range ports {
+		want[fmt.Sprintf("0100007F:%04X", p)] = true
+	}
+	var n int64
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 13 || !want[f[1]] {
+			continue
+		}
+		d, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
+		n += d
+	}
+	return n
 }
 
 // kamailioVersion is "kamailio 5.6.3", or "kamailio".
