@@ -328,10 +328,15 @@ func (c *child) wait(limit time.Duration) error {
 	}
 }
 
-// stop ends the child's process group, politely first.
+// stop ends the child's process group, politely first: sipp, which
+// ignores SIGTERM and SIGINT, holds nothing that a SIGKILL would lose.
 func (c *child) stop() {
 	pgid := c.cmd.Process.Pid
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	sig := syscall.SIGTERM
+	if filepath.Base(c.cmd.Path) == "sipp" {
+		sig = syscall.SIGKILL
+	}
+	_ = syscall.Kill(-pgid, sig)
 	select {
 	case <-c.done:
 	case <-time.After(5 * time.Second):
