@@ -94,7 +94,7 @@ func runBenchCluster(ctx context.Context, exe string, o benchClusterOptions, out
 		return fmt.Errorf("lone node: %w", err)
 	}
 
-	apns, apnsTOML, err := benchAPNSServer()
+	apns, apnsTOML, err := benchAPNSServer(apnstest.Options{})
 	if err != nil {
 		return err
 	}
@@ -624,18 +624,20 @@ func (a *benchAPNS) opens(q apnstest.Request) bool {
 }
 
 // benchAPNSServer starts the bench's APNS provider and returns it with
-// the [apns] section that points a node at it.
-func benchAPNSServer() (*benchAPNS, string, error) {
+// the [apns] section that points a node at it; opts are the server's
+// (OnRequest is the bench's own).
+func benchAPNSServer(opts apnstest.Options) (*benchAPNS, string, error) {
 	dir, err := os.MkdirTemp("", "pushd-bench-apns-")
 	if err != nil {
 		return nil, "", err
 	}
 	a := &benchAPNS{dir: dir}
-	p, err := newAPNSProvider(dir, apnstest.Options{OnRequest: func(q apnstest.Request) {
+	opts.OnRequest = func(q apnstest.Request) {
 		if h := a.hook.Load(); h != nil {
 			(*h)(q)
 		}
-	}})
+	}
+	p, err := newAPNSProvider(dir, opts)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, "", err
