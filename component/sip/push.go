@@ -26,20 +26,8 @@ func (s *Server) submit(b Binding, p payload.Payload, done func(delivered bool))
 }
 
 func (s *Server) submitNow(b Binding, p payload.Payload, done func(delivered bool)) {
-	var xmpp dispatch.Registration
-	found := false
-	if s.deps.Devices != nil {
-		xmpp, found = s.deps.Devices.RegistrationByToken(b.Push.Provider, b.Push.PRID)
-	}
-	reg := b.Registration(xmpp, found)
-	if reg.Key == nil {
-		s.log.Info("sip: push without caller ID: the device left no key", "type", string(p.Type), "aor", s.red.Token(b.AOR))
-	}
-	job := dispatch.Job{Registration: reg, Payload: p}
-	if reg.TokenFor(reg.ChannelFor(p.Type)) == "" {
-		// A PushKit-only binding has no token for a refresh push, which
-		// must not go on the VoIP channel (iOS wants a call for each).
-		s.log.Info("sip: no token for this push", "type", string(p.Type), "aor", s.red.Token(b.AOR))
+	job, ok := s.job(b, p)
+	if !ok {
 		if done != nil {
 			done(false)
 		}
@@ -64,6 +52,27 @@ func (s *Server) submitNow(b Binding, p payload.Payload, done func(delivered boo
 		s.deps.Metrics.pushes.WithLabelValues(string(p.Type), "accepted").Inc()
 	}
 	s.log.Info("sip: push", "tid", tid, "type", string(p.Type), "call", s.red.Token(p.CallID))
+}
+
+// job is the dispatcher's job for a push to binding b; ok false when the
+// binding has no token for the push's channel.
+func (s *Server) job(b Binding, p payload.Payload) (job dispatch.Job, ok bool) {
+	var xmpp dispatch.Registration
+	found := false
+	if s.deps.Devices != nil {
+		xmpp, found = s.deps.Devices.RegistrationByToken(b.Push.Provider, b.Push.PRID)
+	}
+	reg := b.Registration(xmpp, found)
+	if reg.Key == nil {
+		s.log.Info("sip: push without caller ID: the device left no key", "type", string(p.Type), "aor", s.red.Token(b.AOR))
+	}
+	if reg.TokenFor(reg.ChannelFor(p.Type)) == "" {
+		// A PushKit-only binding has no token for a refresh push, which
+		// must not go on the VoIP channel (iOS wants a call for each).
+		s.log.Info("sip: no token for this push", "type", string(p.Type), "aor", s.red.Token(b.AOR))
+		return dispatch.Job{}, false
+	}
+	return dispatch.Job{Registration: reg, Payload: p}, true
 }
 
 // refreshPushes sends a reg-refresh push to every push binding that asked
