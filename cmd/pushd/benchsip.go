@@ -159,7 +159,7 @@ func wholeMS(d time.Duration) string {
 	if d < time.Millisecond {
 		return "<1ms"
 	}
-	return d.String()
+	return d.Round(time.Millisecond).String()
 }
 
 func roundLat(d time.Duration) time.Duration {
