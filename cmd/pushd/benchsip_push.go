@@ -34,6 +34,9 @@ type benchSIPPush struct {
 	// Cores and BenchCores are pushd's and the bench process's CPU while
 	// the calls ran (until the last one ended).
 	Cores, BenchCores float64
+	// HeapGrowth is pushd's live heap and stacks after the calls, less
+	// before (admin /api/memory: after a collection).
+	HeapGrowth int64
 }
 
 func (p benchSIPPush) rate() float64 { return float64(p.Pushed) / p.Elapsed.Seconds() }
