@@ -22,7 +22,9 @@ import (
 	"pushd/internal/store"
 )
 
-const benchUsage = `usage: pushd bench c2s [flags]
+const benchUsage = `usage: pushd bench c2s|push|cluster|sip [flags]
+
+bench c2s:
 Measures messages/s and latency between client pairs, and memory per
 connected and per hibernated session, and per hibernated session with
 --queued stanzas in its queue. Without --addr it starts its own pushd node
@@ -61,6 +63,9 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	}
 	if len(args) > 0 && args[0] == "cluster" {
 		return cmdBenchCluster(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "sip" {
+		return cmdBenchSIP(args[1:], stdout, stderr)
 	}
 	if len(args) == 0 || args[0] != "c2s" {
 		fmt.Fprintln(stderr, benchUsage)
@@ -299,16 +304,26 @@ type benchProc struct {
 // and starts `pushd serve` there; its output goes to out, or to pushd.log
 // in the directory when out is nil.
 func startBenchProc(ctx context.Context, exe string, users int, record []byte, cfg string, out io.Writer) (*benchProc, []byte, error) {
+	p, err := startBenchProcWith(ctx, exe, cfg, out, func(dataDir string) (err error) {
+		record, err = createBenchUsers(dataDir, "localhost", benchPattern, benchPassword, users, record)
+		return err
+	})
+	return p, record, err
+}
+
+// startBenchProcWith is startBenchProc with the data directory filled by
+// prepare (before pushd opens it) and more arguments to serve.
+func startBenchProcWith(ctx context.Context, exe, cfg string, out io.Writer, prepare func(dataDir string) error, serveArgs ...string) (*benchProc, error) {
 	dir, err := os.MkdirTemp("", "pushd-bench-")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	p := &benchProc{dir: dir, done: make(chan struct{})}
-	fail := func(err error) (*benchProc, []byte, error) {
+	fail := func(err error) (*benchProc, error) {
 		_ = os.RemoveAll(dir)
-		return nil, nil, err
+		return nil, err
 	}
-	if record, err = createBenchUsers(filepath.Join(dir, "data"), "localhost", benchPattern, benchPassword, users, record); err != nil {
+	if err := prepare(filepath.Join(dir, "data")); err != nil {
 		return fail(err)
 	}
 	cfgFile := filepath.Join(dir, "pushd.toml")
@@ -322,7 +337,7 @@ func startBenchProc(ctx context.Context, exe string, users int, record []byte, c
 		}
 		out = logFile
 	}
-	p.cmd = exec.CommandContext(ctx, exe, "serve", "--config", cfgFile)
+	p.cmd = exec.CommandContext(ctx, exe, append([]string{"serve", "--config", cfgFile}, serveArgs...)...)
 	p.cmd.Stdout, p.cmd.Stderr = out, out
 	if err := p.cmd.Start(); err != nil {
 		if logFile != nil {
@@ -337,7 +352,7 @@ func startBenchProc(ctx context.Context, exe string, users int, record []byte, c
 		}
 		close(p.done)
 	}()
-	return p, record, nil
+	return p, nil
 }
 
 // stop ends the process (politely, then not) and removes its directory.
@@ -387,21 +402,45 @@ func createBenchUsers(dataDir, domain, pattern, password string, n int, record [
 	return record, nil
 }
 
+// freePorts returns n TCP ports free on 127.0.0.1 a moment ago.
 func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
+	return reservePorts(n, func() (io.Closer, int, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, 0, err
+		}
+		return ln, ln.Addr().(*net.TCPAddr).Port, nil
+	})
+}
+
+// freeUDPPorts is freePorts for UDP.
+func freeUDPPorts(n int) ([]int, error) {
+	return reservePorts(n, func() (io.Closer, int, error) {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, 0, err
+		}
+		return c, c.LocalAddr().(*net.UDPAddr).Port, nil
+	})
+}
+
+// reservePorts holds n sockets from listen at once, so that the ports
+// differ, and closes them.
+func reservePorts(n int, listen func() (io.Closer, int, error)) ([]int, error) {
+	var held []io.Closer
 	defer func() {
-		for _, ln := range lns {
-			_ = ln.Close()
+		for _, c := range held {
+			_ = c.Close()
 		}
 	}()
 	var ports []int
 	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		c, port, err := listen()
 		if err != nil {
 			return nil, err
 		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+		held = append(held, c)
+		ports = append(ports, port)
 	}
 	return ports, nil
 }

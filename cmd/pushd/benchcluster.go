@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -93,7 +94,7 @@ func runBenchCluster(ctx context.Context, exe string, o benchClusterOptions, out
 		return fmt.Errorf("lone node: %w", err)
 	}
 
-	apns, apnsTOML, err := benchAPNSServer()
+	apns, apnsTOML, err := benchAPNSServer(apnstest.Options{})
 	if err != nil {
 		return err
 	}
@@ -593,6 +594,17 @@ type benchAPNS struct {
 	dir       string
 	key       [payload.KeySize]byte
 	deviceKey string // base64 of key
+	hook      atomic.Pointer[func(apnstest.Request)]
+}
+
+// onRequest sets (nil: clears) the function that hears every request as
+// it is answered.
+func (a *benchAPNS) onRequest(fn func(apnstest.Request)) {
+	if fn == nil {
+		a.hook.Store(nil)
+		return
+	}
+	a.hook.Store(&fn)
 }
 
 func (a *benchAPNS) close() {
@@ -612,18 +624,25 @@ func (a *benchAPNS) opens(q apnstest.Request) bool {
 }
 
 // benchAPNSServer starts the bench's APNS provider and returns it with
-// the [apns] section that points a node at it.
-func benchAPNSServer() (*benchAPNS, string, error) {
+// the [apns] section that points a node at it; opts are the server's
+// (OnRequest is the bench's own).
+func benchAPNSServer(opts apnstest.Options) (*benchAPNS, string, error) {
 	dir, err := os.MkdirTemp("", "pushd-bench-apns-")
 	if err != nil {
 		return nil, "", err
 	}
-	p, err := newAPNSProvider(dir, apnstest.Options{})
+	a := &benchAPNS{dir: dir}
+	opts.OnRequest = func(q apnstest.Request) {
+		if h := a.hook.Load(); h != nil {
+			(*h)(q)
+		}
+	}
+	p, err := newAPNSProvider(dir, opts)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, "", err
 	}
-	a := &benchAPNS{apnsProvider: p, dir: dir}
+	a.apnsProvider = p
 	_, _ = rand.Read(a.key[:])
 	a.deviceKey = base64.StdEncoding.EncodeToString(a.key[:])
 	return a, p.section(), nil

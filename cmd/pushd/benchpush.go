@@ -407,10 +407,18 @@ func benchPublish(id, node, secret string) *stanza.Element {
 func benchToken(i int) string { return fmt.Sprintf("%064x", i) }
 
 func summarise(name string, lat []time.Duration, elapsed time.Duration) benchPushResult {
-	slices.Sort(lat)
 	r := benchPushResult{Name: name, Pushes: len(lat), Elapsed: elapsed}
-	if len(lat) > 0 {
-		r.P50, r.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
-	}
+	r.P50, r.P99, _ = percentiles(lat)
 	return r
+}
+
+// percentiles sorts lat and returns its median, 99th percentile and
+// maximum (zero for none).
+func percentiles(lat []time.Duration) (p50, p99, top time.Duration) {
+	slices.Sort(lat)
+	n := len(lat)
+	if n == 0 {
+		return 0, 0, 0
+	}
+	return lat[n/2], lat[min(n-1, n*99/100)], lat[n-1]
 }

@@ -25,27 +25,27 @@ one registration by node, or every registration of an account. While a
 node runs they go through its admin API; otherwise the data directory is
 opened directly.`
 
-const pushUsage = `usage: pushd push test [--config FILE] [--timeout 30s] JID
+const pushUsage = `usage: pushd push test [--config FILE] [--timeout 30s] [--call] JID
 Sends a test push to every device of JID through the registry, the
 dispatcher and the provider, and prints the provider's answers (through
-the running node's admin API when a node runs).`
+the running node's admin API when a node runs). With --call, the running
+node sends each of the user's SIP push bindings a test VoIP call push (the
+phone rings with "pushd test call", and is told to register to the node),
+then its missed-call push, since no INVITE follows.`
 
 // pushAdmin returns the running node's admin API when one answers, else
 // the data directory opened directly (with a push stack for test pushes
 // when cfg has a provider). done releases what it opened.
 func pushAdmin(cfg componentFileConfig, log *slog.Logger) (admin.Devices, func(), error) {
-	if cfg.Admin.Listen != "" {
-		if tok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin.token")); err == nil {
-			c := &admin.Client{Addr: cfg.Admin.Listen, Token: strings.TrimSpace(string(tok))}
-			_, err := c.ListDevices("")
-			switch {
-			case err == nil:
-				return c, func() {}, nil
-			case errors.Is(err, admin.ErrNoPush):
-				return nil, nil, err
-			case !errors.Is(err, admin.ErrNoNode):
-				return nil, nil, err
-			}
+	if c := adminClient(cfg.Admin.Listen, cfg.DataDir); c != nil {
+		_, err := c.ListDevices("")
+		switch {
+		case err == nil:
+			return c, func() {}, nil
+		case errors.Is(err, admin.ErrNoPush):
+			return nil, nil, err
+		case !errors.Is(err, admin.ErrNoNode):
+			return nil, nil, err
 		}
 	}
 	db, reg, err := openRegistry(cfg)
@@ -53,6 +53,19 @@ func pushAdmin(cfg componentFileConfig, log *slog.Logger) (admin.Devices, func()
 		return nil, nil, err
 	}
 	return &localDevices{cfg: cfg.pushFileConfig, db: db, reg: reg, log: log}, func() { _ = db.Close() }, nil
+}
+
+// adminClient is the client of the admin API at listen with the token in
+// dataDir; nil when either is missing (no node can be asked).
+func adminClient(listen, dataDir string) *admin.Client {
+	if listen == "" {
+		return nil
+	}
+	tok, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
+	if err != nil {
+		return nil
+	}
+	return &admin.Client{Addr: listen, Token: strings.TrimSpace(string(tok))}
 }
 
 // openRegistry opens the data directory of a node that is not running.
@@ -163,6 +176,7 @@ func cmdPush(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "config file (TOML)")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the providers' answers")
+	testCall := fs.Bool("call", false, "send a test call to the user's SIP push bindings (through the running node)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -173,6 +187,9 @@ func cmdPush(args []string, stdout, stderr io.Writer) error {
 	cfg, err := loadComponentConfig(*configPath, false)
 	if err != nil {
 		return err
+	}
+	if *testCall {
+		return pushTestCall(cfg, strings.ToLower(fs.Arg(0)), *timeout, stdout)
 	}
 	log, err := newLogger(cfg.Log.Level, stderr)
 	if err != nil {
@@ -192,12 +209,32 @@ func cmdPush(args []string, stdout, stderr io.Writer) error {
 	return printTestPush(stdout, res)
 }
 
+// pushTestCall is `pushd push test --call`: only a running node can, since
+// the call push names the node the phone must register to.
+func pushTestCall(cfg componentFileConfig, user string, timeout time.Duration, stdout io.Writer) error {
+	c := adminClient(cfg.Admin.Listen, cfg.DataDir)
+	if c == nil {
+		return errors.New("push test --call: no running node to ask (admin listen and its token in the data directory)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	res, err := c.TestCall(ctx, user)
+	if err != nil {
+		return err
+	}
+	return printTestPush(stdout, res)
+}
+
 // printTestPush prints the answers of a test push; an error when one was
 // not delivered.
 func printTestPush(stdout io.Writer, res []admin.PushResult) error {
 	failed := false
 	for _, r := range res {
-		fmt.Fprintf(stdout, "node %s provider %s tid %s\n", r.Node, r.Provider, r.TrackingID)
+		if r.Type != "" {
+			fmt.Fprintf(stdout, "binding %s %s push provider %s tid %s\n", r.Node, r.Type, r.Provider, r.TrackingID)
+		} else {
+			fmt.Fprintf(stdout, "node %s provider %s tid %s\n", r.Node, r.Provider, r.TrackingID)
+		}
 		for i, o := range r.Attempts {
 			line := fmt.Sprintf("  attempt %d: %s status %d", i+1, o.Result, o.Status)
 			if o.Reason != "" {

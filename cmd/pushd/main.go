@@ -25,7 +25,7 @@ commands:
   push      send a test push to a user's devices (push test JID)
   cluster   cluster status, or where a user lives (cluster status|where)
   config    check a config file as serve or component would read it (config check FILE)
-  bench     measure throughput, latency, memory and failover (bench c2s|push|cluster)
+  bench     measure throughput, latency, memory and failover (bench c2s|push|cluster|sip)
   version   print the version
 `
 

@@ -438,7 +438,7 @@ func (n *node) adminBindings() admin.Bindings {
 	if n.sipReg == nil {
 		return nil
 	}
-	return registrarBindings{n.sipReg}
+	return registrarBindings{r: n.sipReg, server: n.sipServer.Load}
 }
 
 // clusterAdmin is the admin API's view of the cluster, nil alone.

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 )
@@ -17,6 +19,8 @@ func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "config file (TOML); without it pushd runs on embedded defaults")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the node's whole run to this `file` (benches)")
+	memprofile := fs.String("memprofile", "", "write a heap profile to this `file` when the node stops (benches)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -29,12 +33,38 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	n, err := startNode(cfg, log)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *memprofile == "" {
+		return n.Run(sig)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-sig.Done()
+		// Before the node lets go of anything: what it held while it
+		// served, not what is left after shutdown.
+		if f, err := os.Create(*memprofile); err == nil {
+			runtime.GC()
+			_ = pprof.WriteHeapProfile(f)
+			_ = f.Close()
+		}
+		cancel()
+	}()
 	return n.Run(ctx)
 }
 

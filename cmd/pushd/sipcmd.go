@@ -1,12 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -66,13 +65,10 @@ func cmdSIP(args []string, stdout, stderr io.Writer) error {
 
 // sipBindings asks the running node, else reads the data directory.
 func sipBindings(cfg fileConfig, user string) ([]admin.Binding, error) {
-	if cfg.Admin.Listen != "" {
-		if tok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin.token")); err == nil {
-			c := &admin.Client{Addr: cfg.Admin.Listen, Token: strings.TrimSpace(string(tok))}
-			list, err := c.SIPBindings(user)
-			if !errors.Is(err, admin.ErrNoNode) {
-				return list, err
-			}
+	if c := adminClient(cfg.Admin.Listen, cfg.DataDir); c != nil {
+		list, err := c.SIPBindings(user)
+		if !errors.Is(err, admin.ErrNoNode) {
+			return list, err
 		}
 	}
 	db, err := openDataDir(cfg.DataDir, cfg.Domain)
@@ -84,11 +80,44 @@ func sipBindings(cfg fileConfig, user string) ([]admin.Binding, error) {
 	if err != nil {
 		return nil, err
 	}
-	return registrarBindings{reg}.SIPBindings(user)
+	return registrarBindings{r: reg}.SIPBindings(user)
 }
 
-// registrarBindings is a registrar as the admin API lists it.
-type registrarBindings struct{ r *sip.Registrar }
+// registrarBindings is a registrar as the admin API lists it, and the
+// running SIP server (nil: none yet, or not this process) that sends test
+// calls.
+type registrarBindings struct {
+	r      *sip.Registrar
+	server func() *sip.Server
+}
+
+// TestCall is `pushd push test --call` on the running node.
+func (rb registrarBindings) TestCall(ctx context.Context, user string) ([]admin.PushResult, error) {
+	var s *sip.Server
+	if rb.server != nil {
+		s = rb.server()
+	}
+	if s == nil {
+		return nil, admin.ErrNoSIP
+	}
+	res, err := s.TestCall(ctx, user)
+	if errors.Is(err, sip.ErrNoPushBinding) {
+		return nil, fmt.Errorf("%w: no SIP push binding for that user", admin.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]admin.PushResult, len(res))
+	for i, r := range res {
+		out[i] = admin.PushResult{Node: r.Binding, Type: string(r.Type), Provider: string(r.Provider), TrackingID: r.TrackingID}
+		if r.Err != nil {
+			out[i].Error = r.Err.Error()
+			continue
+		}
+		out[i].Attempts = []admin.PushAttempt{{Result: r.Final.Outcome, Status: r.Final.Status, Reason: r.Final.Reason}}
+	}
+	return out, nil
+}
 
 func (rb registrarBindings) SIPBindings(user string) ([]admin.Binding, error) {
 	var out []admin.Binding

@@ -26,14 +26,14 @@ func TestSIPBindingsListing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	list, err := registrarBindings{reg}.SIPBindings("alice@localhost")
+	list, err := registrarBindings{r: reg}.SIPBindings("alice@localhost")
 	if err != nil || len(list) != 1 {
 		t.Fatalf("alice's bindings: %+v %v", list, err)
 	}
 	if b := list[0]; b.Provider != "apns" || !b.VoIP || strings.Contains(b.Token, sipPhonePRID[8:]) || b.Token == "" {
 		t.Fatalf("listed %+v", b)
 	}
-	if all, _ := (registrarBindings{reg}).SIPBindings(""); len(all) != 2 {
+	if all, _ := (registrarBindings{r: reg}).SIPBindings(""); len(all) != 2 {
 		t.Fatalf("every binding: %+v", all)
 	}
 }

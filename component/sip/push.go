@@ -14,7 +14,49 @@ import (
 // whether it was delivered. The key is the binding's own, else the one
 // the same app registered over XMPP with the same token; without one the
 // push carries no caller ID (S2), only its type, and the log says so.
+// All of it runs on a goroutine of its own: finding that registration
+// reads the database, which the loop (every call's steps) must not wait
+// for.
 func (s *Server) submit(b Binding, p payload.Payload, done func(delivered bool)) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.submitNow(b, p, done)
+	}()
+}
+
+func (s *Server) submitNow(b Binding, p payload.Payload, done func(delivered bool)) {
+	job, ok := s.job(b, p)
+	if !ok {
+		if done != nil {
+			done(false)
+		}
+		return
+	}
+	if done != nil {
+		job.Done = func(f dispatch.Final) { done(f.Delivered()) }
+	}
+	tid, err := s.deps.Pusher.Submit(context.Background(), job)
+	if err != nil {
+		logline.Log(context.Background(), s.log, slog.LevelWarn, "sip: push refused", slog.String("tid", tid),
+			slog.String("type", string(p.Type)), slog.String("err", err.Error()))
+		if s.deps.Metrics != nil {
+			s.deps.Metrics.pushes.WithLabelValues(string(p.Type), "refused").Inc()
+		}
+		if done != nil {
+			done(false)
+		}
+		return
+	}
+	if s.deps.Metrics != nil {
+		s.deps.Metrics.pushes.WithLabelValues(string(p.Type), "accepted").Inc()
+	}
+	s.log.Info("sip: push", "tid", tid, "type", string(p.Type), "call", s.red.Token(p.CallID))
+}
+
+// job is the dispatcher's job for a push to binding b; ok false when the
+// binding has no token for the push's channel.
+func (s *Server) job(b Binding, p payload.Payload) (job dispatch.Job, ok bool) {
 	var xmpp dispatch.Registration
 	found := false
 	if s.deps.Devices != nil {
@@ -24,39 +66,13 @@ func (s *Server) submit(b Binding, p payload.Payload, done func(delivered bool))
 	if reg.Key == nil {
 		s.log.Info("sip: push without caller ID: the device left no key", "type", string(p.Type), "aor", s.red.Token(b.AOR))
 	}
-	job := dispatch.Job{Registration: reg, Payload: p}
 	if reg.TokenFor(reg.ChannelFor(p.Type)) == "" {
 		// A PushKit-only binding has no token for a refresh push, which
 		// must not go on the VoIP channel (iOS wants a call for each).
 		s.log.Info("sip: no token for this push", "type", string(p.Type), "aor", s.red.Token(b.AOR))
-		if done != nil {
-			done(false)
-		}
-		return
+		return dispatch.Job{}, false
 	}
-	if done != nil {
-		job.Done = func(f dispatch.Final) { done(f.Delivered()) }
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		tid, err := s.deps.Pusher.Submit(context.Background(), job)
-		if err != nil {
-			logline.Log(context.Background(), s.log, slog.LevelWarn, "sip: push refused", slog.String("tid", tid),
-				slog.String("type", string(p.Type)), slog.String("err", err.Error()))
-			if s.deps.Metrics != nil {
-				s.deps.Metrics.pushes.WithLabelValues(string(p.Type), "refused").Inc()
-			}
-			if done != nil {
-				done(false)
-			}
-			return
-		}
-		if s.deps.Metrics != nil {
-			s.deps.Metrics.pushes.WithLabelValues(string(p.Type), "accepted").Inc()
-		}
-		s.log.Info("sip: push", "tid", tid, "type", string(p.Type), "call", s.red.Token(p.CallID))
-	}()
+	return dispatch.Job{Registration: reg, Payload: p}, true
 }
 
 // refreshPushes sends a reg-refresh push to every push binding that asked

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -30,6 +31,9 @@ type Registrar struct {
 
 	mu    sync.Mutex
 	byAOR map[string][]Binding
+	// gen counts changes, so that a reader of NextRefresh can keep its
+	// answer until a binding changed (see Generation).
+	gen atomic.Uint64
 	// onChange, if set, hears every stored or removed binding (removed:
 	// deleted true), after it is durable: the cluster replicates it.
 	onChange func(b Binding, deleted bool)
@@ -261,7 +265,13 @@ func (r *Registrar) RefreshDue(now time.Time, before time.Duration, serve func(a
 	return out
 }
 
+// Generation changes whenever a binding is stored or removed: a
+// NextRefresh answer holds until it does (or until what serve says
+// changes).
+func (r *Registrar) Generation() uint64 { return r.gen.Load() }
+
 // NextRefresh is when RefreshDue will next have something (zero: never).
+// It looks at every binding: see Generation.
 func (r *Registrar) NextRefresh(before time.Duration, serve func(aor string) bool) time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -291,7 +301,10 @@ func (r *Registrar) Sweep(now time.Time) error {
 	return nil
 }
 
+// persist writes a change (every change goes through it, under r.mu)
+// and counts it.
 func (r *Registrar) persist(store, remove []Binding) error {
+	r.gen.Add(1)
 	if r.db == nil {
 		return nil
 	}

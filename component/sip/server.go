@@ -87,11 +87,16 @@ type Server struct {
 	machine *call.Machine
 	events  chan call.Event
 	wake    chan struct{}
+	// refresh is the registrar's NextRefresh as of generation refreshGen,
+	// valid while refreshOK: the loop's alone. It is read again when a
+	// binding changes, a refresh timer fires, and at each sweep (what
+	// Placement says may have changed).
+	refresh    time.Time
+	refreshGen uint64
+	refreshOK  bool
 
 	mu    sync.Mutex
 	calls map[call.ID]*callCtx
-	// admitted counts the calls whose Invite the machine has stepped.
-	admitted int
 	// late are INVITEs sent to phones for calls that already ended (C8),
 	// kept until their CANCEL went.
 	closing   bool
@@ -99,6 +104,9 @@ type Server struct {
 
 	wg sync.WaitGroup
 }
+
+// udpReadBuffer is the UDP socket's receive buffer.
+const udpReadBuffer = 4 << 20
 
 // New builds a server; Listen binds its sockets, Serve runs it.
 func New(cfg Config, deps Deps) (*Server, error) {
@@ -150,6 +158,12 @@ func (s *Server) Listen() error {
 	var err error
 	if s.udp, err = net.ListenPacket("udp", s.cfg.Listen); err != nil {
 		return fmt.Errorf("sip: listen udp: %w", err)
+	}
+	if u, ok := s.udp.(*net.UDPConn); ok {
+		// The default (~200 KiB) overflows when a burst of requests meets
+		// a busy loop, and UDP drops what does not fit: the caller waits
+		// for a retransmission (500 ms). The kernel caps it at rmem_max.
+		_ = u.SetReadBuffer(udpReadBuffer)
 	}
 	// TCP on the port UDP got, so that ":0" in tests gives one address.
 	if s.tcp, err = net.Listen("tcp", s.udp.LocalAddr().String()); err != nil {
@@ -296,9 +310,16 @@ func (s *Server) loop(ctx context.Context) {
 			s.admit(ev)
 			s.carry(s.machine.Step(s.cfg.Now(), ev))
 		case <-timer.C:
-			s.carry(s.machine.Step(s.cfg.Now(), call.Tick{}))
-			s.refreshPushes()
+			now := s.cfg.Now()
+			s.carry(s.machine.Step(now, call.Tick{}))
+			// Most fires are the calls' deadlines: the bindings are
+			// looked at only when a refresh push is due.
+			if r := s.refresh; !r.IsZero() && !now.Before(r) {
+				s.refreshOK = false
+				s.refreshPushes()
+			}
 		case <-sweep.C:
+			s.refreshOK = false
 			if err := s.reg.Sweep(s.cfg.Now()); err != nil {
 				s.log.Error("sip: sweep bindings", "err", err)
 			}
@@ -312,7 +333,10 @@ func (s *Server) loop(ctx context.Context) {
 // the next refresh push.
 func (s *Server) rearm(t *time.Timer) {
 	next := s.machine.Next()
-	if r := s.reg.NextRefresh(s.cfg.RefreshPushBefore, s.serves); !r.IsZero() && (next.IsZero() || r.Before(next)) {
+	if gen := s.reg.Generation(); !s.refreshOK || gen != s.refreshGen {
+		s.refresh, s.refreshGen, s.refreshOK = s.reg.NextRefresh(s.cfg.RefreshPushBefore, s.serves), gen, true
+	}
+	if r := s.refresh; !r.IsZero() && (next.IsZero() || r.Before(next)) {
 		next = r
 	}
 	d := time.Hour
@@ -373,35 +397,32 @@ func (s *Server) call(id call.ID) *callCtx {
 }
 
 // admit marks a call's context as the machine's once its Invite is
-// stepped: until then the machine does not know the call, and
-// forgetEnded must not take that for the call having ended.
+// stepped: a context whose Invite is still on its way is not the one a
+// forgotten call of the same Call-ID left.
 func (s *Server) admit(ev call.Event) {
 	inv, ok := ev.(call.Invite)
 	if !ok {
 		return
 	}
 	s.mu.Lock()
-	if c := s.calls[inv.Call]; c != nil && !c.admitted {
+	if c := s.calls[inv.Call]; c != nil {
 		c.admitted = true
-		s.admitted++
 	}
 	s.mu.Unlock()
 }
 
-// forgetEnded drops the contexts of calls the machine no longer knows.
-// It looks only when the machine holds fewer calls than were admitted,
-// so a step that forgot nothing costs no scan.
+// forgetEnded drops the contexts of the calls the machine forgot.
 func (s *Server) forgetEnded() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.machine.Len() >= s.admitted {
+	gone := s.machine.Forgotten()
+	if len(gone) == 0 {
 		return
 	}
-	for id, c := range s.calls {
-		if c.admitted && !s.machine.Known(id) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range gone {
+		if c := s.calls[id]; c != nil && c.admitted {
 			c.release()
 			delete(s.calls, id)
-			s.admitted--
 		}
 	}
 }

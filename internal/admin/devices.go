@@ -40,7 +40,9 @@ type Device struct {
 
 // PushResult is the providers' answer to one test push.
 type PushResult struct {
-	Node       string        `json:"node"`
+	Node string `json:"node"`
+	// Type is the push's, for a test call's pushes (call, missed-call).
+	Type       string        `json:"type,omitempty"`
 	Provider   string        `json:"provider"`
 	TrackingID string        `json:"tid"`
 	Attempts   []PushAttempt `json:"attempts"`
@@ -115,11 +117,7 @@ func (s *Server) devicesRoutes(mux *http.ServeMux) {
 			http.Error(w, "bad request", http.StatusBadRequest)
 			return
 		}
-		wait := time.Duration(req.Timeout) * time.Millisecond
-		if wait <= 0 {
-			wait = 30 * time.Second
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), min(wait, maxTestPushWait))
+		ctx, cancel := context.WithTimeout(r.Context(), testWait(req.Timeout))
 		defer cancel()
 		res, err := d.TestPush(ctx, req.Account)
 		if err != nil {
@@ -152,22 +150,40 @@ func (c *Client) DeleteDevices(what string) (int, error) {
 // until ctx's deadline (30 s without one).
 func (c *Client) TestPush(ctx context.Context, account string) ([]PushResult, error) {
 	req := testPushRequest{Account: account}
+	cc, timeout := c.waiting(ctx)
+	req.Timeout = timeout
+	var res []PushResult
+	err := cc.pushCall(context.Background(), http.MethodPost, "/api/push/test", req, &res)
+	return res, err
+}
+
+// waiting is c for a request the node holds until its own wait ends
+// (ctx's deadline, sent as timeout in ms; 0: none, the node's 30 s).
+func (c *Client) waiting(ctx context.Context) (cc *Client, timeout int64) {
 	if dl, ok := ctx.Deadline(); ok {
-		req.Timeout = max(time.Until(dl).Milliseconds(), 1)
+		timeout = max(time.Until(dl).Milliseconds(), 1)
 	}
 	hc := c.HTTP
 	if hc == nil {
 		// The node answers when its own wait ends; leave it room.
-		hc = &http.Client{Timeout: time.Duration(req.Timeout)*time.Millisecond + 30*time.Second}
-		if req.Timeout == 0 {
+		hc = &http.Client{Timeout: time.Duration(timeout)*time.Millisecond + 30*time.Second}
+		if timeout == 0 {
 			hc.Timeout = time.Minute
 		}
 	}
-	cc := *c
-	cc.HTTP = hc
-	var res []PushResult
-	err := cc.pushCall(context.Background(), http.MethodPost, "/api/push/test", req, &res)
-	return res, err
+	copied := *c
+	copied.HTTP = hc
+	return &copied, timeout
+}
+
+// testWait is how long the API holds a test push: timeout ms, 30 s when
+// 0, at most maxTestPushWait.
+func testWait(timeout int64) time.Duration {
+	wait := time.Duration(timeout) * time.Millisecond
+	if wait <= 0 {
+		wait = 30 * time.Second
+	}
+	return min(wait, maxTestPushWait)
 }
 
 func (c *Client) pushCall(ctx context.Context, method, path string, body, out any) error {

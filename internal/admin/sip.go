@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/url"
@@ -14,6 +15,10 @@ type Bindings interface {
 	// SIPBindings returns the bindings of user (a bare JID, or every
 	// binding when "").
 	SIPBindings(user string) ([]Binding, error)
+	// TestCall sends a test call push, then its missed-call push, to every
+	// push binding of user (a bare JID) and waits for the providers'
+	// answers until ctx ends; ErrNotFound when the user has none.
+	TestCall(ctx context.Context, user string) ([]PushResult, error)
 }
 
 // Binding is one SIP binding, for operators: the push token appears only
@@ -46,6 +51,44 @@ func (s *Server) sipRoutes(mux *http.ServeMux) {
 		}
 		writeJSON(w, list)
 	}))
+	mux.HandleFunc("POST /api/sip/test-call", s.authOnly(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Bindings == nil {
+			http.Error(w, "no SIP", http.StatusNotImplemented)
+			return
+		}
+		var req testCallRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.User == "" {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), testWait(req.Timeout))
+		defer cancel()
+		res, err := s.cfg.Bindings.TestCall(ctx, req.User)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, res)
+	}))
+}
+
+type testCallRequest struct {
+	User    string `json:"user"`
+	Timeout int64  `json:"timeout_ms,omitempty"` // 0: 30 s
+}
+
+// TestCall asks the node for a test call push; the node waits for the
+// answers until ctx's deadline (30 s without one).
+func (c *Client) TestCall(ctx context.Context, user string) ([]PushResult, error) {
+	req := testCallRequest{User: user}
+	cc, timeout := c.waiting(ctx)
+	req.Timeout = timeout
+	var res []PushResult
+	err := cc.do(context.Background(), http.MethodPost, "/api/sip/test-call", req, &res)
+	if errors.Is(err, errNotImplemented) {
+		return nil, ErrNoSIP
+	}
+	return res, err
 }
 
 // SIPBindings makes Client an admin.Bindings.

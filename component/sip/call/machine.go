@@ -1,7 +1,6 @@
 package call
 
 import (
-	"cmp"
 	"slices"
 	"time"
 
@@ -15,6 +14,8 @@ type Machine struct {
 	now   time.Time
 	calls map[ID]*call
 	byAOR map[string][]*call // in the order they came: REGISTERs find their calls without a scan
+	due   due                // the calls with a deadline, earliest first
+	gone  []ID               // forgotten since the last Forgotten
 	out   []Action
 }
 
@@ -41,6 +42,10 @@ type call struct {
 	// devices in the order they joined the call, so that output is in a
 	// stable order without sorting; a handful per AOR.
 	devices []*device
+	// at is next() as the due heap holds it, slot the call's index there
+	// (-1: not in it).
+	at   time.Time
+	slot int
 }
 
 // leg is where a device's branch is. A device has at most one branch: a
@@ -112,13 +117,19 @@ func (m *Machine) InCall(aor string) bool {
 
 // Next returns when the machine next wants a Tick (zero: no timer).
 func (m *Machine) Next() time.Time {
-	var next time.Time
-	for _, c := range m.calls {
-		if t := c.next(); !t.IsZero() && (next.IsZero() || t.Before(next)) {
-			next = t
-		}
+	if len(m.due) == 0 {
+		return time.Time{}
 	}
-	return next
+	return m.due[0].at
+}
+
+// Forgotten returns the calls the machine forgot (LateWindow over) since
+// it was last called: the runner drops what it kept for them without
+// asking about every call it holds.
+func (m *Machine) Forgotten() []ID {
+	g := m.gone
+	m.gone = nil
+	return g
 }
 
 func (c *call) next() time.Time {
@@ -165,6 +176,7 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 		}
 	case Tick:
 	}
+	m.scheduleFor(ev)
 	return m.out
 }
 
@@ -174,17 +186,10 @@ func (m *Machine) emit(a Action) { m.out = append(m.out, a) }
 // each call's first one fell, and within a call in time order (its 180
 // before its 480). Calls do not depend on each other's order.
 func (m *Machine) fire() {
-	var due []*call
-	for _, c := range m.calls {
-		if t := c.next(); !t.IsZero() && !t.After(m.now) {
-			due = append(due, c)
-		}
-	}
-	slices.SortFunc(due, func(a, b *call) int {
-		return cmp.Or(a.next().Compare(b.next()), cmp.Compare(a.id, b.id))
-	})
-	for _, c := range due {
+	for len(m.due) > 0 && !m.due[0].at.After(m.now) {
+		c := m.due[0]
 		m.fireCall(c)
+		m.schedule(c)
 	}
 }
 
@@ -218,6 +223,7 @@ func (m *Machine) fireCall(c *call) {
 
 func (m *Machine) forget(c *call) {
 	delete(m.calls, c.id)
+	m.gone = append(m.gone, c.id)
 	list := slices.DeleteFunc(m.byAOR[c.aor], func(o *call) bool { return o == c })
 	if len(list) == 0 {
 		delete(m.byAOR, c.aor)
@@ -231,7 +237,7 @@ func (m *Machine) invite(e Invite) {
 		return
 	}
 	c := &call{
-		id: e.Call, aor: e.AOR,
+		id: e.Call, aor: e.AOR, slot: -1,
 		ringAt:     m.now.Add(m.cfg.RingAfter),
 		giveUpAt:   m.now.Add(m.cfg.GiveUpAfter),
 		noAnswerAt: m.now.Add(m.cfg.NoAnswerAfter),

@@ -83,7 +83,11 @@ type randomRun struct {
 	log        strings.Builder
 	stepDesc   string
 	overBefore map[*inst]bool // over when the step began
+	forgotten  int            // calls Forgotten reported
 }
+
+// admitted is how many calls the machine took: every fresh one.
+func (w *randomRun) admitted() int { return len(w.all) }
 
 func runRandom(t *testing.T, seed uint64) string {
 	w := &randomRun{t: t, seed: seed, r: rand.New(rand.NewPCG(seed, 7)), cfg: DefaultConfig(),
@@ -293,6 +297,30 @@ func (w *randomRun) step(ev Event) {
 	if n := w.m.Next(); !n.IsZero() && !n.After(w.now) {
 		w.fail("Next %v is not after now", n.Sub(epoch))
 	}
+	// The deadline heap says what a look at every call says.
+	if n, want := w.m.Next(), scanNext(w.m); !n.Equal(want) {
+		w.fail("Next %v, the calls' earliest deadline %v", n.Sub(epoch), want.Sub(epoch))
+	}
+	for _, id := range w.m.Forgotten() {
+		if w.m.Known(id) {
+			w.fail("%s forgotten and still known", id)
+		}
+		w.forgotten++
+	}
+	if w.forgotten+w.m.Len() != w.admitted() {
+		w.fail("%d calls forgotten and %d known of %d", w.forgotten, w.m.Len(), w.admitted())
+	}
+}
+
+// scanNext is Next the slow way: the earliest deadline of every call.
+func scanNext(m *Machine) time.Time {
+	var next time.Time
+	for _, c := range m.calls {
+		if t := c.next(); !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	return next
 }
 
 // action checks one action against the model and applies it; it returns
