@@ -265,6 +265,14 @@ func (c *Cluster) Leave() error {
 	return nil
 }
 
+// Stopped reports whether Shutdown ran: the node is no member any more,
+// and has nothing to leave.
+func (c *Cluster) Stopped() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopped
+}
+
 // Shutdown stops gossip and replication at once, without telling anyone:
 // to the others it looks like a crash (Leave first for a graceful exit).
 // Pending Send waits fail with ErrReplicatorClosed.

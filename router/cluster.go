@@ -319,20 +319,42 @@ type Handover struct {
 // are sent to redirect, and nothing is kept or handed on (the queues are
 // replaced by the handover that follows). It returns how many went.
 func (s *Server) Forget(mine func(device string) bool, redirect string) int {
+	n, _ := s.forgetDevices(mine, redirect)
+	return n
+}
+
+// SendAway is Forget for a node that stops (O7): it returns once each
+// live client has been written its see-other-host, each bounded by the
+// write timeout, so that stopping the listeners does not cut it off.
+func (s *Server) SendAway(mine func(device string) bool, redirect string) int {
+	n, wires := s.forgetDevices(mine, redirect)
+	for _, w := range wires {
+		<-w.done
+	}
+	return n
+}
+
+func (s *Server) forgetDevices(mine func(device string) bool, redirect string) (int, []*wire) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var devices []string
+	var wires []*wire
 	for _, st := range s.streams {
 		if !mine(st.from) {
 			continue
 		}
 		s.forget(st)
+		st.mu.Lock()
+		if st.w != nil {
+			wires = append(wires, st.w)
+		}
+		st.mu.Unlock()
 		st.close(seeOtherHost(redirect))
 		devices = append(devices, st.from)
 	}
 	// Devices without a stream (restored, adopted) go too.
 	s.stepLocked(jsm.Release{Devices: devices, Match: mine})
-	return len(devices)
+	return len(devices), wires
 }
 
 // Release gives up the devices whose full JID mine selects (H4

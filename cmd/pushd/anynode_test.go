@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -331,5 +332,119 @@ func TestAnyNodeCarriesStreamProcesses(t *testing.T) {
 	}
 	if n := E.metric("pushd_streams_carried_total"); n != 4 {
 		t.Errorf("the edge carried her stream on %v times, want 4", n)
+	}
+}
+
+// O7, a graceful stop: alice's primary gets SIGTERM while her phone is
+// connected through another node and dave's phone directly to it. The
+// node leaves the cluster first, so that the others take its users over
+// at once, then sends its clients where their users are served now:
+// alice's connection is carried on, dave is sent (see-other-host) to his
+// new primary and resumes there. What bob sent before and during the stop
+// arrives once each; the node exits cleanly.
+func TestGracefulStopHandsOver(t *testing.T) {
+	_, procs, byProc := threePushProcs(t)
+	place := cluster.NewPlacement([]string{"n1", "n2", "n3"})
+	pName, bName := place.PrimaryBackup("alice@localhost")
+	P, E := byProc[pName], byProc[otherThan(pName, bName)]
+	pick := func(prefix, home string) string {
+		for i := 0; ; i++ {
+			if u := fmt.Sprintf("%s%d", prefix, i); place.Primary(u+"@localhost") == home {
+				return u
+			}
+		}
+	}
+	bob, dave := pick("bob", E.name), pick("dave", pName)
+	adm := procs[0].admin(t)
+	for _, u := range []string{"alice", bob, dave} {
+		check(t, adm.AddUser(u, "pw"))
+	}
+	for _, p := range procs {
+		waitFor(t, "accounts and members on "+p.name, 30*time.Second, func() bool {
+			l, err := p.admin(t).ListUsers()
+			raw, serr := p.admin(t).ClusterStatus()
+			return err == nil && len(l) == 3 && serr == nil && strings.Count(string(raw), `"alive"`) == 3 &&
+				p.metric("pushd_cluster_syncing") == 0
+		})
+	}
+	phone := func(user, at string) (*xmpptest.Client, string) {
+		c := xmpptest.Login(t, at, "localhost", user, "pw", "phone")
+		c.Send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+		return c, c.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") }).Get("id")
+	}
+	a, _ := phone("alice", E.c2s)
+	d, davesID := phone(dave, P.c2s)
+	b := xmpptest.Login(t, E.c2s, "localhost", bob, "pw", "desk")
+	b.Send(`<enable xmlns='urn:xmpp:sm:3'/>`)
+	b.Expect("enabled", func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "enabled") })
+	send := func(body string) {
+		t.Helper()
+		b.Send(fmt.Sprintf(`<message to='alice@localhost/phone' type='chat'><body>%s</body></message>`+
+			`<message to='%s@localhost/phone' type='chat'><body>%s</body></message><r xmlns='urn:xmpp:sm:3'/>`, body, dave, body))
+		b.Expect("ack of "+body, func(e *stanza.Element) bool { return e.Is(stanza.NSSM, "a") })
+	}
+	send("before")
+	a.ExpectBody("before")
+	d.ExpectBody("before")
+
+	stopped := time.Now()
+	check(t, P.proc.Cmd.Process.Signal(syscall.SIGTERM))
+	send("during")
+	a.ExpectBody("during")
+	// dave's stream: what P wrote before it left, then see-other-host.
+	got := []string{"before"} // read above
+	h := 1
+	var cond, to string
+	for cond == "" {
+		el, err := d.Next()
+		if err != nil {
+			t.Fatalf("O7: dave's stream ended without a stream error, after %q: %v", got, err)
+		}
+		switch {
+		case el.Is(stanza.NSClient, "message"):
+			got = append(got, el.ChildText(stanza.NSClient, "body"))
+			h++
+		case el.Is(stanza.NSStream, "error"):
+			cond = "?"
+			if c := el.Child(stanza.NSStreamErr, "see-other-host"); c != nil {
+				cond, to = "see-other-host", c.Text()
+			}
+		}
+	}
+	alt := cluster.NewPlacement([]string{bName, E.name}).Primary(dave + "@localhost")
+	if cond != "see-other-host" || to != byProc[alt].c2s {
+		t.Fatalf("O7: dave's stream ended with %s to %q, want see-other-host to his new primary %s at %s", cond, to, alt, byProc[alt].c2s)
+	}
+	t.Logf("O7: dave sent to his new primary %v after SIGTERM", time.Since(stopped).Round(time.Millisecond))
+	r := xmpptest.Dial(t, to, "localhost")
+	r.StartTLS()
+	if c := r.AuthPlain(dave, "pw"); c != "" {
+		t.Fatal(c)
+	}
+	r.Send(`<resume xmlns='urn:xmpp:sm:3' h='` + strconv.Itoa(h) + `' previd='` + davesID + `'/><iq type='get' id='end'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	if el := r.Expect("resumed", func(e *stanza.Element) bool { return e.Name.Space == stanza.NSSM }); !el.Is(stanza.NSSM, "resumed") {
+		t.Fatalf("O7/H4: dave did not resume at his new primary: %s", el)
+	}
+	r.Expect("ping", func(e *stanza.Element) bool {
+		if e.Is(stanza.NSClient, "message") {
+			got = append(got, e.ChildText(stanza.NSClient, "body"))
+		}
+		return e.Get("id") == "end"
+	})
+	if !slices.Equal(got, []string{"before", "during"}) {
+		t.Fatalf("O7/H4: dave got %q across the stop, want [before during] once each", got)
+	}
+	// alice's one connection goes on at her new primary.
+	waitFor(t, "alice's stream carried on", 30*time.Second, func() bool { return E.metric("pushd_streams_carried_total") == 1 })
+	t.Logf("O7: alice's stream carried on by %v after SIGTERM", time.Since(stopped).Round(time.Millisecond))
+	send("after")
+	a.ExpectBody("after")
+	select {
+	case <-P.proc.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("O7: the node did not exit after SIGTERM")
+	}
+	if err := P.proc.Err(); err != nil {
+		t.Errorf("O7: the node's exit: %v", err)
 	}
 }

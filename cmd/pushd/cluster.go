@@ -234,6 +234,43 @@ func (cn *clusterNode) awaitJoined() bool {
 	}
 }
 
+// handOff is a graceful stop's first step (O7): this node leaves the
+// cluster, so that the others take its users over from their replicas at
+// once, without failure detection, and then sends each of its clients to
+// the node that serves its user now (see-other-host), where it resumes
+// its stream. A node relaying a client's stream carries it on by itself
+// when its view moves the user. Nothing acknowledged is lost: every
+// acknowledged stanza is on the backups already (DESIGN rule 2).
+func (cn *clusterNode) handOff() {
+	if cn.c == nil || cn.c.Stopped() {
+		return // not a member (any more): as after a crash, the others take over
+	}
+	start := time.Now()
+	self := cn.c.Name()
+	var rest []string
+	for _, m := range cn.c.Members() {
+		if m.Name != self && m.State.Live() {
+			rest = append(rest, m.Name)
+		}
+	}
+	if len(rest) == 0 {
+		return // alone: nobody to hand over to
+	}
+	if err := cn.c.Leave(); err != nil {
+		cn.log.Warn("cluster: leaving before the stop failed; the others will detect it", "err", err)
+	}
+	after := cluster.NewPlacement(rest)
+	sent := 0
+	for _, name := range rest {
+		m, ok := cn.c.Member(name)
+		if !ok {
+			continue
+		}
+		sent += cn.n.router.SendAway(func(dev string) bool { return after.Primary(userOf(dev)) == name }, m.Meta.C2SAddr)
+	}
+	cn.log.Warn("cluster: left; clients sent to the nodes that took their users over", "devices", sent, "took", time.Since(start))
+}
+
 func (cn *clusterNode) stop() {
 	cn.bgMu.Lock()
 	if !cn.stopping {

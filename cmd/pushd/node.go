@@ -265,12 +265,20 @@ func (n *node) Run(ctx context.Context) error {
 	if n.pushRun != nil {
 		go func() { errc <- n.pushRun(ctx) }()
 	}
-	go func() { errc <- n.router.Serve(ctx) }()
+	// The router outlives ctx by the cluster's hand-off: its clients are
+	// sent to the nodes that take their users over before it stops.
+	routerCtx, stopRouter := context.WithCancel(context.Background())
+	defer stopRouter()
+	go func() { errc <- n.router.Serve(routerCtx) }()
 	n.ready.Store(true)
 	n.log.Info("pushd serving", "domain", n.cfg.Domain, "c2s", n.router.Addr("c2s"),
 		"component", n.router.Addr("component"), "sip", sipAddrs(n.sip), "admin", n.adminAddr(), "version", version)
 	<-ctx.Done()
 	n.ready.Store(false)
+	if n.cluster != nil {
+		n.cluster.handOff()
+	}
+	stopRouter()
 	var first error
 	for range cap(errc) - boolToInt(n.admin == nil) - boolToInt(n.pushRun == nil) - boolToInt(n.sip == nil) {
 		if err := <-errc; err != nil && first == nil {
