@@ -186,9 +186,11 @@ func (s *Server) parseContacts(req *sip.Request, aor string, now time.Time) (u U
 			b.Key = key
 		}
 		b.Contact = contactURI(c.Address)
-		if err := sip.ParseUri(b.Contact, &sip.Uri{}); err != nil {
-			// A contact sipgo parses but does not read back (sip:@0;[,
-			// found by FuzzRegister) could never be called.
+		var back sip.Uri
+		if err := sip.ParseUri(b.Contact, &back); err != nil || back.Host == "" {
+			// A contact sipgo parses but does not read back the same
+			// (sip:@0;[ and sip:@@, found by FuzzRegister) could never
+			// be called.
 			return u, false, sip.NewResponseFromRequest(req, 400, "Bad Contact", nil)
 		}
 		b.ID = b.Contact
