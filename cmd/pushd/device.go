@@ -155,8 +155,11 @@ func orDash(s string) string {
 }
 
 func cmdPush(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "disable" || args[0] == "enable" || args[0] == "status") {
+		return cmdPushSwitch(args[0], args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "test" {
-		fmt.Fprintln(stderr, pushUsage)
+		fmt.Fprintln(stderr, pushUsage+"\n\n"+pushSwitchUsage)
 		return flag.ErrHelp
 	}
 	fs := flag.NewFlagSet("push test", flag.ContinueOnError)
@@ -170,11 +173,7 @@ func cmdPush(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, pushUsage)
 		return flag.ErrHelp
 	}
-	cfg, err := loadComponentConfig(*configPath, false)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg.Log.Level, stderr)
+	cfg, log, err := pushCommandConfig(*configPath, stderr)
 	if err != nil {
 		return err
 	}
@@ -190,6 +189,17 @@ func cmdPush(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return printTestPush(stdout, res)
+}
+
+// pushCommandConfig reads the config of a `pushd push` command and makes
+// its logger (to stderr).
+func pushCommandConfig(path string, stderr io.Writer) (componentFileConfig, *slog.Logger, error) {
+	cfg, err := loadComponentConfig(path, false)
+	if err != nil {
+		return cfg, nil, err
+	}
+	log, err := newLogger(cfg.Log.Level, stderr)
+	return cfg, log, err
 }
 
 // printTestPush prints the answers of a test push; an error when one was

@@ -21,6 +21,7 @@ import (
 
 	"pushd/cluster/failover"
 	"pushd/component"
+	"pushd/component/dispatch"
 	"pushd/component/sip"
 	"pushd/internal/admin"
 	"pushd/internal/stanza"
@@ -53,6 +54,9 @@ type node struct {
 	sip       *sip.Server
 	sipServer atomic.Pointer[sip.Server]
 	sipReg    *sip.Registrar
+	// pushSwitch is the cluster's push switch as this node holds it (O2):
+	// kept, and copied to peers, whether or not this node pushes.
+	pushSwitch *dispatch.Switch
 	// tls is the node's TLS configuration (its certificate).
 	tls *tls.Config
 }
@@ -131,6 +135,11 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	n.pushSwitch, err = dispatch.OpenSwitch(n.db.Badger(), dispatch.SwitchConfig{Node: cfg.Cluster.NodeName, Logger: log, Metrics: reg})
+	if err != nil {
+		n.close()
+		return nil, err
+	}
 
 	rcfg := router.DefaultConfig()
 	rcfg.Metrics = router.NewMetrics(reg)
@@ -191,7 +200,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		}
 	}
 	if pushOn {
-		opts := pushOptions{Metrics: reg, Logger: log, Node: reachable(c2sAdvertised(cfg))}
+		opts := pushOptions{Metrics: reg, Logger: log, Node: reachable(c2sAdvertised(cfg)), Switch: n.pushSwitch}
 		n.push, n.pushRun, err = startInProcessPush(cfg.pushFileConfig, n.db, pushDomain, pushSecret,
 			n.router.ServeComponentConn, opts)
 		if err != nil {
@@ -235,8 +244,8 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		n.admin, err = admin.Listen(admin.Config{
 			Listen: cfg.Admin.Listen, Token: token, Ready: n.ready.Load,
 			Gatherer: reg, Users: nodeUsers{n}, Sessions: nodeUsers{n}, Cluster: n.clusterAdmin(),
-			Bindings: n.adminBindings(),
-			Devices:  pushAdminDevices(n.push), Logger: log,
+			Bindings: n.adminBindings(), Switch: n.switchAdmin(),
+			Devices: pushAdminDevices(n.push), Logger: log,
 		})
 		if err != nil {
 			n.close()
