@@ -86,6 +86,10 @@ func (cn *clusterNode) ApplySwitch(from string, r cluster.Record) (func() error,
 	}
 	if mine := sw.State(); mine.Version != st.Version || mine.Node != st.Node {
 		cn.spawn(func() {
+			// Records may come from inside cluster.New, before cn.c is set.
+			if !cn.awaitJoined() {
+				return
+			}
 			if err := cn.c.Send(context.Background(), from, dispatch.SwitchRecord(mine))(); err != nil {
 				cn.log.Warn("cluster: push switch not sent back to a member with an older one", "node", from, "err", err)
 			}

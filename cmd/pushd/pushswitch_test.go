@@ -166,3 +166,96 @@ func TestPushSwitchCluster(t *testing.T) {
 		t.Fatalf("alice got %q, want %q once, in order", got, want)
 	}
 }
+
+// O2: the switch survives restarts. Turned off at a running node, it
+// reads off from the data directory once the node stops (`pushd push
+// status` with no node), and the node starts again with pushes off;
+// turned on with no node running, the next start sends pushes.
+func TestPushSwitchSurvivesRestart(t *testing.T) {
+	n := startTestNode(t, nil)
+	pushCmd(t, n, "disable")
+	dir := n.cfg.DataDir
+	n.stop()
+	if out := pushCmd(t, n, "status"); !strings.HasPrefix(out, "push disabled (version ") {
+		t.Fatalf("status from the data directory: %q", out)
+	}
+	again := startTestNode(t, func(c *fileConfig) { c.DataDir = dir })
+	if again.pushSwitch.Enabled() || metricAt(again, "pushd_push_enabled") != 0 {
+		t.Fatal("pushes on after a restart; the switch was off")
+	}
+	if st, err := adminOf(t, again).PushSwitch(); err != nil || st.Enabled || st.Version == 0 {
+		t.Fatalf("GET /api/push/switch after the restart: %+v, %v", st, err)
+	}
+	again.stop()
+	if out := pushCmd(t, again, "enable"); !strings.HasPrefix(out, "push enabled (version ") {
+		t.Fatalf("enable in the data directory: %q", out)
+	}
+	third := startTestNode(t, func(c *fileConfig) { c.DataDir = dir })
+	if !third.pushSwitch.Enabled() || metricAt(third, "pushd_push_enabled") != 1 {
+		t.Fatal("pushes still off after pushd push enable with no node running")
+	}
+}
+
+// O2 across membership: a member that was down while the switch flipped
+// learns the newer state when it comes back (its own, older one, read
+// from its disk, loses), and a member that joins later learns it too. A
+// member that comes back with the newer state (changed in its data
+// directory while it was down) gives it to the others: the newest wins
+// whoever joins whom.
+func TestPushSwitchReachesReturningAndNewMembers(t *testing.T) {
+	nodes := clusterOf(t, 2, nil)
+	n1, n2 := nodes[0], nodes[1]
+	if _, err := adminOf(t, n1).SetPushSwitch(false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the switch off at n2", time.Second, func() bool { return !n2.pushSwitch.Enabled() })
+
+	dir := n2.cfg.DataDir
+	n2.stop()
+	waitFor(t, "n2 gone", 30*time.Second, func() bool {
+		for _, m := range n1.cluster.c.Members() {
+			if m.Name == "n2" && m.State.Live() {
+				return false
+			}
+		}
+		return true
+	})
+	on, err := adminOf(t, n1).SetPushSwitch(true)
+	if err != nil {
+		t.Fatalf("enabling with n2 down: %v", err)
+	}
+	back := startTestNode(t, func(c *fileConfig) {
+		clusterMember(t, c, "n2", n1)
+		c.DataDir = dir
+	})
+	waitFor(t, "n2, back, has the switch on", 30*time.Second, func() bool {
+		st := back.pushSwitch.State()
+		return st.Enabled && st.Version == on.Version && st.Node == "n1"
+	})
+
+	off, err := adminOf(t, back).SetPushSwitch(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the switch off at n1", time.Second, func() bool { return !n1.pushSwitch.Enabled() })
+	late := startTestNode(t, func(c *fileConfig) { clusterMember(t, c, "n3", n1) })
+	waitFor(t, "n3, new, has the switch off", 30*time.Second, func() bool {
+		st := late.pushSwitch.State()
+		return !st.Enabled && st.Version == off.Version && st.Node == "n2"
+	})
+	if out := pushCmd(t, late, "status"); !strings.HasPrefix(out, "push disabled (version ") || !strings.Contains(out, " by n2 ") {
+		t.Fatalf("pushd push status at n3: %q", out)
+	}
+
+	back.stop()
+	pushCmd(t, back, "enable")
+	newest := startTestNode(t, func(c *fileConfig) {
+		clusterMember(t, c, "n2", n1)
+		c.DataDir = dir
+	})
+	for _, n := range []*testNode{n1, late} {
+		waitFor(t, "the newer switch from n2's disk at "+n.cluster.c.Name(), 30*time.Second, func() bool {
+			return n.pushSwitch.Enabled() && n.pushSwitch.State() == newest.pushSwitch.State()
+		})
+	}
+}
