@@ -140,6 +140,10 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		n.close()
 		return nil, err
 	}
+	if st := n.pushSwitch.State(); !st.Enabled {
+		// Said at every start: a switch left off is otherwise silent.
+		log.Warn("push switch is off: no push is sent until `pushd push enable`", "version", st.Version, "node", st.Node)
+	}
 
 	rcfg := router.DefaultConfig()
 	rcfg.Metrics = router.NewMetrics(reg)
