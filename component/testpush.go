@@ -2,6 +2,7 @@ package component
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -70,6 +71,9 @@ func (p recorded) Send(ctx context.Context, push dispatch.Push) dispatch.Outcome
 	return out
 }
 
+// ErrPushDisabled: the test push was not sent, the push switch is off (O2).
+var ErrPushDisabled = errors.New("push switch is off: not sent")
+
 // TestResult is the provider's answer to one test push.
 type TestResult struct {
 	Node       string
@@ -96,8 +100,15 @@ func TestPush(ctx context.Context, reg *Registry, d Submitter, rec *Recorder, ac
 		tid := dispatch.NewTrackingID()
 		out[i] = TestResult{Node: dev.Node, Provider: dev.Provider, TrackingID: tid}
 		ch := rec.Watch(tid)
+		// The push switch (O2) ends a push without an attempt to watch.
+		off := make(chan struct{})
 		job := dispatch.Job{TrackingID: tid, Registration: dev.Registration(),
-			Payload: payload.Payload{Type: payload.TypeMessage, Body: "pushd test push", Count: 1}}
+			Payload: payload.Payload{Type: payload.TypeMessage, Body: "pushd test push", Count: 1},
+			Done: func(f dispatch.Final) {
+				if f.Disabled() {
+					close(off)
+				}
+			}}
 		if _, err := d.Submit(ctx, job); err != nil {
 			rec.Unwatch(tid)
 			out[i].Err = err
@@ -114,6 +125,9 @@ func TestPush(ctx context.Context, reg *Registry, d Submitter, rec *Recorder, ac
 					if o.Result != dispatch.Retry {
 						return
 					}
+				case <-off:
+					out[i].Err = ErrPushDisabled
+					return
 				case <-ctx.Done():
 					out[i].Err = ctx.Err()
 					return

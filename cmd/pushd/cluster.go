@@ -27,6 +27,7 @@ import (
 	"pushd/cluster"
 	"pushd/cluster/failover"
 	"pushd/component"
+	"pushd/component/dispatch"
 	"pushd/component/sip"
 	"pushd/internal/admin"
 	"pushd/internal/stanza"
@@ -427,6 +428,7 @@ func (cn *clusterNode) kinds() cluster.Kinds {
 		failover.KindTakenOver:     cn.ApplyTakenOver,
 		sip.KindBinding:            cn.ApplySIPBinding,
 		sip.KindInCall:             cn.ApplyInCall,
+		dispatch.KindSwitch:        cn.ApplySwitch,
 	}
 }
 
@@ -771,11 +773,12 @@ func (cn *clusterNode) sendAccounts(to string) {
 			recs = append(recs, sip.InCallRecord(aor, true))
 		}
 	}
+	recs = append(recs, cn.switchRecords()...)
 	if len(recs) == 0 {
 		return
 	}
 	if err := cn.c.Send(context.Background(), to, recs...)(); err != nil {
-		cn.log.Warn("cluster: accounts and push registrations not sent to a new member", "node", to, "err", err)
+		cn.log.Warn("cluster: accounts, push registrations and the push switch not sent to a new member", "node", to, "err", err)
 	}
 }
 

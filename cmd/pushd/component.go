@@ -174,8 +174,10 @@ func loadComponentConfig(path string, componentMode bool) (componentFileConfig, 
 type pushStack struct {
 	registry   *component.Registry
 	dispatcher *dispatch.Dispatcher
-	component  *component.Component
-	recorder   *component.Recorder
+	// sw is the push switch the dispatcher obeys (O2).
+	sw        *dispatch.Switch
+	component *component.Component
+	recorder  *component.Recorder
 	// names are the providers configured, for RFC 8599's pn-provider.
 	names   []dispatch.ProviderName
 	closers []func()
@@ -191,6 +193,9 @@ type pushOptions struct {
 	Logger  *slog.Logger
 	// Node is component.Config.Node: this node's client address.
 	Node string
+	// Switch is the node's push switch (O2); nil: the stack opens the
+	// one stored in its database (component mode, operator commands).
+	Switch *dispatch.Switch
 }
 
 // startPush builds the push stack on db. At least one provider must be
@@ -233,12 +238,20 @@ func startPushWith(cfg pushFileConfig, db *store.DB, opts pushOptions, tune func
 			return nil, err
 		}
 	}
+	s.sw = opts.Switch
+	if s.sw == nil {
+		if s.sw, err = dispatch.OpenSwitch(db.Badger(), dispatch.SwitchConfig{Logger: log, Metrics: opts.Metrics}); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
 	dcfg := dispatch.DefaultConfig()
 	dcfg.Logger = log
 	if tune != nil {
 		tune(&dcfg)
 	}
-	s.dispatcher, err = dispatch.New(dcfg, dispatch.Deps{DB: db.Badger(), Providers: providers, DeadToken: s.registry, Metrics: dm})
+	s.dispatcher, err = dispatch.New(dcfg, dispatch.Deps{DB: db.Badger(), Providers: providers, DeadToken: s.registry,
+		Metrics: dm, Switch: s.sw})
 	if err != nil {
 		s.close()
 		return nil, err
@@ -382,8 +395,8 @@ func runComponent(ctx context.Context, cfg componentFileConfig, log *slog.Logger
 			return err
 		}
 		srv, err := admin.Listen(admin.Config{Listen: cfg.Admin.Listen, Token: token, Gatherer: reg, Logger: log,
-			Devices: pushAdminDevices(s),
-			Ready:   func() bool { return ready.Load() && s.component.Connected() }})
+			Devices: pushAdminDevices(s), Switch: switchAdmin{sw: s.sw},
+			Ready: func() bool { return ready.Load() && s.component.Connected() }})
 		if err != nil {
 			return err
 		}

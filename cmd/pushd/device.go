@@ -168,8 +168,11 @@ func orDash(s string) string {
 }
 
 func cmdPush(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "disable" || args[0] == "enable" || args[0] == "status") {
+		return cmdPushSwitch(args[0], args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "test" {
-		fmt.Fprintln(stderr, pushUsage)
+		fmt.Fprintln(stderr, pushUsage+"\n\n"+pushSwitchUsage)
 		return flag.ErrHelp
 	}
 	fs := flag.NewFlagSet("push test", flag.ContinueOnError)
@@ -184,16 +187,12 @@ func cmdPush(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, pushUsage)
 		return flag.ErrHelp
 	}
-	cfg, err := loadComponentConfig(*configPath, false)
+	cfg, log, err := pushCommandConfig(*configPath, stderr)
 	if err != nil {
 		return err
 	}
 	if *testCall {
 		return pushTestCall(cfg, strings.ToLower(fs.Arg(0)), *timeout, stdout)
-	}
-	log, err := newLogger(cfg.Log.Level, stderr)
-	if err != nil {
-		return err
 	}
 	devs, done, err := pushAdmin(cfg, log)
 	if err != nil {
@@ -223,6 +222,17 @@ func pushTestCall(cfg componentFileConfig, user string, timeout time.Duration, s
 		return err
 	}
 	return printTestPush(stdout, res)
+}
+
+// pushCommandConfig reads the config of a `pushd push` command and makes
+// its logger (to stderr).
+func pushCommandConfig(path string, stderr io.Writer) (componentFileConfig, *slog.Logger, error) {
+	cfg, err := loadComponentConfig(path, false)
+	if err != nil {
+		return cfg, nil, err
+	}
+	log, err := newLogger(cfg.Log.Level, stderr)
+	return cfg, log, err
 }
 
 // printTestPush prints the answers of a test push; an error when one was

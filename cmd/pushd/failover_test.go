@@ -237,6 +237,27 @@ func messageBodies(t *testing.T, c *xmpptest.Client, n int) []string {
 	return got
 }
 
+// bodiesUntilAck asks c's server for an acknowledgement and returns the
+// bodies of the messages that come before it: its answer comes after
+// everything it flushed on resumption.
+func bodiesUntilAck(t *testing.T, c *xmpptest.Client) []string {
+	t.Helper()
+	c.Send(`<r xmlns='urn:xmpp:sm:3'/>`)
+	var got []string
+	for {
+		el, err := c.Next()
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		if el.Is(stanza.NSClient, "message") {
+			got = append(got, el.ChildText(stanza.NSClient, "body"))
+		}
+		if el.Is(stanza.NSSM, "a") {
+			return got
+		}
+	}
+}
+
 // desk logs bob in at his node with XEP-0198 (acknowledgements only).
 func (fc failoverCast) desk(t *testing.T) *xmpptest.Client {
 	t.Helper()
@@ -361,20 +382,7 @@ func TestFailoverLiveSession(t *testing.T) {
 	if !el.Is(stanza.NSSM, "resumed") || el.Get("h") != "2" {
 		t.Fatalf("resume on the backup: %s, want <resumed h='2'/>", el)
 	}
-	r.Send(`<r xmlns='urn:xmpp:sm:3'/>`)
-	var got []string
-	for {
-		el, err := r.Next()
-		if err != nil {
-			t.Fatalf("after %q: %v", got, err)
-		}
-		if isMsg(el) {
-			got = append(got, el.ChildText(stanza.NSClient, "body"))
-		}
-		if el.Is(stanza.NSSM, "a") {
-			break // the backup's answer comes after everything it flushed
-		}
-	}
+	got := bodiesUntilAck(t, r)
 	if want := []string{"m3", "after"}; !slices.Equal(got, want) {
 		t.Fatalf("alice got %q after resuming, want %q once, in order", got, want)
 	}

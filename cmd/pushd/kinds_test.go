@@ -6,6 +6,7 @@ import (
 	"pushd/cluster"
 	"pushd/cluster/failover"
 	"pushd/component"
+	"pushd/component/dispatch"
 	"pushd/component/sip"
 	"pushd/internal/store"
 	"pushd/queue"
@@ -21,7 +22,7 @@ func TestRecordKindsFixed(t *testing.T) {
 		1: queue.KindAppend, 2: queue.KindTrim, 3: queue.KindRemove, 4: queue.KindDrop,
 		5: router.KindSession, 6: router.KindSessionGone, 7: store.KindAccount, 8: router.KindStanza,
 		9: component.KindRegistration, 10: failover.KindHandoverEnd, 11: queue.KindOfflineAdd, 12: queue.KindOfflineTrim, 13: failover.KindTakenOver,
-		14: sip.KindBinding, 16: sip.KindInCall,
+		14: sip.KindBinding, 15: dispatch.KindSwitch, 16: sip.KindInCall,
 	} {
 		if k != want {
 			t.Errorf("kind %d is now %d", want, k)

@@ -22,7 +22,8 @@ commands:
   component run the push component alone against a foreign router (--config FILE)
   device    list or delete push registrations (device list|del)
   sip       list SIP bindings (sip bindings [USER])
-  push      send a test push to a user's devices (push test JID)
+  push      send a test push to a user's devices (push test JID), or stop and
+            resume every push of the cluster (push disable|enable|status)
   cluster   cluster status, or where a user lives (cluster status|where)
   config    check a config file as serve or component would read it (config check FILE)
   bench     measure throughput, latency, memory and failover (bench c2s|push|cluster|sip)

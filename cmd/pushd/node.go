@@ -21,6 +21,7 @@ import (
 
 	"pushd/cluster/failover"
 	"pushd/component"
+	"pushd/component/dispatch"
 	"pushd/component/sip"
 	"pushd/internal/admin"
 	"pushd/internal/stanza"
@@ -56,6 +57,9 @@ type node struct {
 	// inCalls is which users are in a call, through this node or another
 	// (M7); it feeds jsm.
 	inCalls *inCalls
+	// pushSwitch is the cluster's push switch as this node holds it (O2):
+	// kept, and copied to peers, whether or not this node pushes.
+	pushSwitch *dispatch.Switch
 	// tls is the node's TLS configuration (its certificate).
 	tls *tls.Config
 }
@@ -134,6 +138,15 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	n.pushSwitch, err = dispatch.OpenSwitch(n.db.Badger(), dispatch.SwitchConfig{Node: cfg.Cluster.NodeName, Logger: log, Metrics: reg})
+	if err != nil {
+		n.close()
+		return nil, err
+	}
+	if st := n.pushSwitch.State(); !st.Enabled {
+		// Said at every start: a switch left off is otherwise silent.
+		log.Warn("push switch is off: no push is sent until `pushd push enable`", "version", st.Version, "node", st.Node)
+	}
 
 	rcfg := router.DefaultConfig()
 	rcfg.Metrics = router.NewMetrics(reg)
@@ -198,7 +211,7 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		}
 	}
 	if pushOn {
-		opts := pushOptions{Metrics: reg, Logger: log, Node: reachable(c2sAdvertised(cfg))}
+		opts := pushOptions{Metrics: reg, Logger: log, Node: reachable(c2sAdvertised(cfg)), Switch: n.pushSwitch}
 		n.push, n.pushRun, err = startInProcessPush(cfg.pushFileConfig, n.db, pushDomain, pushSecret,
 			n.router.ServeComponentConn, opts)
 		if err != nil {
@@ -242,8 +255,8 @@ func startNode(cfg fileConfig, log *slog.Logger) (*node, error) {
 		n.admin, err = admin.Listen(admin.Config{
 			Listen: cfg.Admin.Listen, Token: token, Ready: n.ready.Load,
 			Gatherer: reg, Users: nodeUsers{n}, Sessions: nodeUsers{n}, Cluster: n.clusterAdmin(),
-			Bindings: n.adminBindings(),
-			Devices:  pushAdminDevices(n.push), Logger: log,
+			Bindings: n.adminBindings(), Switch: n.switchAdmin(),
+			Devices: pushAdminDevices(n.push), Logger: log,
 		})
 		if err != nil {
 			n.close()

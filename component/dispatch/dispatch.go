@@ -6,8 +6,9 @@
 // coalescing and rate limiting (M3), call pushes ahead of message pushes,
 // retries with backoff and jitter on a fresh connection (P3), the
 // per-attempt timeout (P4), dead tokens handed back to the registration's
-// owner, the push's end told to its producer (Job.Done), metrics and the
-// tracking id in every log line.
+// owner, the push's end told to its producer (Job.Done), the push switch
+// that holds every push back while it is off (O2, switch.go), metrics and
+// the tracking id in every log line.
 //
 // It must never hold plaintext personal data beyond Submit (the persisted
 // Push carries only ciphertext), never log tokens, JIDs, names or bodies
@@ -60,6 +61,13 @@ type Deps struct {
 	DeadToken DeadTokenHook
 	// Metrics (may be nil: then nothing is recorded).
 	Metrics *Metrics
+	// Switch is the push switch (O2; nil: always on). While it is off no
+	// push reaches a provider: Submit accepts a job without storing it and
+	// its Done hears "disabled", and a push accepted before the switch went
+	// off ends so when a worker takes it (from the queue, a backoff, the
+	// coalescing window or the store of a previous run). Nothing is kept to
+	// send later: the producers decide again (jsm on its next trigger).
+	Switch Gate
 }
 
 // Dispatcher is the running dispatcher. Safe for concurrent use.
@@ -70,6 +78,7 @@ type Dispatcher struct {
 	m     *Metrics
 	log   *slog.Logger
 	lanes map[ProviderName]*lane
+	gate  Gate
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -188,7 +197,7 @@ func New(cfg Config, deps Deps) (*Dispatcher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Dispatcher{
 		cfg: cfg, db: deps.DB, m: deps.Metrics, log: cfg.Logger,
-		lanes: map[ProviderName]*lane{}, ctx: ctx, cancel: cancel,
+		lanes: map[ProviderName]*lane{}, gate: deps.Switch, ctx: ctx, cancel: cancel,
 		inflight: map[string]struct{}{}, devices: map[deviceKey]*device{},
 		hooks: map[string]DeadTokenHook{},
 	}
@@ -309,9 +318,12 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 	}
 
 	d.mu.Lock()
+	off := false
 	switch {
 	case d.closed:
 		err = ErrClosed
+	case !d.enabled():
+		off = true
 	case d.pending >= d.cfg.MaxPending:
 		err = ErrBusy
 	default:
@@ -326,6 +338,10 @@ func (d *Dispatcher) Submit(ctx context.Context, job Job) (string, error) {
 	if err != nil {
 		d.refused(err)
 		return tid, err
+	}
+	if off {
+		d.suppress(ctx, l, push)
+		return tid, nil
 	}
 	op := &writeOp{kind: opNew, tid: tid, val: encodePush(push), fresh: fresh}
 	if push.notify != nil {
@@ -552,6 +568,11 @@ func (d *Dispatcher) work(l *lane) {
 			d.end(l, p, Final{Outcome: outcomeCoalesced, Result: Retry})
 			continue
 		}
+		if !d.enabled() {
+			d.countSuppressed(l, p)
+			d.end(l, p, Final{Outcome: outcomeDisabled, Result: Retry})
+			continue
+		}
 		d.attempt(wctx, l, p)
 	}
 }
@@ -706,16 +727,47 @@ func (d *Dispatcher) finished(l *lane, p *Push, outcome string, err error) {
 	}
 	d.setPending()
 	if d.m != nil {
-		kind := kindMessage
-		if p.Sealed.Type.IsCall() {
-			kind = kindCall
-		}
+		kind := kindOf(p)
 		d.m.final.WithLabelValues(string(l.name), outcome, kind).Inc()
 		d.m.latency.WithLabelValues(string(l.name), outcome, kind).Observe(d.cfg.Now().Sub(p.Accepted).Seconds())
 	}
 	if outcome == outcomeCoalesced {
 		d.log.Info("push coalesced into a newer one", "tid", p.TrackingID, "provider", l.name)
 	}
+}
+
+// enabled reports whether the push switch lets pushes go (O2).
+func (d *Dispatcher) enabled() bool { return d.gate == nil || d.gate.Enabled() }
+
+// suppress ends a push submitted while the switch is off: nothing is
+// stored (there is nothing to resend after a restart) and its Done hears
+// "disabled" on a goroutine of its own, never the submitter's.
+func (d *Dispatcher) suppress(ctx context.Context, l *lane, p *Push) {
+	d.countSuppressed(l, p)
+	logline.Log(ctx, d.log, slog.LevelDebug, "push not sent: push switch off", slog.String("tid", p.TrackingID),
+		slog.String("provider", string(l.name)), slog.String("type", string(p.Sealed.Type)))
+	if p.notify == nil {
+		return
+	}
+	f := Final{TrackingID: p.TrackingID, Outcome: outcomeDisabled, Result: Retry}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		p.notify.done(f)
+	}()
+}
+
+func (d *Dispatcher) countSuppressed(l *lane, p *Push) {
+	if d.m != nil {
+		d.m.suppressed.WithLabelValues(string(l.name), kindOf(p)).Inc()
+	}
+}
+
+func kindOf(p *Push) string {
+	if p.Sealed.Type.IsCall() {
+		return kindCall
+	}
+	return kindMessage
 }
 
 // forget drops a stored push that cannot be sent.

@@ -124,6 +124,12 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 
 func start(t testing.TB, db *badger.DB, provs map[dispatch.ProviderName]dispatch.Provider, mod func(*dispatch.Config)) *env {
 	t.Helper()
+	return startGated(t, db, provs, mod, nil)
+}
+
+// startGated is start with the push switch gate (nil: none).
+func startGated(t testing.TB, db *badger.DB, provs map[dispatch.ProviderName]dispatch.Provider, mod func(*dispatch.Config), gate dispatch.Gate) *env {
+	t.Helper()
 	e := &env{reg: prometheus.NewRegistry(), clk: newClock(), hook: &hook{}, logs: &bytes.Buffer{}, lmu: &sync.Mutex{}}
 	m, err := dispatch.NewMetrics(e.reg)
 	if err != nil {
@@ -137,7 +143,7 @@ func start(t testing.TB, db *badger.DB, provs map[dispatch.ProviderName]dispatch
 	if mod != nil {
 		mod(&cfg)
 	}
-	e.d, err = dispatch.New(cfg, dispatch.Deps{DB: db, Providers: provs, DeadToken: e.hook, Metrics: m})
+	e.d, err = dispatch.New(cfg, dispatch.Deps{DB: db, Providers: provs, DeadToken: e.hook, Metrics: m, Switch: gate})
 	if err != nil {
 		t.Fatal(err)
 	}

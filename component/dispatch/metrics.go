@@ -16,6 +16,9 @@ type Metrics struct {
 	latency  *prometheus.HistogramVec // provider, outcome, kind
 	pending  prometheus.Gauge
 	unrouted *prometheus.CounterVec // owner
+	// suppressed counts pushes the push switch (O2) kept from their
+	// provider, by provider and kind.
+	suppressed *prometheus.CounterVec
 }
 
 // The kind label of pushes_total and latency_seconds: a call's push and a
@@ -51,8 +54,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "pushd_dispatch_dead_tokens_unrouted_total",
 			Help: "Dead tokens whose registration's owner has no hook (Dispatcher.Route): the token was not removed.",
 		}, []string{"owner"}),
+		suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pushd_pushes_suppressed_total",
+			Help: "Pushes not sent because the push switch (O2) was off, by provider and kind (call family or message).",
+		}, []string{"provider", "kind"}),
 	}
-	for _, c := range []prometheus.Collector{m.accepted, m.refused, m.attempts, m.final, m.latency, m.pending, m.unrouted} {
+	for _, c := range []prometheus.Collector{m.accepted, m.refused, m.attempts, m.final, m.latency, m.pending, m.unrouted, m.suppressed} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("dispatch: metrics: %w", err)
 		}

@@ -91,7 +91,7 @@ type Job struct {
 	// Done, when set, is told once how the push ended (a call needs to
 	// know at once that its push failed, to answer the caller early). It
 	// is called exactly once for a job Submit accepted (returned nil for):
-	// delivered, dead token, expired, fatal or coalesced, after that end
+	// delivered, dead token, expired, fatal, coalesced or disabled, after that end
 	// is committed. It is not called when Submit returns an error (the
 	// caller already knows), nor for a push still pending when the
 	// dispatcher closes: that push resumes at the next start without a
@@ -108,13 +108,16 @@ type Final struct {
 	TrackingID string
 	// Outcome is one of "delivered", "dead_token" (the token is gone; its
 	// owner's hook was told first), "expired" (retries gave up: MaxAttempts,
-	// MaxAge or CallMaxAge), "fatal" (the provider refused the request)
-	// and "coalesced" (a newer message push to the device replaced it) —
-	// the outcome label of pushd_dispatch_pushes_total.
+	// MaxAge or CallMaxAge), "fatal" (the provider refused the request),
+	// "coalesced" (a newer message push to the device replaced it) and
+	// "disabled" (the push switch is off, O2: never sent, and the token is
+	// not in question — keep the registration) — the outcome label of
+	// pushd_dispatch_pushes_total (a push refused at Submit while the
+	// switch is off is counted only in pushd_pushes_suppressed_total).
 	Outcome string
 	// Result, Status and Reason are the last provider answer's (Status 0:
 	// no HTTP answer). A coalesced push was never sent: Result Retry,
-	// Status 0.
+	// Status 0; so is a push the switch held back.
 	Result Result
 	Status int
 	Reason string
@@ -130,7 +133,12 @@ const (
 	outcomeExpired   = "expired"
 	outcomeFatal     = "fatal"
 	outcomeCoalesced = "coalesced"
+	outcomeDisabled  = "disabled"
 )
+
+// Disabled reports whether the push was not sent because the push switch
+// was off (O2): not a failure of the device's token.
+func (f Final) Disabled() bool { return f.Outcome == outcomeDisabled }
 
 // Push is an accepted job as persisted and as handed to a Provider: no
 // plaintext, no key.

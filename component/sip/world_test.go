@@ -142,6 +142,13 @@ var testAccounts = accounts{"alice": "alice-pw", "bob": "bob-pw", "carol": "caro
 // left goroutines behind.
 func startWorld(t *testing.T, edit func(*Config)) *world {
 	t.Helper()
+	return startWorldPushing(t, edit, nil)
+}
+
+// startWorldPushing is startWorld with pushes going to pusher instead of
+// the world's fake one (nil: the fake one).
+func startWorldPushing(t *testing.T, edit func(*Config), pusher Pusher) *world {
+	t.Helper()
 	base := runtime.NumGoroutine()
 	w := &world{clock: newFakeClock(), pusher: newFakePusher(), logs: &lockedBuffer{}}
 	var err error
@@ -159,7 +166,11 @@ func startWorld(t *testing.T, edit func(*Config)) *world {
 	}
 	// TCP listens on the port UDP got: another process may hold it.
 	for try := 0; ; try++ {
-		w.srv, err = New(cfg, Deps{Registrar: w.reg, Accounts: testAccounts, Pusher: w.pusher})
+		deps := Deps{Registrar: w.reg, Accounts: testAccounts, Pusher: w.pusher}
+		if pusher != nil {
+			deps.Pusher = pusher
+		}
+		w.srv, err = New(cfg, deps)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 // Package admin is the node's operator HTTP endpoint: health, readiness,
 // Prometheus metrics, and the small API that lets `pushd user …` work
-// while the node holds the data directory's lock.
+// while the node holds the data directory's lock, and that turns the
+// push switch (O2).
 //
 // The API needs the bearer token the node writes into its data directory:
 // whoever may read the data may administer the node. Health and metrics
@@ -59,7 +60,9 @@ type Config struct {
 	// Bindings, when set, serves /api/sip/bindings (501 without: SIP is
 	// off on the node).
 	Bindings Bindings
-	Logger   *slog.Logger
+	// Switch, when set, serves /api/push/switch (O2).
+	Switch PushSwitch
+	Logger *slog.Logger
 }
 
 // Cluster reports the node's cluster for operators.
@@ -152,6 +155,7 @@ func Listen(cfg Config) (*Server, error) {
 		}))
 	}
 	s.devicesRoutes(mux)
+	s.switchRoutes(mux)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
