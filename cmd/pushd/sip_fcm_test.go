@@ -63,7 +63,7 @@ func (w *sipWorld) fcmPush(t *testing.T, n int) (fcmtest.Request, payload.Payloa
 	if err != nil {
 		t.Fatalf("FCM push %d does not open with the phone's key: %v", n, err)
 	}
-	if strings.Contains(string(r.Body), "Bob") || r.Data["tid"] == "" {
+	if strings.Contains(string(r.Body), "Bob Builder") || r.Data["tid"] == "" {
 		t.Fatalf("FCM push %d: caller in clear or no tracking id: %s", n, r.Body)
 	}
 	return r, p

@@ -203,7 +203,7 @@ func TestSIPCallPushAPNS(t *testing.T) {
 	if p.Type != payload.TypeCall || p.Name != "Bob Builder" || p.From != "bob" || p.CallID == "" || p.Node != w.sip() {
 		t.Fatalf("call payload %+v", p)
 	}
-	if strings.Contains(string(r.Body), "Bob") {
+	if strings.Contains(string(r.Body), "Bob Builder") {
 		t.Fatal("the caller's name is in the push in clear")
 	}
 	// C3: nothing rings yet; at 5 s pushd rings back itself.

@@ -3,18 +3,65 @@ package peertest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
+
+// Free ports come from below the kernel's ephemeral range: a port the
+// kernel hands out for ":0" is one it also hands out as the source port
+// of any outgoing connection, by any process, so a port chosen that way
+// and given to a server a moment later is taken now and then (a
+// "bind: address already in use" in a parallel test run). Below the
+// range only other listeners compete, and a random pick makes two
+// parallel tests choosing the same one unlikely.
+
+// portRange is where free ports are picked: below the ephemeral range.
+func portRange() (lo, hi int) {
+	lo, hi = 10000, 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if start, err := strconv.Atoi(f[0]); err == nil && start > lo+1000 {
+				hi = start
+			}
+		}
+	}
+	return lo, hi
+}
+
+// listenFree binds a TCP listener on a free port of 127.0.0.1 (and, with
+// udp, a UDP socket on the same port), picked as above.
+func listenFree(udp bool) (net.Listener, net.PacketConn, error) {
+	lo, hi := portRange()
+	for range 200 {
+		port := lo + rand.IntN(hi-lo)
+		l, err := net.Listen("tcp", Loopback(port))
+		if err != nil {
+			continue
+		}
+		if !udp {
+			return l, nil, nil
+		}
+		c, err := net.ListenPacket("udp", Loopback(port))
+		if err != nil {
+			l.Close()
+			continue
+		}
+		return l, c, nil
+	}
+	return nil, nil, fmt.Errorf("no free port in %d-%d", lo, hi)
+}
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 // The listener is closed before returning, so a racing process could take
 // it; the helpers that use it detect that when the server fails to start.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, _, err := listenFree(false)
 	if err != nil {
 		t.Fatalf("peertest: free port: %v", err)
 	}
@@ -33,7 +80,7 @@ func FreePorts(t testing.TB, n int) []int {
 	}()
 	ports := make([]int, 0, n)
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, _, err := listenFree(false)
 		if err != nil {
 			t.Fatalf("peertest: free port: %v", err)
 		}
@@ -92,21 +139,13 @@ func splitAddr(t testing.TB, addr string) (string, int) {
 // and whose TCP twin was too (a SIP listener takes both).
 func FreeUDPPort(t testing.TB) int {
 	t.Helper()
-	for range 20 {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("peertest: free udp port: %v", err)
-		}
-		port := c.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp", Loopback(port))
-		c.Close()
-		if err == nil {
-			l.Close()
-			return port
-		}
+	l, c, err := listenFree(true)
+	if err != nil {
+		t.Fatalf("peertest: free udp+tcp port: %v", err)
 	}
-	t.Fatal("peertest: no free udp+tcp port")
-	return 0
+	l.Close()
+	c.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // WaitSIP sends OPTIONS over UDP to addr until anything answers, ctx
