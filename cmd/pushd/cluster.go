@@ -309,8 +309,20 @@ func (cn *clusterNode) Forward(node string, st *stanza.Element) func() error {
 // toBackup sends records to the backup of the device's user. With no live
 // backup the node runs degraded (local-durable only): cluster logs the
 // alarm and counts it, and the sender is acknowledged all the same.
+//
+// While a member comes back, this node still holds the users it hands
+// that member, whose placement already names it their backup: their
+// copies go to the returning primary then, which the handover completes.
+// They were sent to this node itself and failed, which closed the
+// writer's stream (the chaos test's senders writing through a restart).
 func (cn *clusterNode) toBackup(device string, recs ...cluster.Record) func() error {
-	_, backup := cn.c.Placement().PrimaryBackup(userOf(device))
+	primary, backup := cn.c.Placement().PrimaryBackup(userOf(device))
+	if backup == cn.c.Name() {
+		if primary == backup {
+			return func() error { return nil } // alone: local durability only
+		}
+		backup = primary
+	}
 	w := cn.c.Send(context.Background(), backup, recs...)
 	return func() error {
 		if err := w(); err != nil && !errors.Is(err, cluster.ErrDegraded) {
