@@ -75,14 +75,7 @@ func (h *clusterHarness) members() []string {
 func (h *clusterHarness) machine(name string) *Machine {
 	cfg := DefaultConfig(name)
 	for k, d := range h.cfg {
-		switch k {
-		case "sync":
-			cfg.SyncWait = d
-		case "resync":
-			cfg.ResyncDelay = d
-		case "sweep":
-			cfg.SweepDelay = d
-		}
+		setting(&cfg, k, d)
 	}
 	return New(cfg)
 }
@@ -152,6 +145,9 @@ func (h *clusterHarness) run(t *testing.T, b scripttest.Block) []string {
 				d, err := time.ParseDuration(v)
 				if err != nil {
 					return fail("%s: %v", a, err)
+				}
+				if c := DefaultConfig(a); !setting(&c, k, d) {
+					return fail("unknown setting %s", k)
 				}
 				h.cfg[k] = d
 				continue

@@ -63,14 +63,7 @@ func (h *harness) run(t *testing.T, b scripttest.Block) []string {
 			if err != nil {
 				return fail("%s: %v", kv, err)
 			}
-			switch k {
-			case "sync":
-				cfg.SyncWait = d
-			case "resync":
-				cfg.ResyncDelay = d
-			case "sweep":
-				cfg.SweepDelay = d
-			default:
+			if !setting(&cfg, k, d) {
 				return fail("unknown setting %s", k)
 			}
 		}
@@ -129,6 +122,21 @@ func (h *harness) run(t *testing.T, b scripttest.Block) []string {
 		out = append(out, show(a))
 	}
 	return out
+}
+
+// setting applies a script's key=duration to cfg: sync, resync, sweep.
+func setting(cfg *Config, k string, d time.Duration) bool {
+	switch k {
+	case "sync":
+		cfg.SyncWait = d
+	case "resync":
+		cfg.ResyncDelay = d
+	case "sweep":
+		cfg.SweepDelay = d
+	default:
+		return false
+	}
+	return true
 }
 
 func show(a Action) string {
