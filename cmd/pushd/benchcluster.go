@@ -41,13 +41,17 @@ server, and measures (issue 5, BEHAVIOUR H2 and H3):
                         SIGKILL while a sender writes to them; the time until
                         the survivors declare it dead, adopt its devices,
                         and send the first push for a message sent after
-                        the kill.`
+                        the kill. --stop term sends SIGTERM instead: the
+                        node hands its users over before it exits (O7).`
 
 type benchClusterOptions struct {
 	Nodes    int
 	Sessions int // suspended push-enabled devices for the failover
 	Pairs    int // sender → suspended device pairs for the acked rate
 	Messages int // per pair
+	// Stop is how the failover's victim goes: "kill" (SIGKILL, a crash)
+	// or "term" (SIGTERM, a graceful stop that hands its users over, O7).
+	Stop string
 }
 
 func cmdBenchCluster(args []string, stdout, stderr io.Writer) error {
@@ -58,9 +62,13 @@ func cmdBenchCluster(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.Sessions, "sessions", 15000, "suspended push-enabled devices for the failover")
 	fs.IntVar(&o.Pairs, "pairs", 10, "senders, each writing to its own suspended device, for the acked rate")
 	fs.IntVar(&o.Messages, "messages", 2000, "messages per sender for the acked rate")
+	fs.StringVar(&o.Stop, "stop", "kill", "how the failover's victim stops: kill (SIGKILL) or term (SIGTERM, a graceful hand-over)")
 	fs.Usage = func() { fmt.Fprintln(stderr, benchClusterUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if o.Stop != "kill" && o.Stop != "term" {
+		return errors.New("bench cluster: --stop is kill or term")
 	}
 	if o.Nodes < 2 || o.Sessions <= 0 || o.Pairs <= 0 || o.Messages <= 0 {
 		return errors.New("bench cluster: --nodes must be at least 2; --sessions, --pairs and --messages positive")
@@ -144,9 +152,13 @@ func runBenchCluster(ctx context.Context, exe string, o benchClusterOptions, out
 		}
 		return fmt.Errorf("failover: %w", err)
 	}
-	fmt.Fprintf(out, "failover: %d suspended push-enabled devices, %d on %s, killed with SIGKILL (logins took %v)\n",
-		o.Sessions, f.onVictim, f.victim, f.login.Round(10*time.Millisecond))
-	fmt.Fprintf(out, "  %-34s %8s\n", "declared dead", f.dead.Round(10*time.Millisecond))
+	how, gone := "killed with SIGKILL", "declared dead"
+	if o.Stop == "term" {
+		how, gone = "stopped with SIGTERM (hand-over)", "seen leaving"
+	}
+	fmt.Fprintf(out, "failover: %d suspended push-enabled devices, %d on %s, %s (logins took %v)\n",
+		o.Sessions, f.onVictim, f.victim, how, f.login.Round(10*time.Millisecond))
+	fmt.Fprintf(out, "  %-34s %8s\n", gone, f.dead.Round(10*time.Millisecond))
 	fmt.Fprintf(out, "  %-34s %8s\n", "devices adopted", f.adopted.Round(10*time.Millisecond))
 	fmt.Fprintf(out, "  %-34s %8s  (%d pushes for %d messages sent after the kill)\n", "first push from a survivor",
 		f.firstPush.Round(10*time.Millisecond), f.pushes, f.sent)
@@ -497,7 +509,11 @@ func benchFailover(ctx context.Context, nodes []*benchNode, home func(user strin
 	before := len(apns.Requests())
 
 	killed := time.Now()
-	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	sig := syscall.SIGKILL
+	if o.Stop == "term" {
+		sig = syscall.SIGTERM
+	}
+	if err := victim.cmd.Process.Signal(sig); err != nil {
 		return r, err
 	}
 	// Pushes for the victim's devices: none was written to before the
@@ -522,9 +538,13 @@ func benchFailover(ctx context.Context, nodes []*benchNode, home func(user strin
 		fill <- err
 	}()
 	<-victim.done
-	err = waitUntil("the survivors to declare the victim dead", time.Minute, func() (bool, error) {
-		v, err := survivors[0].metric(`pushd_cluster_members{state="dead"}`)
-		return v == 1, err
+	err = waitUntil("the survivors to declare the victim dead, or see it leave", time.Minute, func() (bool, error) {
+		dead, err := survivors[0].metric(`pushd_cluster_members{state="dead"}`)
+		if err != nil {
+			return false, err
+		}
+		left, err := survivors[0].metric(`pushd_cluster_members{state="left"}`)
+		return dead == 1 || left == 1, err
 	})
 	if err != nil {
 		return r, err
