@@ -32,11 +32,16 @@ import (
 // the client is closing, or one whose unacknowledged stanzas outgrew the
 // buffer, is closed as before: the client reconnects to any node.
 
-// carryBuffer bounds the client stanzas kept for sending again. Past
-// half of it the edge asks the user's node for an acknowledgement itself
-// (XEP-0198 lets either side send <a/> unasked, so the answer is passed
-// on), which trims it for clients that never ask.
-const carryBuffer = 512
+// carryBuffer and carryBufferBytes bound the client stanzas kept for
+// sending again (a client's stanzas may each be as large as the stream
+// limit allows). Past half of either the edge asks the user's node for
+// an acknowledgement itself (XEP-0198 lets either side send <a/> unasked,
+// so the answer is passed on), which trims it for clients that never ask;
+// past the bound the oldest go, and the stream can no longer be carried.
+const (
+	carryBuffer      = 512
+	carryBufferBytes = 1 << 20
+)
 
 // carryAttempts bounds the nodes tried in a row when carrying on (a
 // second failure during the first takeover).
@@ -82,6 +87,7 @@ type carried struct {
 	in, out     uint32 // stanzas client → node, node → client
 	resumeH     uint32 // h of the client's own <resume/>, until answered
 	unacked     []sentStanza
+	bytes       int    // of unacked
 	first       uint32 // the count of the oldest stanza unacked may hold
 	asked       bool   // the edge's own <r/> is unanswered
 	csi         []byte // the client's last CSI state, said again after a carry
@@ -317,19 +323,14 @@ func (k *carrier) pass(raw, name []byte) bool {
 	switch {
 	case kind == kindStanza:
 		if sm.inOn {
-			sm.in++
-			sm.unacked = append(sm.unacked, sentStanza{sm.in, bytes.Clone(raw)})
-			if len(sm.unacked) > carryBuffer {
-				sm.unacked = sm.unacked[1:]
-				sm.first = sm.unacked[0].n
-			}
-			if len(sm.unacked) >= carryBuffer/2 && !sm.asked && sm.id != "" {
+			sm.keep(raw)
+			if (len(sm.unacked) >= carryBuffer/2 || sm.bytes >= carryBufferBytes/2) && !sm.asked && sm.id != "" {
 				sm.asked = true
 				extra = `<r xmlns="urn:xmpp:sm:3"/>`
 			}
 		}
 	case el.Is(stanza.NSSM, "enable"):
-		sm.inOn, sm.in, sm.unacked, sm.first = true, 0, nil, 1
+		sm.inOn, sm.in, sm.unacked, sm.bytes, sm.first = true, 0, nil, 0, 1
 	case el.Is(stanza.NSSM, "resume"):
 		if h, err := strconv.ParseUint(el.Get("h"), 10, 32); err == nil {
 			sm.resumeH = uint32(h)
@@ -460,11 +461,30 @@ func (k *carrier) deliver(raw, name []byte) bool {
 	return true
 }
 
+// keep counts one more client stanza and holds it for a carry, within
+// the bounds: past them the oldest go.
+func (sm *carried) keep(raw []byte) {
+	sm.in++
+	sm.unacked = append(sm.unacked, sentStanza{sm.in, bytes.Clone(raw)})
+	sm.bytes += len(raw)
+	for len(sm.unacked) > carryBuffer || sm.bytes > carryBufferBytes {
+		sm.bytes -= len(sm.unacked[0].b)
+		sm.unacked = sm.unacked[1:]
+		sm.first = sm.in + 1
+		if len(sm.unacked) > 0 {
+			sm.first = sm.unacked[0].n
+		}
+	}
+}
+
 // ack drops the stanzas the node's count h covers.
 func (sm *carried) ack(h uint32) {
 	i := 0
 	for i < len(sm.unacked) && int32(sm.unacked[i].n-h) <= 0 {
 		i++
+	}
+	for _, st := range sm.unacked[:i] {
+		sm.bytes -= len(st.b)
 	}
 	sm.unacked = sm.unacked[i:]
 	if int32(h+1-sm.first) > 0 {
