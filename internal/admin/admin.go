@@ -190,6 +190,19 @@ func (s *Server) authOnly(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// served wraps h behind the token, for the part dep of the node: a node
+// that does not serve it (dep nil: no push provider, no SIP) answers 501
+// saying what it lacks. The config is fixed from New on.
+func served[T any](s *Server, dep T, lacks string, h func(T, http.ResponseWriter, *http.Request)) http.HandlerFunc {
+	return s.authOnly(func(w http.ResponseWriter, r *http.Request) {
+		if any(dep) == nil {
+			http.Error(w, lacks, http.StatusNotImplemented)
+			return
+		}
+		h(dep, w, r)
+	})
+}
+
 // auth checks the token and that there is a user store.
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return s.authOnly(func(w http.ResponseWriter, r *http.Request) {

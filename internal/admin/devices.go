@@ -82,13 +82,7 @@ const maxTestPushWait = 5 * time.Minute
 
 func (s *Server) devicesRoutes(mux *http.ServeMux) {
 	devices := func(h func(Devices, http.ResponseWriter, *http.Request)) http.HandlerFunc {
-		return s.authOnly(func(w http.ResponseWriter, r *http.Request) {
-			if s.cfg.Devices == nil {
-				http.Error(w, "no push provider", http.StatusNotImplemented)
-				return
-			}
-			h(s.cfg.Devices, w, r)
-		})
+		return served(s, s.cfg.Devices, "no push provider", h)
 	}
 	mux.HandleFunc("GET /api/devices", devices(func(d Devices, w http.ResponseWriter, r *http.Request) {
 		list, err := d.ListDevices(r.URL.Query().Get("account"))

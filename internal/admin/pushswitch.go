@@ -32,13 +32,7 @@ type switchRequest struct {
 
 func (s *Server) switchRoutes(mux *http.ServeMux) {
 	sw := func(h func(PushSwitch, http.ResponseWriter, *http.Request)) http.HandlerFunc {
-		return s.authOnly(func(w http.ResponseWriter, r *http.Request) {
-			if s.cfg.Switch == nil {
-				http.Error(w, "no push switch", http.StatusNotImplemented)
-				return
-			}
-			h(s.cfg.Switch, w, r)
-		})
+		return served(s, s.cfg.Switch, "no push switch", h)
 	}
 	mux.HandleFunc("GET /api/push/switch", sw(func(p PushSwitch, w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, p.PushSwitch())

@@ -39,23 +39,18 @@ type Binding struct {
 var ErrNoSIP = errors.New("admin: the running node has SIP turned off ([sip] listen is empty)")
 
 func (s *Server) sipRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /api/sip/bindings", s.authOnly(func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.Bindings == nil {
-			http.Error(w, "no SIP", http.StatusNotImplemented)
-			return
-		}
-		list, err := s.cfg.Bindings.SIPBindings(r.URL.Query().Get("user"))
+	sip := func(h func(Bindings, http.ResponseWriter, *http.Request)) http.HandlerFunc {
+		return served(s, s.cfg.Bindings, "no SIP", h)
+	}
+	mux.HandleFunc("GET /api/sip/bindings", sip(func(b Bindings, w http.ResponseWriter, r *http.Request) {
+		list, err := b.SIPBindings(r.URL.Query().Get("user"))
 		if err != nil {
 			writeError(w, err)
 			return
 		}
 		writeJSON(w, list)
 	}))
-	mux.HandleFunc("POST /api/sip/test-call", s.authOnly(func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.Bindings == nil {
-			http.Error(w, "no SIP", http.StatusNotImplemented)
-			return
-		}
+	mux.HandleFunc("POST /api/sip/test-call", sip(func(b Bindings, w http.ResponseWriter, r *http.Request) {
 		var req testCallRequest
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.User == "" {
 			http.Error(w, "bad request", http.StatusBadRequest)
@@ -63,7 +58,7 @@ func (s *Server) sipRoutes(mux *http.ServeMux) {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), testWait(req.Timeout))
 		defer cancel()
-		res, err := s.cfg.Bindings.TestCall(ctx, req.User)
+		res, err := b.TestCall(ctx, req.User)
 		if err != nil {
 			writeError(w, err)
 			return
