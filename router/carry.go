@@ -374,8 +374,8 @@ func (k *carrier) pass(raw, name []byte) bool {
 // carrying the stream on when that node goes away.
 func (k *carrier) fromNode(sc *stanza.Scanner) {
 	defer k.end()
+	sc.BeforeRead = k.flushClient
 	for {
-		sc.BeforeRead = k.flushClient
 		raw, name, err := sc.Next()
 		if err == nil && !(kindOf(name) == kindStreamE && carryable(raw)) {
 			if !k.deliver(raw, name) {
@@ -404,6 +404,7 @@ func (k *carrier) fromNode(sc *stanza.Scanner) {
 			}
 			return
 		}
+		sc.BeforeRead = k.flushClient
 	}
 }
 

@@ -78,13 +78,14 @@ func (c *inCalls) remoteChanged(node, aor string, active bool) {
 func (c *inCalls) nodeLost(node string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, aor := range slices.Sorted(func(yield func(string) bool) {
-		for aor, nodes := range c.remote {
-			if nodes[node] && !yield(aor) {
-				return
-			}
+	var lost []string
+	for aor, nodes := range c.remote {
+		if nodes[node] {
+			lost = append(lost, aor)
 		}
-	}) {
+	}
+	slices.Sort(lost) // jsm hears them in one order, run after run
+	for _, aor := range lost {
 		was := c.active(aor)
 		delete(c.remote[aor], node)
 		if len(c.remote[aor]) == 0 {
